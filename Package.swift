@@ -1,0 +1,78 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "secretsfs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "secretsfs", targets: ["secretsfs"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // C edge: only FuseBridge imports this module.
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // Pure Swift core: values, errors, config, resolver, cache, inode table, store protocol.
+        .target(
+            name: "SecretsCore",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: strict
+        ),
+        // The age file format (age-encryption.org/v1) on swift-crypto.
+        .target(
+            name: "Age",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        // Backend: local age-encrypted files.
+        .target(
+            name: "FileStore",
+            dependencies: [
+                "SecretsCore", "Age",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // Translates FUSE low-level requests to the core.
+        .target(
+            name: "FuseBridge",
+            dependencies: ["CFuse3", "SecretsCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "secretsfs",
+            dependencies: [
+                "SecretsCore", "Age", "FileStore", "FuseBridge",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "secretsfs-bench", dependencies: [], swiftSettings: strict),
+        // Helpers shared by the test targets: subprocesses with timeouts, temporary folders, the built binary.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "CoreTests", dependencies: ["SecretsCore", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "StoreTests", dependencies: ["SecretsCore", "FileStore", "Age", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,316 @@
+import Glibc
+
+/// The whole config file: mount, cache, stores and scopes.
+public struct Config: Sendable {
+    public var file: String
+    public var mount: MountConfig
+    public var cache: CacheConfig
+    public var stores: [StoreConfig]
+    public var scopes: [ScopeConfig]
+
+    /// Reads and validates a config file. Every problem names file, line, column and what is wrong.
+    public static func load(path: String) throws(LocatedError) -> Config {
+        let text: String
+        do {
+            text = try FileIO.readText(path)
+        } catch {
+            throw LocatedError(SourceLocation(file: path, line: 0, column: 0), "cannot read config: \(error)")
+        }
+        return try parse(text: text, file: path)
+    }
+
+    public static func parse(text: String, file: String) throws(LocatedError) -> Config {
+        let document = try TOMLDocument(file: file, text: text)
+        let root = ConfigSection(document: document, path: [], values: document.root)
+        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes"])
+
+        let mount = try MountConfig(root.section("mount"))
+        let cache = try CacheConfig(root.section("cache"))
+
+        var stores: [StoreConfig] = []
+        let storesSection = try root.section("stores")
+        for name in storesSection.keys {
+            let section = try storesSection.section(name, required: true)
+            try checkName(name, in: section)
+            stores.append(try StoreConfig(name: name, section: section))
+        }
+
+        var scopes: [ScopeConfig] = []
+        let scopesSection = try root.section("scopes")
+        for name in scopesSection.keys {
+            let section = try scopesSection.section(name, required: true)
+            try checkName(name, in: section)
+            if stores.contains(where: { $0.name == name }) {
+                throw section.error(nil, "scope '\(name)' has the same name as a store; both would be /\(name)")
+            }
+            let scope = try ScopeConfig(name: name, section: section)
+            for element in scope.chain where !stores.contains(where: { $0.name == element.store }) {
+                throw section.error("chain", "scope '\(name)' names store '\(element.store)', which is not configured")
+            }
+            scopes.append(scope)
+        }
+        if stores.isEmpty {
+            throw root.error("stores", "no stores configured: add a [stores.<name>] table")
+        }
+        return Config(file: file, mount: mount, cache: cache, stores: stores, scopes: scopes)
+    }
+
+    static func checkName(_ name: String, in section: ConfigSection) throws(LocatedError) {
+        let allowed = name.unicodeScalars.allSatisfy { scalar in
+            (scalar.value < 128 && (scalar.properties.isAlphabetic || ("0"..."9").contains(scalar)))
+                || scalar == "-" || scalar == "_" || scalar == "."
+        }
+        if !allowed || name.isEmpty || name == "." || name == ".." {
+            throw section.error(nil, "'\(name)' is not usable as a directory name (letters, digits, '-', '_', '.')")
+        }
+    }
+
+    public func store(named name: String) -> StoreConfig? { stores.first { $0.name == name } }
+}
+
+public struct MountConfig: Sendable {
+    public var path: String
+    public var allowOther: Bool
+    public var uid: UInt32
+    public var gid: UInt32
+    public var fileMode: UInt32
+    public var dirMode: UInt32
+    /// Answer open with ENOSYS so the kernel stops sending opens and serves reads from its page cache.
+    public var noOpen: Bool
+    /// Have fusermount3 unmount when the daemon dies, so a killed daemon leaves no dead mount.
+    public var autoUnmount: Bool
+
+    init(_ section: ConfigSection) throws(LocatedError) {
+        try section.rejectUnknown(allowed: [
+            "path", "allow_other", "uid", "gid", "file_mode", "dir_mode", "no_open", "auto_unmount",
+        ])
+        path = try section.path("path") ?? "/secrets"
+        allowOther = try section.bool("allow_other") ?? false
+        uid = try section.uint32("uid") ?? getuid()
+        gid = try section.uint32("gid") ?? getgid()
+        fileMode = try section.mode("file_mode") ?? 0o400
+        dirMode = try section.mode("dir_mode") ?? 0o500
+        noOpen = try section.bool("no_open") ?? true
+        autoUnmount = try section.bool("auto_unmount") ?? true
+    }
+}
+
+public struct CacheConfig: Sendable {
+    /// Seconds a cached (non-fresh) value is served before it is fetched again.
+    public var ttl: Double
+    /// Key globs fetched on every open.
+    public var fresh: [String]
+    /// Seconds a cached value may still be served when its store fails; 0 turns this off.
+    public var staleIfError: Double
+
+    init(_ section: ConfigSection) throws(LocatedError) {
+        try section.rejectUnknown(allowed: ["ttl", "fresh", "stale_if_error"])
+        ttl = try section.duration("ttl") ?? 300
+        fresh = try section.stringArray("fresh") ?? []
+        staleIfError = try section.duration("stale_if_error") ?? 600
+    }
+}
+
+/// One `[stores.<name>]` table. Keys beyond `type` and `fresh` belong to the backend, which reads them from
+/// `section` and must reject the ones it does not know.
+public struct StoreConfig: Sendable {
+    public var name: String
+    public var type: String
+    public var fresh: [String]
+    public var section: ConfigSection
+
+    init(name: String, section: ConfigSection) throws(LocatedError) {
+        self.name = name
+        guard let type = try section.string("type") else {
+            throw section.error(nil, "store '\(name)' needs a type (file)")
+        }
+        self.type = type
+        self.fresh = try section.stringArray("fresh") ?? []
+        self.section = section
+    }
+}
+
+/// One element of a scope's chain: a store, and optionally a location inside it that replaces the store's own
+/// (for the file store a file path, for Vault a KV path, for Redis a key prefix).
+public struct ChainElement: Sendable, Hashable {
+    public var store: String
+    public var path: String?
+
+    public init(store: String, path: String? = nil) {
+        self.store = store
+        self.path = path
+    }
+}
+
+public struct ScopeConfig: Sendable {
+    public var name: String
+    public var chain: [ChainElement]
+    public var fresh: [String]
+
+    init(name: String, section: ConfigSection) throws(LocatedError) {
+        self.name = name
+        try section.rejectUnknown(allowed: ["chain", "fresh"])
+        guard case .array(let items)? = section.values["chain"], !items.isEmpty else {
+            throw section.error("chain", "scope '\(name)' needs a non-empty chain = [\"store\", ...]")
+        }
+        var chain: [ChainElement] = []
+        for item in items {
+            switch item {
+            case .string(let store):
+                chain.append(ChainElement(store: store))
+            case .table(let fields):
+                guard case .string(let store)? = fields["store"] else {
+                    throw section.error("chain", "a chain element table needs store = \"<name>\"")
+                }
+                var path: String?
+                if let raw = fields["path"] {
+                    guard case .string(let text) = raw else {
+                        throw section.error("chain", "path in a chain element must be a string")
+                    }
+                    path = text
+                }
+                if let unknown = fields.keys.first(where: { $0 != "store" && $0 != "path" }) {
+                    throw section.error("chain", "unknown key '\(unknown)' in a chain element (store, path)")
+                }
+                chain.append(ChainElement(store: store, path: path))
+            default:
+                throw section.error("chain", "chain elements are store names or { store = ..., path = ... }")
+            }
+        }
+        self.chain = chain
+        self.fresh = try section.stringArray("fresh") ?? []
+    }
+}
+
+/// A table of the config with typed accessors whose errors point at the key's line.
+public struct ConfigSection: Sendable {
+    public let document: TOMLDocument
+    public let path: [String]
+    public let values: [String: SecretValue]
+
+    public var keys: [String] { values.keys.sorted() }
+    public var directory: String {
+        guard let slash = document.file.lastIndex(of: "/") else { return "." }
+        return String(document.file[..<slash])
+    }
+
+    public func error(_ key: String?, _ message: String) -> LocatedError {
+        let full = path + (key.map { [$0] } ?? [])
+        return LocatedError(document.location(of: full), message)
+    }
+
+    private func name(_ key: String) -> String { (path + [key]).joined(separator: ".") }
+
+    public func rejectUnknown(allowed: Set<String>) throws(LocatedError) {
+        for key in keys where !allowed.contains(key) {
+            throw error(key, "unknown key '\(name(key))' (known: \(allowed.sorted().joined(separator: ", ")))")
+        }
+    }
+
+    public func section(_ key: String, required: Bool = false) throws(LocatedError) -> ConfigSection {
+        switch values[key] {
+        case .table(let fields)?:
+            return ConfigSection(document: document, path: path + [key], values: fields)
+        case nil where !required:
+            return ConfigSection(document: document, path: path + [key], values: [:])
+        default:
+            throw error(key, "'\(name(key))' must be a table")
+        }
+    }
+
+    public func string(_ key: String) throws(LocatedError) -> String? {
+        switch values[key] {
+        case nil: return nil
+        case .string(let text)?: return text
+        default: throw error(key, "'\(name(key))' must be a string")
+        }
+    }
+
+    /// A file path; relative paths are taken relative to the config file's folder.
+    public func path(_ key: String) throws(LocatedError) -> String? {
+        try string(key).map(absolutePath)
+    }
+
+    public func absolutePath(_ path: String) -> String {
+        path.hasPrefix("/") ? path : directory + "/" + path
+    }
+
+    public func bool(_ key: String) throws(LocatedError) -> Bool? {
+        switch values[key] {
+        case nil: return nil
+        case .bool(let flag)?: return flag
+        default: throw error(key, "'\(name(key))' must be true or false")
+        }
+    }
+
+    public func int(_ key: String) throws(LocatedError) -> Int64? {
+        switch values[key] {
+        case nil: return nil
+        case .int(let number)?: return number
+        default: throw error(key, "'\(name(key))' must be an integer")
+        }
+    }
+
+    public func uint32(_ key: String) throws(LocatedError) -> UInt32? {
+        guard let number = try int(key) else { return nil }
+        guard let value = UInt32(exactly: number) else {
+            throw error(key, "'\(name(key))' must be between 0 and \(UInt32.max)")
+        }
+        return value
+    }
+
+    public func stringArray(_ key: String) throws(LocatedError) -> [String]? {
+        switch values[key] {
+        case nil: return nil
+        case .string(let single)?: return [single]
+        case .array(let items)?:
+            var out: [String] = []
+            for item in items {
+                guard case .string(let text) = item else {
+                    throw error(key, "'\(name(key))' must be a list of strings")
+                }
+                out.append(text)
+            }
+            return out
+        default: throw error(key, "'\(name(key))' must be a list of strings")
+        }
+    }
+
+    /// A file mode: a string of octal digits ("0400") or a TOML integer (0o400).
+    public func mode(_ key: String) throws(LocatedError) -> UInt32? {
+        switch values[key] {
+        case nil: return nil
+        case .int(let number)? where (0...0o7777).contains(number):
+            return UInt32(number)
+        case .string(let text)?:
+            if let value = UInt32(text, radix: 8), value <= 0o7777 { return value }
+            throw error(key, "'\(name(key))' must be an octal mode such as \"0400\"")
+        default:
+            throw error(key, "'\(name(key))' must be an octal mode such as \"0400\"")
+        }
+    }
+
+    /// A duration: "500ms", "30s", "5m", "2h", "1d", a plain number of seconds, or "0".
+    public func duration(_ key: String) throws(LocatedError) -> Double? {
+        switch values[key] {
+        case nil: return nil
+        case .int(let number)? where number >= 0: return Double(number)
+        case .float(let number)? where number >= 0 && number.isFinite: return number
+        case .string(let text)?:
+            if let seconds = Self.parseDuration(text) { return seconds }
+            throw error(key, "'\(name(key))' must be a duration such as \"30s\", \"5m\" or \"1h\"")
+        default:
+            throw error(key, "'\(name(key))' must be a duration such as \"30s\", \"5m\" or \"1h\"")
+        }
+    }
+
+    public static func parseDuration(_ text: String) -> Double? {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            let number = text.dropLast(suffix.count)
+            if let value = Double(number), value >= 0, value.isFinite { return value * scale }
+        }
+        if let value = Double(text), value >= 0, value.isFinite { return value }
+        return nil
+    }
+}

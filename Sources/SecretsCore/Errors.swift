@@ -1,0 +1,65 @@
+import Glibc
+
+/// An error of secretsfs: a code, a message that never contains a secret value, and an optional cause.
+public struct SecretsError: Error, CustomStringConvertible, Sendable {
+    public enum Code: String, Sendable {
+        case notFound = "not found"
+        case storeUnavailable = "store unavailable"
+        case decryptionFailed = "decryption failed"
+        case permissionDenied = "permission denied"
+        case insecureFile = "insecure file"
+        case timeout = "timed out"
+        case readOnly = "read-only"
+        case invalidConfig = "invalid config"
+        case invalidData = "invalid data"
+        case invalidArgument = "invalid argument"
+        case io = "I/O error"
+        case unsupported = "unsupported"
+    }
+
+    public var code: Code
+    public var message: String
+    public var cause: (any Error & Sendable)?
+
+    public init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil) {
+        self.code = code
+        self.message = message
+        self.cause = cause
+    }
+
+    public var description: String {
+        if let cause {
+            return "\(message): \(cause)"
+        }
+        return message
+    }
+
+    /// The one place where errors become errno values.
+    public var errno: Int32 {
+        switch code {
+        case .notFound: return ENOENT
+        case .permissionDenied: return EACCES
+        case .readOnly: return EROFS
+        case .invalidArgument: return EINVAL
+        case .timeout: return ETIMEDOUT
+        case .unsupported: return ENOSYS
+        case .storeUnavailable, .decryptionFailed, .insecureFile, .invalidConfig, .invalidData, .io: return EIO
+        }
+    }
+
+    /// Maps any error to errno: secretsfs errors by their code, anything else to EIO.
+    public static func errno(for error: any Error) -> Int32 {
+        (error as? SecretsError)?.errno ?? EIO
+    }
+}
+
+/// Process exit codes of the `secretsfs` command, in one place.
+public enum ExitStatus: Int32, Sendable {
+    case success = 0
+    /// A runtime failure: a store failed, the mount failed.
+    case failure = 1
+    /// Bad usage or a malformed config file; nothing was mounted.
+    case invalidConfig = 2
+    /// The requested store, env or key does not exist.
+    case notFound = 3
+}

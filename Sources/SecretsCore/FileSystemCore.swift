@@ -1,0 +1,382 @@
+import Logging
+import Synchronization
+
+import Glibc
+
+/// What the kernel is told about a file or directory.
+public struct NodeAttributes: Sendable, Equatable {
+    public var inode: UInt64
+    public var isDirectory: Bool
+    public var size: Int
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Seconds and nanoseconds since the epoch; fixed for the life of the inode.
+    public var modified: (seconds: Int, nanoseconds: Int)
+
+    public static func == (lhs: NodeAttributes, rhs: NodeAttributes) -> Bool {
+        lhs.inode == rhs.inode && lhs.isDirectory == rhs.isDirectory && lhs.size == rhs.size && lhs.mode == rhs.mode
+            && lhs.uid == rhs.uid && lhs.gid == rhs.gid && lhs.modified == rhs.modified
+    }
+}
+
+/// The answer to a lookup: the node and how long the kernel may keep the name and the attributes.
+public struct EntryReply: Sendable {
+    public var attributes: NodeAttributes
+    public var entryTimeout: Double
+    public var attributeTimeout: Double
+}
+
+public struct DirectoryEntry: Sendable, Equatable {
+    public var name: String
+    public var inode: UInt64
+    public var isDirectory: Bool
+}
+
+/// How the core tells the kernel that a name now leads elsewhere. The FUSE bridge implements it; tests record it.
+public protocol KernelNotifier: Sendable {
+    func invalidateEntry(parent: UInt64, name: String)
+}
+
+/// The filesystem without FUSE: inode table, cache policy and resolution. Pure Swift, unit-tested without a mount.
+///
+/// Every file inode is an immutable snapshot of one value. When a key's value changes, the name is given a *new*
+/// inode; handles already open keep reading the old one. So the kernel's page cache is never stale for an inode, one
+/// open always reads one value, and the kernel may serve cached files without asking the daemon (no_open, keep_cache).
+/// Freshness is decided at lookup: fresh keys get entry timeout 0, so every path walk asks again and refetches;
+/// cached keys keep their name for the rest of their ttl.
+public final class FileSystemCore: Sendable {
+    public static let rootInode: UInt64 = 1
+    /// Attributes of an inode never change, so the kernel may keep them long.
+    public static let fileAttributeTimeout: Double = 86_400
+
+    public let resolver: Resolver
+    let mount: MountConfig
+    let cache: CacheConfig
+    let clock: @Sendable () -> Double
+    let logger: Logger
+    let state: Mutex<State>
+    let notifier: Mutex<(any KernelNotifier)?>
+    let mountedAt: (seconds: Int, nanoseconds: Int)
+
+    enum DirectoryKind: Hashable {
+        case root
+        case top(String)
+        case env(top: String, env: String)
+    }
+
+    struct FilePath: Hashable {
+        var top: String
+        var env: String
+        var key: String
+    }
+
+    struct FileNode {
+        var path: FilePath
+        var parent: UInt64
+        var bytes: SecretBytes
+        var modified: (seconds: Int, nanoseconds: Int)
+        var lookups: UInt64
+    }
+
+    struct CacheEntry {
+        var bytes: SecretBytes
+        var fetchedAt: Double
+    }
+
+    struct State {
+        var nextInode: UInt64 = 2
+        var directories: [UInt64: DirectoryKind] = [1: .root]
+        var directoryInodes: [DirectoryKind: UInt64] = [.root: 1]
+        var files: [UInt64: FileNode] = [:]
+        var current: [FilePath: UInt64] = [:]
+        var cache: [FilePath: CacheEntry] = [:]
+        var lastWarning: [String: Double] = [:]
+
+        mutating func allocate() -> UInt64 {
+            defer { nextInode += 1 }
+            return nextInode
+        }
+
+        mutating func directoryInode(_ kind: DirectoryKind) -> UInt64 {
+            if let inode = directoryInodes[kind] { return inode }
+            let inode = allocate()
+            directoryInodes[kind] = inode
+            directories[inode] = kind
+            return inode
+        }
+    }
+
+    public init(
+        config: Config, resolver: Resolver, logger: Logger,
+        clock: @escaping @Sendable () -> Double = FileSystemCore.monotonicSeconds
+    ) {
+        self.resolver = resolver
+        self.mount = config.mount
+        self.cache = config.cache
+        self.clock = clock
+        self.logger = logger
+        self.state = Mutex(State())
+        self.notifier = Mutex(nil)
+        self.mountedAt = Self.wallClock()
+    }
+
+    public func setNotifier(_ notifier: (any KernelNotifier)?) {
+        self.notifier.withLock { $0 = notifier }
+    }
+
+    /// How long the kernel may keep a directory's name and attributes.
+    var directoryTimeout: Double { min(cache.ttl, 60) }
+
+    // MARK: - Lookup
+
+    public func lookup(parent: UInt64, name: String) throws(SecretsError) -> EntryReply {
+        guard let kind = state.withLock({ $0.directories[parent] }) else {
+            throw SecretsError(.notFound, "unknown directory inode \(parent)")
+        }
+        switch kind {
+        case .root:
+            guard resolver.tops[name] != nil else { throw SecretsError(.notFound, "no store or scope '\(name)'") }
+            return directoryEntry(.top(name))
+        case .top(let top):
+            let env: String?
+            do {
+                env = try resolver.canonicalEnv(top: top, env: name)
+            } catch {
+                warn(top: top, "listing envs of '\(top)' failed: \(error)")
+                throw error
+            }
+            guard let env else { throw SecretsError(.notFound, "no env '\(name)' in '\(top)'") }
+            return directoryEntry(.env(top: top, env: env))
+        case .env(let top, let env):
+            return try fileEntry(FilePath(top: top, env: env, key: name), parent: parent)
+        }
+    }
+
+    private func directoryEntry(_ kind: DirectoryKind) -> EntryReply {
+        let inode = state.withLock { $0.directoryInode(kind) }
+        return EntryReply(
+            attributes: directoryAttributes(inode), entryTimeout: directoryTimeout, attributeTimeout: directoryTimeout)
+    }
+
+    private func fileEntry(_ path: FilePath, parent: UInt64) throws(SecretsError) -> EntryReply {
+        let fresh = resolver.isFresh(top: path.top, key: path.key)
+        let now = clock()
+        let (bytes, entryTimeout) = try value(for: path, fresh: fresh, now: now)
+        let node: FileNode = state.withLock { state in
+            if let inode = state.current[path], var node = state.files[inode], node.bytes == bytes {
+                node.lookups += 1
+                state.files[inode] = node
+                return node
+            }
+            let inode = state.allocate()
+            let node = FileNode(path: path, parent: parent, bytes: bytes, modified: Self.wallClock(), lookups: 1)
+            state.files[inode] = node
+            state.current[path] = inode
+            return node
+        }
+        let inode = state.withLock { $0.current[path] } ?? 0
+        return EntryReply(
+            attributes: fileAttributes(inode, node), entryTimeout: entryTimeout,
+            attributeTimeout: Self.fileAttributeTimeout)
+    }
+
+    /// The bytes of a path and how long the kernel may keep the name: fetched now for fresh keys, from the cache
+    /// while its ttl runs for the others, and a stale value for a while when the store fails.
+    private func value(for path: FilePath, fresh: Bool, now: Double) throws(SecretsError) -> (SecretBytes, Double) {
+        if !fresh, let entry = state.withLock({ $0.cache[path] }), now - entry.fetchedAt < cache.ttl {
+            return (entry.bytes, cache.ttl - (now - entry.fetchedAt))
+        }
+        let resolved: SecretValue?
+        do {
+            resolved = try resolver.resolve(top: path.top, env: path.env, key: path.key)
+        } catch where error.code != .notFound {
+            if !fresh, let entry = state.withLock({ $0.cache[path] }),
+                now - entry.fetchedAt < cache.ttl + cache.staleIfError
+            {
+                warn(top: path.top, "'\(path.top)' failed, serving cached values for up to stale_if_error: \(error)")
+                return (entry.bytes, min(1, cache.ttl))
+            }
+            warn(top: path.top, "reading '\(path.top)/\(path.env)' failed: \(error)")
+            throw error
+        }
+        guard let resolved else {
+            _ = state.withLock { $0.cache.removeValue(forKey: path) }
+            throw SecretsError(.notFound, "no key '\(path.key)' in '\(path.top)/\(path.env)'")
+        }
+        let bytes = resolved.fileBytes()
+        if fresh {
+            return (bytes, 0)
+        }
+        state.withLock { $0.cache[path] = CacheEntry(bytes: bytes, fetchedAt: now) }
+        return (bytes, cache.ttl)
+    }
+
+    /// At most one warning a minute per top, so a failing fresh key read in a loop does not flood the log.
+    private func warn(top: String, _ message: String) {
+        let now = clock()
+        let due = state.withLock { state -> Bool in
+            if let last = state.lastWarning[top], now - last < 60 { return false }
+            state.lastWarning[top] = now
+            return true
+        }
+        if due { logger.warning("\(message)", metadata: ["store": "\(top)"]) }
+    }
+
+    // MARK: - Attributes, forget, read
+
+    public func attributes(_ inode: UInt64) throws(SecretsError) -> (NodeAttributes, Double) {
+        let found: (DirectoryKind?, FileNode?) = state.withLock { ($0.directories[inode], $0.files[inode]) }
+        if found.0 != nil { return (directoryAttributes(inode), directoryTimeout) }
+        if let node = found.1 { return (fileAttributes(inode, node), Self.fileAttributeTimeout) }
+        throw SecretsError(.notFound, "unknown inode \(inode)")
+    }
+
+    private func directoryAttributes(_ inode: UInt64) -> NodeAttributes {
+        NodeAttributes(
+            inode: inode, isDirectory: true, size: 0, mode: mount.dirMode, uid: mount.uid, gid: mount.gid,
+            modified: mountedAt)
+    }
+
+    private func fileAttributes(_ inode: UInt64, _ node: FileNode) -> NodeAttributes {
+        NodeAttributes(
+            inode: inode, isDirectory: false, size: node.bytes.count, mode: mount.fileMode, uid: mount.uid,
+            gid: mount.gid, modified: node.modified)
+    }
+
+    /// The kernel dropped `count` references; a file inode with none left is released (and its bytes wiped).
+    public func forget(_ inode: UInt64, count: UInt64) {
+        state.withLock { state in
+            guard var node = state.files[inode] else { return }
+            node.lookups = node.lookups > count ? node.lookups - count : 0
+            if node.lookups == 0 {
+                state.files.removeValue(forKey: inode)
+                if state.current[node.path] == inode { state.current.removeValue(forKey: node.path) }
+            } else {
+                state.files[inode] = node
+            }
+        }
+    }
+
+    /// The snapshot an inode was created with.
+    public func contents(_ inode: UInt64) throws(SecretsError) -> SecretBytes {
+        if let node = state.withLock({ $0.files[inode] }) { return node.bytes }
+        if state.withLock({ $0.directories[inode] }) != nil { throw SecretsError(.unsupported, "is a directory") }
+        throw SecretsError(.notFound, "unknown inode \(inode)")
+    }
+
+    public func isFile(_ inode: UInt64) -> Bool { state.withLock { $0.files[inode] != nil } }
+
+    public func isDirectory(_ inode: UInt64) -> Bool { state.withLock { $0.directories[inode] != nil } }
+
+    /// Number of file inodes the kernel holds (for tests and diagnostics).
+    public var liveFileCount: Int { state.withLock { $0.files.count } }
+
+    // MARK: - Directories
+
+    public func list(_ inode: UInt64) throws(SecretsError) -> [DirectoryEntry] {
+        guard let kind = state.withLock({ $0.directories[inode] }) else {
+            throw SecretsError(.notFound, "unknown directory inode \(inode)")
+        }
+        switch kind {
+        case .root:
+            return state.withLock { state in
+                resolver.topNames.map {
+                    DirectoryEntry(name: $0, inode: state.directoryInode(.top($0)), isDirectory: true)
+                }
+            }
+        case .top(let top):
+            let envs: [String]
+            do {
+                envs = try resolver.envs(top: top)
+            } catch {
+                warn(top: top, "listing envs of '\(top)' failed: \(error)")
+                throw error
+            }
+            return state.withLock { state in
+                envs.map {
+                    DirectoryEntry(
+                        name: $0, inode: state.directoryInode(.env(top: top, env: $0)), isDirectory: true)
+                }
+            }
+        case .env(let top, let env):
+            let keys: [String]
+            do {
+                keys = try resolver.keys(top: top, env: env)
+            } catch {
+                warn(top: top, "listing '\(top)/\(env)' failed: \(error)")
+                throw error
+            }
+            return state.withLock { state in
+                keys.enumerated().map { index, key in
+                    // Names not looked up yet have no inode; readdir needs a non-zero placeholder.
+                    let inode = state.current[FilePath(top: top, env: env, key: key)] ?? UInt64.max - UInt64(index)
+                    return DirectoryEntry(name: key, inode: inode, isDirectory: false)
+                }
+            }
+        }
+    }
+
+    /// The parent of a directory, for `..`.
+    public func parent(of inode: UInt64) -> UInt64 {
+        state.withLock { state in
+            switch state.directories[inode] {
+            case .env(let top, _)?: return state.directoryInodes[.top(top)] ?? Self.rootInode
+            default: return Self.rootInode
+            }
+        }
+    }
+
+    // MARK: - Change propagation
+
+    /// A store reported a change: refetch the cached keys that depend on it now, and tell the kernel to drop the
+    /// names whose value changed, so the next open sees the new value without waiting for the ttl.
+    public func storeChanged(_ storeName: String) {
+        let tops = resolver.tops.values.filter { top in top.chain.contains { $0.store.name == storeName } }
+            .map(\.name)
+        let paths = state.withLock { state in state.cache.keys.filter { tops.contains($0.top) } }
+        var stale: [(parent: UInt64, name: String)] = []
+        for path in paths {
+            let resolved: SecretValue?
+            do {
+                resolved = try resolver.resolve(top: path.top, env: path.env, key: path.key)
+            } catch {
+                warn(top: path.top, "refreshing '\(path.top)/\(path.env)' after a change failed: \(error)")
+                continue
+            }
+            let bytes = resolved?.fileBytes()
+            let now = clock()
+            state.withLock { state in
+                if let bytes {
+                    state.cache[path] = CacheEntry(bytes: bytes, fetchedAt: now)
+                } else {
+                    state.cache.removeValue(forKey: path)
+                }
+                if let inode = state.current[path], let node = state.files[inode], node.bytes != bytes {
+                    stale.append((node.parent, path.key))
+                }
+            }
+        }
+        logger.info(
+            "store changed; refreshed cached keys",
+            metadata: ["store": "\(storeName)", "refreshed": "\(paths.count)", "changed": "\(stale.count)"])
+        guard let notifier = notifier.withLock({ $0 }) else { return }
+        for entry in stale {
+            notifier.invalidateEntry(parent: entry.parent, name: entry.name)
+        }
+    }
+
+    // MARK: - Clocks
+
+    public static func monotonicSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
+    static func wallClock() -> (seconds: Int, nanoseconds: Int) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return (Int(now.tv_sec), Int(now.tv_nsec))
+    }
+}

@@ -1,0 +1,108 @@
+/// Layers Dynaconf envs and walks scope chains. It holds no cache: every call reaches the stores.
+public final class Resolver: Sendable {
+    /// A top-level directory: a store (a chain of one) or a scope.
+    public struct Top: Sendable {
+        public var name: String
+        public var chain: [(store: any SecretStore, location: String?)]
+        public var fresh: [Glob]
+        public var isScope: Bool
+    }
+
+    public static let defaultEnv = "default"
+    public static let globalEnv = "global"
+    /// Dynaconf reads this env after `default` and before the current one.
+    public static let dynaconfEnv = "dynaconf"
+
+    public let tops: [String: Top]
+    public let topNames: [String]
+    private let globalFresh: [Glob]
+
+    public init(config: Config, stores: [String: any SecretStore]) throws(SecretsError) {
+        var tops: [String: Top] = [:]
+        for storeConfig in config.stores {
+            guard let store = stores[storeConfig.name] else {
+                throw SecretsError(.invalidConfig, "store '\(storeConfig.name)' was not built")
+            }
+            tops[storeConfig.name] = Top(
+                name: storeConfig.name, chain: [(store, nil)], fresh: storeConfig.fresh.map(Glob.init), isScope: false)
+        }
+        for scope in config.scopes {
+            var chain: [(store: any SecretStore, location: String?)] = []
+            var fresh = scope.fresh.map(Glob.init)
+            for element in scope.chain {
+                guard let store = stores[element.store], let storeConfig = config.store(named: element.store) else {
+                    throw SecretsError(.invalidConfig, "scope '\(scope.name)' names unknown store '\(element.store)'")
+                }
+                chain.append((store, element.path))
+                fresh += storeConfig.fresh.map(Glob.init)
+            }
+            tops[scope.name] = Top(name: scope.name, chain: chain, fresh: fresh, isScope: true)
+        }
+        self.tops = tops
+        self.topNames = tops.keys.sorted()
+        self.globalFresh = config.cache.fresh.map(Glob.init)
+    }
+
+    func top(_ name: String) throws(SecretsError) -> Top {
+        guard let top = tops[name] else { throw SecretsError(.notFound, "no store or scope named '\(name)'") }
+        return top
+    }
+
+    /// The layers of `env`, highest priority first.
+    public static func layers(for env: String) -> [String] {
+        switch env {
+        case defaultEnv: return [defaultEnv]
+        case globalEnv: return [globalEnv]
+        default: return [globalEnv, env, dynaconfEnv, defaultEnv]
+        }
+    }
+
+    /// Whether a key is fetched on every open: it matches `[cache] fresh`, its store's or scope's `fresh`, or the
+    /// `fresh` of any store in the scope's chain.
+    public func isFresh(top name: String, key: String) -> Bool {
+        if globalFresh.contains(where: { $0.matches(key) }) { return true }
+        return tops[name]?.fresh.contains { $0.matches(key) } ?? false
+    }
+
+    /// Every env of the top, plus `default` and `global`, sorted.
+    public func envs(top name: String) throws(SecretsError) -> [String] {
+        var names: Set<String> = [Self.defaultEnv, Self.globalEnv]
+        for element in try top(name).chain {
+            for env in try element.store.envs(at: element.location) { names.insert(env.lowercased()) }
+        }
+        return names.sorted()
+    }
+
+    /// The env's canonical (lower-case) name when it exists under the top, else nil.
+    public func canonicalEnv(top name: String, env: String) throws(SecretsError) -> String? {
+        let folded = env.lowercased()
+        if folded == Self.defaultEnv || folded == Self.globalEnv { return folded }
+        return try envs(top: name).contains(folded) ? folded : nil
+    }
+
+    /// Every key visible under `env`: the union over the chain and the env's layers, sorted.
+    public func keys(top name: String, env: String) throws(SecretsError) -> [String] {
+        var seen: [String: String] = [:]  // lower-cased -> first spelling seen, highest priority first
+        for element in try top(name).chain {
+            for layer in Self.layers(for: env) {
+                guard let fields = try element.store.fields(of: layer, at: element.location) else { continue }
+                for key in fields.keys.sorted() where seen[key.lowercased()] == nil {
+                    seen[key.lowercased()] = key
+                }
+            }
+        }
+        return seen.values.sorted()
+    }
+
+    /// The value of `key` under `env`: the first chain element that has it wins; inside it, global over the env
+    /// over dynaconf over default. Nil when no element has it.
+    public func resolve(top name: String, env: String, key: String) throws(SecretsError) -> SecretValue? {
+        let layers = Self.layers(for: env)
+        for element in try top(name).chain {
+            if let value = try element.store.value(of: key, layers: layers, at: element.location) {
+                return value
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,107 @@
+/// A value as a store holds it, before it becomes the bytes of a file.
+public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
+    case string(String)
+    case int(Int64)
+    case float(Double)
+    case bool(Bool)
+    case null
+    case array([SecretValue])
+    case table([String: SecretValue])
+    /// A TOML or YAML date/time, kept as its text.
+    case datetime(String)
+
+    /// The bytes a reader of the file gets: a string is its exact UTF-8 bytes; anything else is compact JSON text
+    /// with object keys sorted (integers without a decimal point, floats in their shortest form).
+    public func fileBytes() -> SecretBytes {
+        switch self {
+        case .string(let text):
+            return SecretBytes(string: text)
+        default:
+            var out: [UInt8] = []
+            appendJSON(to: &out)
+            defer { wipe(&out) }
+            return SecretBytes(out)
+        }
+    }
+
+    /// Compact JSON text of this value (a string becomes a quoted JSON string).
+    public func jsonText() -> String {
+        var out: [UInt8] = []
+        appendJSON(to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    func appendJSON(to out: inout [UInt8]) {
+        switch self {
+        case .string(let text), .datetime(let text):
+            Self.appendJSONString(text, to: &out)
+        case .int(let number):
+            out.append(contentsOf: String(number).utf8)
+        case .float(let number):
+            out.append(contentsOf: Self.formatFloat(number).utf8)
+        case .bool(let flag):
+            out.append(contentsOf: (flag ? "true" : "false").utf8)
+        case .null:
+            out.append(contentsOf: "null".utf8)
+        case .array(let items):
+            out.append(UInt8(ascii: "["))
+            for (index, item) in items.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                item.appendJSON(to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .table(let fields):
+            out.append(UInt8(ascii: "{"))
+            for (index, key) in fields.keys.sorted().enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                Self.appendJSONString(key, to: &out)
+                out.append(UInt8(ascii: ":"))
+                fields[key]?.appendJSON(to: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    /// Shortest round-tripping form (Swift's, like Python's repr: `1.5`, `2.0`, `1e-05`); JSON has no NaN or
+    /// infinity, so those become null.
+    static func formatFloat(_ number: Double) -> String {
+        number.isFinite ? String(number) : "null"
+    }
+
+    static func appendJSONString(_ text: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out.append(contentsOf: "\\\"".utf8)
+            case "\\": out.append(contentsOf: "\\\\".utf8)
+            case "\n": out.append(contentsOf: "\\n".utf8)
+            case "\r": out.append(contentsOf: "\\r".utf8)
+            case "\t": out.append(contentsOf: "\\t".utf8)
+            case "\u{08}": out.append(contentsOf: "\\b".utf8)
+            case "\u{0C}": out.append(contentsOf: "\\f".utf8)
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out.append(contentsOf: ("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8)
+                } else {
+                    out.append(contentsOf: String(scalar).utf8)
+                }
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
+    /// Never the value itself: only its kind, so that a value printed by accident leaks nothing.
+    public var description: String {
+        switch self {
+        case .string: return "<redacted string>"
+        case .int: return "<redacted int>"
+        case .float: return "<redacted float>"
+        case .bool: return "<redacted bool>"
+        case .null: return "<null>"
+        case .array: return "<redacted array>"
+        case .table: return "<redacted table>"
+        case .datetime: return "<redacted datetime>"
+        }
+    }
+}

@@ -1,0 +1,57 @@
+/// A backend that holds secrets in Dynaconf's layout: envs, each a flat set of keys.
+///
+/// A store answers raw data only; layering (default, env, global) and scope chains live in the `Resolver`, caching
+/// in `FileSystemCore`. Every store must pass the shared conformance suite (Tests/StoreTests/StoreConformance.swift).
+///
+/// `location` is where inside the backend to look; nil means the store's configured location. A scope chain element
+/// `{ store = "x", path = "..." }` passes its path here (the file store: a file; Vault: a KV path; Redis: a prefix).
+public protocol SecretStore: AnyObject, Sendable {
+    var name: String { get }
+
+    /// The envs present at `location`, lower-case.
+    func envs(at location: String?) throws(SecretsError) -> [String]
+
+    /// The fields of one env at `location`, or nil when that env does not exist there.
+    func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]?
+
+    /// One key: its value in the first of `layers` (env names, highest priority first) that holds it, matching the
+    /// key exactly first and then ignoring case, as Dynaconf does. This call goes to the backend every time.
+    func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue?
+
+    /// Starts pushing change notices (for example file watches, keyspace events). Returns false when the store
+    /// cannot push, in which case cached values refresh after their ttl only.
+    func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool
+
+    /// Stops watches and releases connections.
+    func close()
+}
+
+extension SecretStore {
+    public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
+        for layer in layers {
+            guard let fields = try fields(of: layer, at: location) else { continue }
+            if let value = Self.match(key, in: fields) { return value }
+        }
+        return nil
+    }
+
+    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool { false }
+
+    public func close() {}
+
+    /// Exact key first, then the first key equal ignoring case (in sorted order, so the choice is stable).
+    public static func match(_ key: String, in fields: [String: SecretValue]) -> SecretValue? {
+        if let exact = fields[key] { return exact }
+        let folded = key.lowercased()
+        for candidate in fields.keys.sorted() where candidate.lowercased() == folded {
+            return fields[candidate]
+        }
+        return nil
+    }
+}
+
+/// Builds a store from its `[stores.<name>]` table; one per backend type.
+public protocol StoreFactory: Sendable {
+    var type: String { get }
+    func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore
+}

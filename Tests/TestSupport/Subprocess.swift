@@ -1,0 +1,143 @@
+import Foundation
+
+/// The result of a finished subprocess.
+public struct ProcessResult: Sendable {
+    public var status: Int32
+    public var stdout: [UInt8]
+    public var stderr: String
+    public var timedOut: Bool
+
+    public var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
+}
+
+public enum TestFailure: Error, CustomStringConvertible {
+    case message(String)
+    public var description: String {
+        switch self {
+        case .message(let text): return text
+        }
+    }
+}
+
+/// Runs a program to completion with a hard timeout (then SIGKILL). Standard input is `input`, or /dev/null.
+@discardableResult
+public func run(
+    _ arguments: [String], input: [UInt8]? = nil, environment: [String: String]? = nil, timeout: Double = 30,
+    directory: String? = nil
+) throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = arguments
+    if let environment {
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    }
+    if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    let stdoutPipe = Pipe()
+    let stderrPipe = Pipe()
+    let stdinPipe = Pipe()
+    process.standardOutput = stdoutPipe
+    process.standardError = stderrPipe
+    process.standardInput = input == nil ? FileHandle.nullDevice : stdinPipe
+    try process.run()
+    let collector = OutputCollector(stdoutPipe.fileHandleForReading, stderrPipe.fileHandleForReading)
+    if let input {
+        stdinPipe.fileHandleForWriting.write(Data(input))
+        try? stdinPipe.fileHandleForWriting.close()
+    }
+    let deadline = Date().addingTimeInterval(timeout)
+    var timedOut = false
+    while process.isRunning {
+        if Date() > deadline {
+            timedOut = true
+            kill(process.processIdentifier, SIGKILL)
+            break
+        }
+        usleep(2000)
+    }
+    process.waitUntilExit()
+    let (out, err) = collector.finish()
+    return ProcessResult(
+        status: process.terminationStatus, stdout: out, stderr: String(decoding: err, as: UTF8.self),
+        timedOut: timedOut)
+}
+
+/// Reads both pipes on background threads so a chatty child never blocks on a full pipe.
+final class OutputCollector: @unchecked Sendable {
+    private let group = DispatchGroup()
+    private var out = Data()
+    private var err = Data()
+
+    init(_ stdout: FileHandle, _ stderr: FileHandle) {
+        group.enter()
+        DispatchQueue.global().async {
+            self.out = stdout.readDataToEndOfFile()
+            self.group.leave()
+        }
+        group.enter()
+        DispatchQueue.global().async {
+            self.err = stderr.readDataToEndOfFile()
+            self.group.leave()
+        }
+    }
+
+    func finish() -> ([UInt8], [UInt8]) {
+        group.wait()
+        return ([UInt8](out), [UInt8](err))
+    }
+}
+
+/// Fails loudly when a required tool is missing, rather than skipping.
+public func requireTool(_ name: String) throws -> String {
+    for directory in ["/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let path = directory + "/" + name
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    throw TestFailure.message("required tool '\(name)' is not installed: run `make deps`")
+}
+
+/// A fresh private temporary folder, removed by `remove()`.
+public struct TemporaryDirectory: Sendable {
+    public let path: String
+
+    public init() throws {
+        var template = Array("/tmp/secretsfs-test-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { buffer -> String? in
+            guard let base = buffer.baseAddress, let result = mkdtemp(base) else { return nil }
+            return String(cString: result)
+        }
+        guard let made else { throw TestFailure.message("mkdtemp failed") }
+        path = made
+    }
+
+    public func file(_ name: String) -> String { path + "/" + name }
+
+    public func write(_ name: String, _ text: String, mode: Int = 0o600) throws -> String {
+        let target = file(name)
+        try Data(text.utf8).write(to: URL(fileURLWithPath: target))
+        chmod(target, mode_t(mode))
+        return target
+    }
+
+    public func remove() {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// The folder holding the built products (the test binary sits beside them).
+public func productsDirectory() -> String {
+    let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+    var url = URL(fileURLWithPath: executable).deletingLastPathComponent()
+    while url.path != "/" && !FileManager.default.fileExists(atPath: url.appendingPathComponent("secretsfs").path) {
+        url = url.deletingLastPathComponent()
+    }
+    return url.path
+}
+
+/// The built `secretsfs` binary; fails when it was not built.
+public func secretsfsBinary() throws -> String {
+    let path = productsDirectory() + "/secretsfs"
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw TestFailure.message("secretsfs binary not found beside the tests: run `swift build` first")
+    }
+    return path
+}

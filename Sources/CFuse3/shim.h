@@ -5,6 +5,7 @@
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 #include <errno.h>
+#include <stddef.h>
 #include <sys/stat.h>
 
 // Several libfuse entry points are macros over versioned symbols; Swift cannot call macros.

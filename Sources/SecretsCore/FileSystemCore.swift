@@ -31,6 +31,12 @@ public struct DirectoryEntry: Sendable, Equatable {
     public var name: String
     public var inode: UInt64
     public var isDirectory: Bool
+
+    public init(name: String, inode: UInt64, isDirectory: Bool) {
+        self.name = name
+        self.inode = inode
+        self.isDirectory = isDirectory
+    }
 }
 
 /// How the core tells the kernel that a name now leads elsewhere. The FUSE bridge implements it; tests record it.

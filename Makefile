@@ -1,0 +1,76 @@
+# secretsfs: build, test, demo and benchmark. `make demo` and `make test` install what they need first.
+SHELL := /bin/bash
+SWIFT ?= swift
+VENV := $(CURDIR)/.venv
+DEMO := $(CURDIR)/demo
+BIN := $(CURDIR)/.build/debug/secretsfs
+RELEASE_BIN := $(CURDIR)/.build/release/secretsfs
+APT_PACKAGES := fuse3 libfuse3-dev libcurl4-openssl-dev age redis-server pkg-config python3-venv
+PREFIX ?= /usr/local
+
+.PHONY: all deps build test demo demo-stop bench install clean check-warnings
+
+all: build
+
+# System packages (apt) and the project-local Python venv. Idempotent; skips apt when everything is present.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@test -e /dev/fuse || { echo "/dev/fuse is missing: FUSE mounts cannot work here"; exit 1; }
+
+# Debug build; fails on any compiler warning in this project's sources.
+build:
+	@$(SWIFT) build 2>&1 | tee .build-log.txt | grep -E "error|warning: |Compiling|Build complete" | grep -v "^\[" || true
+	@if grep -E "^$(CURDIR)/(Sources|Tests)/.*warning:" .build-log.txt; then echo "warnings are errors here"; rm -f .build-log.txt; exit 1; fi
+	@grep -q "Build complete" .build-log.txt || { tail -40 .build-log.txt; rm -f .build-log.txt; exit 1; }
+	@rm -f .build-log.txt
+
+test: deps build
+	$(SWIFT) build --build-tests 2>&1 | grep -E "error|warning: " | grep -E "$(CURDIR)/(Sources|Tests)" && exit 1 || true
+	$(SWIFT) test --skip-build --no-parallel
+
+# Fresh machine to a mounted demo: an identity, an encrypted store, a config, a mount in the background.
+demo: deps build
+	@mkdir -p $(DEMO)/mnt
+	@test -f $(DEMO)/identity.txt || $(BIN) keygen -o $(DEMO)/identity.txt > $(DEMO)/recipient.txt
+	@recipient=$$(cat $(DEMO)/recipient.txt); \
+	if [ ! -f $(DEMO)/secrets.toml.age ]; then \
+		printf '[default]\nDB_USER = "demo"\nPORT = 5432\n\n[production]\nPASSWORD = "not-a-real-password"\nDB_HOST = "db.prod.internal"\n\n[development]\nPASSWORD = "dev-password"\nDB_HOST = "localhost"\n' \
+		| $(BIN) encrypt -r $$recipient -o $(DEMO)/secrets.toml.age; \
+	fi; \
+	printf '[mount]\npath = "%s/mnt"\n\n[cache]\nttl = "5m"\nfresh = ["DB_HOST"]\n\n[stores.local]\ntype = "file"\nfiles = ["secrets.toml.age"]\nidentity = "identity.txt"\nrecipients = ["%s"]\n\n[scopes.app]\nchain = ["local"]\n' "$(DEMO)" "$$recipient" > $(DEMO)/config.toml
+	@fusermount3 -u -z $(DEMO)/mnt 2>/dev/null || true
+	@$(BIN) check --config $(DEMO)/config.toml
+	@nohup $(BIN) mount --config $(DEMO)/config.toml > $(DEMO)/mount.log 2>&1 & echo $$! > $(DEMO)/mount.pid
+	@for i in $$(seq 50); do grep -q " $(DEMO)/mnt " /proc/mounts && break; sleep 0.1; done
+	@grep -q " $(DEMO)/mnt " /proc/mounts || { cat $(DEMO)/mount.log; exit 1; }
+	@echo; echo "Mounted at $(DEMO)/mnt (daemon pid $$(cat $(DEMO)/mount.pid), log $(DEMO)/mount.log). Try:"
+	@echo "  ls $(DEMO)/mnt/local/production"
+	@echo "  cat $(DEMO)/mnt/local/production/PASSWORD"
+	@echo "  cat $(DEMO)/mnt/app/development/DB_HOST"
+	@echo "  $(BIN) set --config $(DEMO)/config.toml local production DB_HOST=db2.prod.internal"
+	@echo "  make demo-stop"
+	@echo; printf 'cat %s/mnt/local/production/PASSWORD -> ' "$(DEMO)"; cat $(DEMO)/mnt/local/production/PASSWORD; echo
+
+demo-stop:
+	@test -f $(DEMO)/mount.pid && kill $$(cat $(DEMO)/mount.pid) 2>/dev/null || true
+	@sleep 0.5; fusermount3 -u -z $(DEMO)/mnt 2>/dev/null || true
+	@rm -f $(DEMO)/mount.pid
+
+bench: deps
+	$(SWIFT) build -c release --product secretsfs
+	$(SWIFT) build -c release --product secretsfs-bench
+	$(CURDIR)/.build/release/secretsfs-bench $(RELEASE_BIN)
+
+install: deps
+	$(SWIFT) build -c release --product secretsfs
+	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/secretsfs
+	install -D -m 0644 systemd/secretsfs.service $(DESTDIR)/etc/systemd/system/secretsfs.service
+	install -d -m 0700 $(DESTDIR)/etc/secretsfs
+
+clean:
+	rm -rf .build demo

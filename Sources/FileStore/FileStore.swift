@@ -1,0 +1,288 @@
+import Age
+import Foundation
+import Logging
+import SecretsCore
+import Synchronization
+
+/// `type = "file"`: local files, age-encrypted (`.age`) or private plaintext (Dynaconf's `.secrets.toml`).
+public struct FileStoreFactory: StoreFactory {
+    public let type = "file"
+    let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
+
+    public func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore {
+        try FileStore(config: config, logger: logger)
+    }
+}
+
+/// Settings of a file store, read from its `[stores.<name>]` table.
+public struct FileStoreSettings: Sendable {
+    public var files: [String]
+    public var identity: String?
+    public var passphraseFile: String?
+    public var recipients: [String]
+    /// The highest scrypt work factor accepted when decrypting (age's default is 18).
+    public var maxWorkFactor: Int
+
+    public init(config: StoreConfig) throws(LocatedError) {
+        let section = config.section
+        try section.rejectUnknown(allowed: [
+            "type", "fresh", "files", "identity", "passphrase_file", "recipients", "max_work_factor",
+        ])
+        guard let files = try section.stringArray("files"), !files.isEmpty else {
+            throw section.error("files", "store '\(config.name)' needs files = [\"/path/to/secrets.toml.age\"]")
+        }
+        self.files = files.map(section.absolutePath)
+        identity = try section.path("identity")
+        passphraseFile = try section.path("passphrase_file")
+        recipients = try section.stringArray("recipients") ?? []
+        for recipient in recipients {
+            do {
+                _ = try X25519Recipient(string: recipient)
+            } catch {
+                throw section.error("recipients", "'\(recipient)' is not an age recipient (age1...)")
+            }
+        }
+        maxWorkFactor = Int(try section.int("max_work_factor") ?? 22)
+    }
+}
+
+public final class FileStore: SecretStore {
+    public let name: String
+    public let settings: FileStoreSettings
+    private let logger: Logger
+    private let loaded: Mutex<[String: LoadedFile]>
+    private let watcher: Mutex<FileWatcher?>
+
+    struct LoadedFile {
+        var status: FileIO.Status
+        var envs: [String: [String: SecretValue]]
+    }
+
+    public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
+        self.name = config.name
+        self.settings = try FileStoreSettings(config: config)
+        self.logger = logger
+        self.loaded = Mutex([:])
+        self.watcher = Mutex(nil)
+    }
+
+    /// The files behind a location: a chain element's path, else the configured files.
+    func files(at location: String?) -> [String] {
+        location.map { [$0] } ?? settings.files
+    }
+
+    public func envs(at location: String?) throws(SecretsError) -> [String] {
+        var names: Set<String> = []
+        for file in files(at: location) {
+            names.formUnion(try load(file).keys)
+        }
+        return names.sorted()
+    }
+
+    public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
+        var merged: [String: SecretValue]?
+        for file in files(at: location) {
+            guard let fields = try load(file)[env.lowercased()] else { continue }
+            var current = merged ?? [:]
+            for (key, value) in fields {
+                // Later files override earlier ones key by key, ignoring case as Dynaconf does.
+                if let existing = current.keys.first(where: { $0.lowercased() == key.lowercased() }) {
+                    current.removeValue(forKey: existing)
+                }
+                current[key] = value
+            }
+            merged = current
+        }
+        return merged
+    }
+
+    /// The parsed content of one file. The file is stat'ed on every call and read, decrypted and parsed again only
+    /// when its inode, size, mtime or ctime changed.
+    func load(_ path: String) throws(SecretsError) -> [String: [String: SecretValue]] {
+        let status = try statusOrFail(path)
+        if let cached = loaded.withLock({ $0[path] }), cached.status == status {
+            return cached.envs
+        }
+        var bytes = try FileIO.read(path)
+        defer { wipe(&bytes) }
+        var plaintext: [UInt8]
+        if AgeFile.looksLikeAge(bytes) {
+            plaintext = try decrypt(bytes, path: path)
+        } else if path.hasSuffix(".age") {
+            throw SecretsError(.decryptionFailed, "store '\(name)': \(path) is not an age file")
+        } else {
+            try FileIO.requirePrivate(path, what: "plaintext secrets file")
+            plaintext = bytes
+        }
+        defer { wipe(&plaintext) }
+        guard let text = String(validating: plaintext, as: UTF8.self) else {
+            throw SecretsError(.invalidData, "store '\(name)': \(path) is not UTF-8 text")
+        }
+        let envs = try SecretsDocument.parse(text, format: SecretsDocument.format(of: path), file: path)
+        loaded.withLock { $0[path] = LoadedFile(status: status, envs: envs) }
+        logger.info(
+            "loaded secrets file",
+            metadata: ["store": "\(name)", "file": "\(path)", "envs": "\(envs.count)"])
+        return envs
+    }
+
+    private func statusOrFail(_ path: String) throws(SecretsError) -> FileIO.Status {
+        do {
+            return try FileIO.status(path)
+        } catch {
+            // A missing file is a broken store, not a missing key.
+            throw SecretsError(.storeUnavailable, "store '\(name)': \(error.message)")
+        }
+    }
+
+    private func decrypt(_ bytes: [UInt8], path: String) throws(SecretsError) -> [UInt8] {
+        let identities = try loadIdentities()
+        do {
+            return try AgeFile.decrypt(bytes, identities: identities)
+        } catch {
+            throw SecretsError(.decryptionFailed, "store '\(name)': cannot decrypt \(path): \(error.message)")
+        }
+    }
+
+    /// The identities that open this store's files: the identity file and/or the passphrase file, both required
+    /// to be private to this user.
+    public func loadIdentities() throws(SecretsError) -> [Identity] {
+        var identities: [Identity] = []
+        if let identity = settings.identity {
+            try FileIO.requirePrivate(identity, what: "identity file")
+            let text = try FileIO.readText(identity)
+            do {
+                identities += try X25519Identity.parseFile(text).map { Identity.x25519($0) }
+            } catch {
+                throw SecretsError(.decryptionFailed, "store '\(name)': \(identity): \(error.message)")
+            }
+        }
+        if let passphraseFile = settings.passphraseFile {
+            try FileIO.requirePrivate(passphraseFile, what: "passphrase file")
+            var passphrase = try FileIO.read(passphraseFile)
+            while let last = passphrase.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") {
+                passphrase.removeLast()
+            }
+            identities.append(.scrypt(passphrase: passphrase, maxWorkFactor: settings.maxWorkFactor))
+        }
+        if identities.isEmpty {
+            throw SecretsError(.invalidConfig, "store '\(name)' has neither identity nor passphrase_file")
+        }
+        return identities
+    }
+
+    /// Who `encrypt`, `edit` and `set` encrypt to: the configured recipients, else the identity's own recipient,
+    /// else the passphrase.
+    public func encryptionRecipients(workFactor: Int = 18) throws(SecretsError) -> [Recipient] {
+        if !settings.recipients.isEmpty {
+            var out: [Recipient] = []
+            for text in settings.recipients {
+                do {
+                    out.append(.x25519(try X25519Recipient(string: text)))
+                } catch {
+                    throw SecretsError(.invalidConfig, "store '\(name)': bad recipient \(text)")
+                }
+            }
+            return out
+        }
+        var out: [Recipient] = []
+        for identity in try loadIdentities() {
+            switch identity {
+            case .x25519(let key): out.append(.x25519(key.recipient))
+            case .scrypt(let passphrase, _): out.append(.scrypt(passphrase: passphrase, workFactor: workFactor))
+            }
+        }
+        return out
+    }
+
+    // MARK: Watching
+
+    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool {
+        let watched = settings.files
+        guard let created = FileWatcher(paths: watched, logger: logger, onChange: onChange) else { return false }
+        watcher.withLock { $0 = created }
+        return true
+    }
+
+    public func close() {
+        let current = watcher.withLock { state -> FileWatcher? in
+            defer { state = nil }
+            return state
+        }
+        current?.stop()
+    }
+}
+
+/// Watches the folders of some files with inotify and calls back (debounced) when one of those files changes,
+/// including atomic replacement by rename, as editors and `secretsfs edit` do.
+final class FileWatcher: Sendable {
+    private let descriptor: Int32
+    private let running: Mutex<Bool>
+    private let done: Mutex<Bool>
+
+    init?(paths: [String], logger: Logger, onChange: @escaping @Sendable () -> Void) {
+        let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        guard fd >= 0 else { return nil }
+        var watches: [Int32: Set<String>] = [:]
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MOVED_FROM)
+        for path in paths {
+            let url = URL(fileURLWithPath: path)
+            let directory = url.deletingLastPathComponent().path
+            let wd = inotify_add_watch(fd, directory, mask)
+            if wd >= 0 { watches[wd, default: []].insert(url.lastPathComponent) }
+        }
+        guard !watches.isEmpty else {
+            Glibc.close(fd)
+            return nil
+        }
+        self.descriptor = fd
+        self.running = Mutex(true)
+        self.done = Mutex(false)
+        let names = watches
+        let thread = Thread { [self] in
+            self.loop(names: names, onChange: onChange)
+        }
+        thread.name = "secretsfs-inotify"
+        thread.start()
+        logger.debug("watching secrets files with inotify", metadata: ["files": "\(paths.count)"])
+    }
+
+    private func loop(names: [Int32: Set<String>], onChange: @escaping @Sendable () -> Void) {
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        var pending = false
+        while running.withLock({ $0 }) {
+            var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&poller, 1, pending ? 50 : 200)
+            if ready <= 0 {
+                if pending {
+                    pending = false
+                    onChange()
+                }
+                continue
+            }
+            let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            guard count > 0 else { continue }
+            var offset = 0
+            while offset + MemoryLayout<inotify_event>.size <= count {
+                let (wd, length) = buffer.withUnsafeBytes { raw -> (Int32, Int) in
+                    let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
+                    return (event.wd, Int(event.len))
+                }
+                let nameStart = offset + MemoryLayout<inotify_event>.size
+                let nameBytes = buffer[nameStart..<min(nameStart + length, count)].prefix { $0 != 0 }
+                let name = String(decoding: nameBytes, as: UTF8.self)
+                if names[wd]?.contains(name) == true { pending = true }
+                offset = nameStart + length
+            }
+        }
+        Glibc.close(descriptor)
+        done.withLock { $0 = true }
+    }
+
+    func stop() {
+        running.withLock { $0 = false }
+        for _ in 0..<50 where !done.withLock({ $0 }) { usleep(10_000) }
+    }
+}

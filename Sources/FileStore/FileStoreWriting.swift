@@ -1,0 +1,97 @@
+import Age
+import SecretsCore
+import TOMLKit
+
+/// Reading and writing whole files, for `edit` and `set`.
+extension FileStore {
+    /// The file `edit` and `set` change by default: the last (highest-priority) one.
+    public var primaryFile: String { settings.files.last ?? "" }
+
+    /// The decrypted bytes of one file; empty when the file does not exist yet.
+    public func plaintext(of path: String) throws(SecretsError) -> [UInt8] {
+        let bytes: [UInt8]
+        do {
+            bytes = try FileIO.read(path)
+        } catch where error.code == .notFound {
+            return []
+        }
+        if AgeFile.looksLikeAge(bytes) {
+            let identities = try loadIdentities()
+            do {
+                return try AgeFile.decrypt(bytes, identities: identities)
+            } catch {
+                throw SecretsError(.decryptionFailed, "cannot decrypt \(path): \(error.message)")
+            }
+        }
+        if path.hasSuffix(".age") { throw SecretsError(.decryptionFailed, "\(path) is not an age file") }
+        try FileIO.requirePrivate(path, what: "plaintext secrets file")
+        return bytes
+    }
+
+    /// Checks that `plaintext` parses in the file's format; the error says where, not what.
+    public func validate(_ plaintext: [UInt8], for path: String) throws(SecretsError) {
+        guard let text = String(validating: plaintext, as: UTF8.self) else {
+            throw SecretsError(.invalidData, "\(path): not UTF-8 text")
+        }
+        _ = try SecretsDocument.parse(text, format: SecretsDocument.format(of: path), file: path)
+    }
+
+    /// Writes `plaintext` to `path` atomically: encrypted to the store's recipients when the path ends in `.age`,
+    /// else as a private plaintext file.
+    public func write(_ plaintext: [UInt8], to path: String, workFactor: Int = 18) throws(SecretsError) {
+        if path.hasSuffix(".age") {
+            let sealed: [UInt8]
+            do {
+                sealed = try AgeFile.encrypt(plaintext, to: try encryptionRecipients(workFactor: workFactor))
+            } catch let error as AgeError {
+                throw SecretsError(.invalidConfig, "cannot encrypt: \(error.message)")
+            } catch {
+                throw SecretsError.from(error)
+            }
+            try FileIO.writeAtomically(path, bytes: sealed, mode: 0o600)
+        } else {
+            try FileIO.writeAtomically(path, bytes: plaintext, mode: 0o600)
+        }
+    }
+
+    /// Sets string keys in one env of a TOML document and returns the new document. Comments are not kept.
+    public static func settingKeys(_ values: [(String, String)], env: String, in plaintext: [UInt8], file: String)
+        throws(SecretsError) -> [UInt8]
+    {
+        guard SecretsDocument.format(of: file) == .toml else {
+            throw SecretsError(.unsupported, "set works on TOML files; use edit for \(file)")
+        }
+        guard let text = String(validating: plaintext, as: UTF8.self) else {
+            throw SecretsError(.invalidData, "\(file): not UTF-8 text")
+        }
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch {
+            throw SecretsError(.invalidData, "\(file): TOML syntax error")
+        }
+        let envName = env.lowercased()
+        let section: TOMLTable
+        if let existing = table[envName]?.table {
+            section = existing
+        } else {
+            section = TOMLTable()
+            table[envName] = section
+        }
+        for (key, value) in values {
+            // Dynaconf keys ignore case: replace any spelling of the key.
+            for existing in section.keys where existing.lowercased() == key.lowercased() {
+                section.remove(at: existing)
+            }
+            section[key] = value
+        }
+        table[envName] = section
+        return Array(table.convert(to: .toml).utf8) + [UInt8(ascii: "\n")]
+    }
+}
+
+extension SecretsError {
+    static func from(_ error: any Error) -> SecretsError {
+        (error as? SecretsError) ?? SecretsError(.io, "unexpected error")
+    }
+}

@@ -1,0 +1,47 @@
+import ArgumentParser
+import SecretsCore
+
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Validate the config and list stores, scopes, envs and key names (never values).",
+        discussion: """
+            Exit 0 when the config is valid and every store can be read, 1 when a store fails (it is named with \
+            the reason), 2 when the config itself is malformed (file:line:column and the problem).
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() throws {
+        let logger = Runtime.bootstrapLogging(level: options.logLevel == "info" ? "warning" : options.logLevel)
+        let config = try Runtime.loadConfig(options.config)
+        let stores = try Runtime.buildStores(config, logger: logger)
+        let resolver = try Runtime.resolver(config, stores: stores)
+        print("config \(config.file): ok")
+        print("mount \(config.mount.path) (ttl \(config.cache.ttl)s, fresh: \(config.cache.fresh.joined(separator: ", ")))")
+        var failed = false
+        for name in resolver.topNames {
+            guard let top = resolver.tops[name] else { continue }
+            if top.isScope {
+                let chain = top.chain.map { element in
+                    element.location.map { "\(element.store.name)@\($0)" } ?? element.store.name
+                }
+                print("scope \(name): chain \(chain.joined(separator: " -> "))")
+            } else {
+                print("store \(name) (\(config.store(named: name)?.type ?? "?"))")
+            }
+            do {
+                for env in try resolver.envs(top: name) {
+                    let keys = try resolver.keys(top: name, env: env)
+                    let marked = keys.map { resolver.isFresh(top: name, key: $0) ? $0 + " (fresh)" : $0 }
+                    print("  \(env): \(marked.isEmpty ? "-" : marked.joined(separator: ", "))")
+                }
+            } catch {
+                failed = true
+                print("  FAILED: \(error)")
+            }
+        }
+        if failed { throw ExitCode(ExitStatus.failure.rawValue) }
+    }
+}

@@ -1,0 +1,110 @@
+import ArgumentParser
+import FileStore
+import Foundation
+import Logging
+import SecretsCore
+
+/// Options every config-reading command shares.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: "The config file.")
+    var config: String = "/etc/secretsfs/config.toml"
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+}
+
+/// Builds what the commands need from a config: logging, stores, the resolver.
+enum Runtime {
+    static func bootstrapLogging(level: String) -> Logger {
+        let parsed = Logger.Level(rawValue: level) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = parsed
+            return handler
+        }
+        return Logger(label: "secretsfs")
+    }
+
+    /// Loads the config; a malformed one is reported as file:line:column and exits 2.
+    static func loadConfig(_ path: String) throws -> Config {
+        do {
+            return try Config.load(path: path)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+    }
+
+    static func factories(logger: Logger) -> [String: any StoreFactory] {
+        let all: [any StoreFactory] = [FileStoreFactory(logger: logger)]
+        return Dictionary(uniqueKeysWithValues: all.map { ($0.type, $0) })
+    }
+
+    /// Builds every store; an unknown type or bad backend key exits 2 with its location.
+    static func buildStores(_ config: Config, logger: Logger) throws -> [String: any SecretStore] {
+        let factories = factories(logger: logger)
+        var stores: [String: any SecretStore] = [:]
+        for storeConfig in config.stores {
+            guard let factory = factories[storeConfig.type] else {
+                let known = factories.keys.sorted().joined(separator: ", ")
+                printError("\(storeConfig.section.error("type", "unknown store type '\(storeConfig.type)' (known: \(known))"))")
+                throw ExitCode(ExitStatus.invalidConfig.rawValue)
+            }
+            do {
+                stores[storeConfig.name] = try factory.makeStore(storeConfig)
+            } catch {
+                printError("\(error)")
+                throw ExitCode(ExitStatus.invalidConfig.rawValue)
+            }
+        }
+        return stores
+    }
+
+    static func resolver(_ config: Config, stores: [String: any SecretStore]) throws -> Resolver {
+        do {
+            return try Resolver(config: config, stores: stores)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+    }
+
+    /// The file store named `name`, for the commands that write files.
+    static func fileStore(_ name: String, config: Config, logger: Logger) throws -> FileStore {
+        guard let storeConfig = config.store(named: name) else {
+            printError("no store named '\(name)' in \(config.file)")
+            throw ExitCode(ExitStatus.notFound.rawValue)
+        }
+        guard storeConfig.type == "file" else {
+            printError("store '\(name)' is of type \(storeConfig.type); this command works on file stores")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+        do {
+            return try FileStore(config: storeConfig, logger: logger)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+    }
+
+    static func exitCode(for error: SecretsError) -> ExitCode {
+        switch error.code {
+        case .notFound: return ExitCode(ExitStatus.notFound.rawValue)
+        case .invalidConfig: return ExitCode(ExitStatus.invalidConfig.rawValue)
+        default: return ExitCode(ExitStatus.failure.rawValue)
+        }
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data(("secretsfs: " + message + "\n").utf8))
+}
+
+func writeStdout(_ bytes: [UInt8]) {
+    FileHandle.standardOutput.write(Data(bytes))
+}
+
+/// Reads all of standard input.
+func readStandardInput() -> [UInt8] {
+    [UInt8](FileHandle.standardInput.readDataToEndOfFile())
+}

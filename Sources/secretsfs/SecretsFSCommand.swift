@@ -1,0 +1,21 @@
+import ArgumentParser
+
+@main
+struct SecretsFSCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "secretsfs",
+        abstract: "Serve secrets as read-only files: /secrets/<store>/<env>/<key>.",
+        discussion: """
+            A store is a configured backend (age-encrypted local files today); a scope is an ordered chain of \
+            stores, the first that has a key wins. Envs follow Dynaconf: keys under [default] show in every env \
+            unless the env overrides them, and [global] overrides both.
+
+            Exit status: 0 success, 1 runtime failure, 2 bad usage or malformed config (nothing mounted), \
+            3 store, env or key not found.
+            """,
+        subcommands: [
+            MountCommand.self, GetCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
+            DecryptCommand.self, EditCommand.self, SetCommand.self,
+        ]
+    )
+}

@@ -1,0 +1,73 @@
+import ArgumentParser
+import FileStore
+import SecretsCore
+
+struct SetCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set",
+        abstract: "Add or replace keys in one env of a file store, without an editor.",
+        discussion: """
+            Example: secretsfs set --config c.toml local production PASSWORD=... PORT=5432
+            Values are stored as TOML strings. A bare KEY (no '=') reads its value from standard input, with one \
+            trailing newline removed, so the value never appears in the process list or shell history. The \
+            store's last file (or --file) is decrypted, changed, re-encrypted and replaced atomically; comments \
+            in it are not kept. Works on TOML files; use edit for JSON or YAML.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Argument(help: "The file store's name.")
+    var store: String
+
+    @Argument(help: "The env (section) to change, e.g. production or default.")
+    var env: String
+
+    @Argument(help: "KEY=VALUE pairs, or a bare KEY to read its value from standard input.")
+    var assignments: [String]
+
+    @Option(name: .long, help: "Which of the store's files to change (default: the last one).")
+    var file: String?
+
+    func run() throws {
+        let logger = Runtime.bootstrapLogging(level: options.logLevel)
+        let config = try Runtime.loadConfig(options.config)
+        let fileStore = try Runtime.fileStore(store, config: config, logger: logger)
+        let target = file ?? fileStore.primaryFile
+        var values: [(String, String)] = []
+        var usedStdin = false
+        for assignment in assignments {
+            if let equals = assignment.firstIndex(of: "=") {
+                values.append((String(assignment[..<equals]), String(assignment[assignment.index(after: equals)...])))
+            } else {
+                guard !usedStdin else {
+                    printError("only one key can read its value from standard input")
+                    throw ExitCode(ExitStatus.invalidConfig.rawValue)
+                }
+                usedStdin = true
+                var bytes = readStandardInput()
+                if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
+                guard let text = String(validating: bytes, as: UTF8.self) else {
+                    printError("the value on standard input is not UTF-8 text")
+                    throw ExitCode(ExitStatus.invalidConfig.rawValue)
+                }
+                values.append((assignment, text))
+            }
+        }
+        for (key, _) in values where key.isEmpty || key.contains("/") {
+            printError("'\(key)' is not a usable key name")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+        do {
+            var original = try fileStore.plaintext(of: target)
+            defer { wipe(&original) }
+            var updated = try FileStore.settingKeys(values, env: env, in: original, file: target)
+            defer { wipe(&updated) }
+            try fileStore.write(updated, to: target)
+            printError("set \(values.map(\.0).joined(separator: ", ")) in [\(env.lowercased())] of \(target)")
+        } catch {
+            printError(error.description)
+            throw Runtime.exitCode(for: error)
+        }
+    }
+}

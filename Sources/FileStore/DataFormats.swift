@@ -1,3 +1,4 @@
+import Foundation
 import SecretsCore
 import Yams
 
@@ -59,14 +60,13 @@ enum SecretsDocument {
     static func yamlValue(_ node: Node) -> SecretValue {
         switch node {
         case .scalar(let scalar):
-            switch Tag.Name(rawValue: scalar.tag.rawValue) {
-            case .null: return .null
-            case .bool: return Bool.construct(from: scalar).map(SecretValue.bool) ?? .string(scalar.string)
-            case .int: return Int.construct(from: scalar).map { .int(Int64($0)) } ?? .string(scalar.string)
-            case .float: return Double.construct(from: scalar).map(SecretValue.float) ?? .string(scalar.string)
-            case .timestamp: return .datetime(scalar.string)
-            default: return .string(scalar.string)
-            }
+            // Quoted scalars are strings; plain ones resolve as YAML 1.1 does (as PyYAML, which Dynaconf uses).
+            guard scalar.style == .plain else { return .string(scalar.string) }
+            if NSNull.construct(from: scalar) != nil { return .null }
+            if let flag = Bool.construct(from: scalar) { return .bool(flag) }
+            if let number = Int.construct(from: scalar) { return .int(Int64(number)) }
+            if let number = Double.construct(from: scalar) { return .float(number) }
+            return .string(scalar.string)
         case .mapping(let mapping):
             var table: [String: SecretValue] = [:]
             for (key, value) in mapping {

@@ -54,7 +54,14 @@ public final class FuseServer: Sendable {
         }
         // libfuse only handles signals whose disposition is the default; a job started with `&` by a shell has
         // SIGINT ignored, and SIGINT must still unmount cleanly.
-        for signalNumber in [SIGINT, SIGTERM, SIGHUP] { signal(signalNumber, SIG_DFL) }
+        // A parent may also have left them blocked (Foundation's Process does): unblock them.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
+            signal(signalNumber, SIG_DFL)
+            sigaddset(&stopSignals, signalNumber)
+        }
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
         guard fuse_set_signal_handlers(session) == 0 else {
             throw SecretsError(.io, "cannot install signal handlers")
         }

@@ -1,0 +1,96 @@
+import Age
+import Foundation
+import TestSupport
+
+/// A temporary folder with an identity, encrypted secrets files and a config, and the mount made from them.
+final class Fixture: @unchecked Sendable {
+    let dir: TemporaryDirectory
+    let identity = X25519Identity.generate()
+    let binary: String
+    var mounted: MountedSecretsFS?
+
+    init() throws {
+        binary = try secretsfsBinary()
+        _ = try requireTool("fusermount3")
+        dir = try TemporaryDirectory()
+        _ = try dir.write("identity.txt", identity.secretString + "\n", mode: 0o600)
+    }
+
+    var mountpoint: String { dir.file("mnt") }
+
+    /// Encrypts `plaintext` to the fixture's identity into `name`.
+    func writeEncrypted(_ name: String, _ plaintext: String) throws {
+        let sealed = try AgeFile.encrypt(Array(plaintext.utf8), to: [.x25519(identity.recipient)])
+        let temporary = dir.file(name + ".tmp")
+        try Data(sealed).write(to: URL(fileURLWithPath: temporary))
+        rename(temporary, dir.file(name))
+    }
+
+    /// A config with one file store `local` over `files`, plus `extra` TOML.
+    func writeConfig(files: [String] = ["secrets.toml.age"], ttl: String = "5m", fresh: [String] = [], extra: String = "")
+        throws -> String
+    {
+        let list = files.map { "\"\($0)\"" }.joined(separator: ", ")
+        let freshList = fresh.map { "\"\($0)\"" }.joined(separator: ", ")
+        let text = """
+            [mount]
+            path = "\(mountpoint)"
+
+            [cache]
+            ttl = "\(ttl)"
+            fresh = [\(freshList)]
+
+            [stores.local]
+            type = "file"
+            files = [\(list)]
+            identity = "identity.txt"
+            recipients = ["\(identity.recipient)"]
+
+            \(extra)
+            """
+        return try dir.write("config.toml", text)
+    }
+
+    func mount(config: String) throws -> MountedSecretsFS {
+        let fs = try MountedSecretsFS(
+            binary: binary, config: config, mountpoint: mountpoint, logPath: dir.file("mount.log"))
+        mounted = fs
+        return fs
+    }
+
+    func cli(_ arguments: [String], input: [UInt8]? = nil, environment: [String: String]? = nil) throws -> ProcessResult {
+        try run([binary] + arguments, input: input, environment: environment, timeout: 60)
+    }
+
+    func tearDown() {
+        mounted?.stop()
+        // SECRETSFS_KEEP_TEST_DIRS=1 keeps the folder (config, encrypted files, daemon log) for a post-mortem.
+        if ProcessInfo.processInfo.environment["SECRETSFS_KEEP_TEST_DIRS"] == nil { dir.remove() }
+    }
+}
+
+let baseSecrets = """
+    [default]
+    PASSWORD = "default-password"
+    PORT = 1234
+    SHARED = "from-default"
+
+    [production]
+    PASSWORD = "0x1F"
+    DB_HOST = "db.prod"
+    RATIO = 1.5
+    ENABLED = true
+    NOTHING_HERE = []
+    TABLE = { zeta = 2, alpha = "a" }
+    "UNICODE_ü" = "päss wörd ✓"
+
+    [development]
+    PASSWORD = "dev-password"
+
+    [global]
+    SHARED = "from-global"
+    """
+
+extension Fixture {
+    static func otherIdentity() -> String { X25519Identity.generate().secretString }
+}

@@ -1,0 +1,64 @@
+import Logging
+import SecretsCore
+import Synchronization
+
+/// An in-memory store that counts backend calls and can be told to fail.
+final class FakeStore: SecretStore {
+    let name: String
+    let data: Mutex<[String: [String: [String: SecretValue]]]>  // location ("" = default) -> env -> fields
+    let calls = Mutex(0)
+    let failing = Mutex(false)
+
+    init(name: String, envs: [String: [String: SecretValue]], locations: [String: [String: [String: SecretValue]]] = [:]) {
+        self.name = name
+        var all = locations
+        all[""] = envs
+        self.data = Mutex(all)
+    }
+
+    func set(_ env: String, _ key: String, _ value: SecretValue?, at location: String = "") {
+        data.withLock { $0[location, default: [:]][env, default: [:]][key] = value }
+    }
+
+    private func snapshot(_ location: String?) throws(SecretsError) -> [String: [String: SecretValue]] {
+        calls.withLock { $0 += 1 }
+        if failing.withLock({ $0 }) { throw SecretsError(.storeUnavailable, "fake store '\(name)' is down") }
+        return data.withLock { $0[location ?? ""] ?? [:] }
+    }
+
+    func envs(at location: String?) throws(SecretsError) -> [String] { try snapshot(location).keys.sorted() }
+
+    func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
+        try snapshot(location)[env]
+    }
+}
+
+final class RecordingNotifier: KernelNotifier {
+    let invalidated = Mutex<[(UInt64, String)]>([])
+    func invalidateEntry(parent: UInt64, name: String) { invalidated.withLock { $0.append((parent, name)) } }
+}
+
+final class FakeClock: Sendable {
+    let now = Mutex(1000.0)
+    func advance(_ seconds: Double) { now.withLock { $0 += seconds } }
+    var function: @Sendable () -> Double { { [self] in self.now.withLock { $0 } } }
+}
+
+func makeConfig(_ extra: String = "", ttl: String = "60s", fresh: String = "[\"FRESH_*\"]", stale: String = "30s") throws
+    -> Config
+{
+    try Config.parse(
+        text: """
+            [mount]
+            path = "/tmp/unused"
+            uid = 7
+            gid = 8
+            [cache]
+            ttl = "\(ttl)"
+            fresh = \(fresh)
+            stale_if_error = "\(stale)"
+            [stores.fake]
+            type = "fake"
+            \(extra)
+            """, file: "test.toml")
+}

@@ -1,0 +1,103 @@
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("command line")
+struct CLITests {
+    @Test("every command documents itself", arguments: ["mount", "get", "check", "keygen", "encrypt", "decrypt", "edit", "set"])
+    func help(command: String) throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let result = try fixture.cli([command, "--help"])
+        #expect(result.status == 0)
+        #expect(result.stdoutText.contains("USAGE: secretsfs \(command)"))
+        #expect(result.stdoutText.count > 300, "help for \(command) is too thin")
+    }
+
+    @Test("keygen, encrypt and decrypt interoperate with the age CLI")
+    func keysAndAge() throws {
+        let age = try requireTool("age")
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let keyFile = fixture.dir.file("new-identity.txt")
+        let made = try fixture.cli(["keygen", "-o", keyFile])
+        #expect(made.status == 0)
+        let recipient = made.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(recipient.hasPrefix("age1"))
+        var info = stat()
+        stat(keyFile, &info)
+        #expect(info.st_mode & 0o777 == 0o600)
+        #expect(try fixture.cli(["keygen", "-o", keyFile]).status != 0)  // never overwrites
+
+        let plain = try fixture.dir.write("plain.toml", "[production]\nTOKEN = \"fake-token\"\n")
+        let sealed = fixture.dir.file("plain.toml.age")
+        #expect(try fixture.cli(["encrypt", "-r", recipient, "-o", sealed, plain]).status == 0)
+        let byAge = try run([age, "-d", "-i", keyFile, sealed])
+        #expect(byAge.stdoutText == "[production]\nTOKEN = \"fake-token\"\n")
+
+        let fromAge = fixture.dir.file("from-age.age")
+        #expect(try run([age, "-r", recipient, "-o", fromAge, plain]).status == 0)
+        let decrypted = try fixture.cli(["decrypt", "-i", keyFile, fromAge])
+        #expect(decrypted.status == 0)
+        #expect(decrypted.stdoutText == "[production]\nTOKEN = \"fake-token\"\n")
+    }
+
+    @Test("set and get: exact bytes, stdin values, exit 3 when missing")
+    func setAndGet() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", baseSecrets)
+        let config = try fixture.writeConfig()
+        #expect(try fixture.cli(["set", "--config", config, "local", "production", "NEW_KEY=0x1F", "PORT=99"]).status == 0)
+        #expect(try fixture.cli(["get", "--config", config, "local/production/NEW_KEY"]).stdoutText == "0x1F")
+        #expect(try fixture.cli(["get", "--config", config, "local/production/PORT"]).stdoutText == "99")
+        #expect(try fixture.cli(["get", "--config", config, "local/production/PASSWORD"]).stdoutText == "0x1F")
+        let piped = try fixture.cli(["set", "--config", config, "local", "staging", "TOKEN"], input: Array("from-stdin\n".utf8))
+        #expect(piped.status == 0)
+        #expect(try fixture.cli(["get", "--config", config, "local/staging/TOKEN"]).stdout == Array("from-stdin".utf8))
+        #expect(try fixture.cli(["get", "--config", config, "local/production/NOPE"]).status == 3)
+        #expect(try fixture.cli(["get", "--config", config, "nope/production/X"]).status == 3)
+        // The file is still an age file for the fixture's identity.
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: fixture.dir.file("secrets.toml.age"))))
+        #expect(bytes.starts(with: Array("age-encryption.org/v1\n".utf8)))
+    }
+
+    @Test("edit runs $EDITOR on a private tmpfs copy, re-encrypts, and leaves no plaintext behind")
+    func edit() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", "[production]\nA = \"before\"\n")
+        let config = try fixture.writeConfig()
+        let editor = try fixture.dir.write(
+            "editor.sh", "#!/bin/sh\nls -l \"$1\" > \"\(fixture.dir.file("seen.txt"))\"\nsed -i 's/before/after/' \"$1\"\n", mode: 0o700)
+        let result = try fixture.cli(["edit", "--config", config, "local"], environment: ["EDITOR": editor])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try fixture.cli(["get", "--config", config, "local/production/A"]).stdoutText == "after")
+        let seen = try String(contentsOfFile: fixture.dir.file("seen.txt"), encoding: .utf8)
+        #expect(seen.hasPrefix("-rw-------") && seen.contains("/dev/shm/secretsfs-edit-"))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: "/dev/shm").filter { $0.hasPrefix("secretsfs-edit-") }
+        #expect(leftovers.isEmpty)
+
+        let breaker = try fixture.dir.write("break.sh", "#!/bin/sh\necho '[broken' >> \"$1\"\n", mode: 0o700)
+        let broken = try fixture.cli(["edit", "--config", config, "local"], environment: ["EDITOR": breaker])
+        #expect(broken.status == 1)
+        #expect(try fixture.cli(["get", "--config", config, "local/production/A"]).stdoutText == "after")
+    }
+
+    @Test("check lists stores, envs and keys but never values; a broken store exits 1")
+    func check() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", baseSecrets)
+        let good = try fixture.cli(["check", "--config", try fixture.writeConfig(fresh: ["DB_*"])])
+        #expect(good.status == 0)
+        #expect(good.stdoutText.contains("production: DB_HOST (fresh), ENABLED"))
+        for secret in ["0x1F", "default-password", "db.prod", "päss"] {
+            #expect(!good.stdoutText.contains(secret) && !good.stderr.contains(secret))
+        }
+        chmod(fixture.dir.file("identity.txt"), 0o644)
+        let broken = try fixture.cli(["check", "--config", try fixture.writeConfig()])
+        #expect(broken.status == 1)
+        #expect(broken.stdoutText.contains("FAILED") && broken.stdoutText.contains("0600"))
+    }
+}

@@ -1,0 +1,40 @@
+import SecretsCore
+import Testing
+
+/// What every store must do, whatever its backend. A backend's tests call `checkConformance` with a way to build
+/// the store over given data and a way to change that data afterwards.
+struct StoreConformance {
+    /// Seed data: env -> key -> value. Must contain what `checkConformance` reads.
+    static let seed: [String: [String: SecretValue]] = [
+        "default": ["PORT": .int(1234), "SHARED": .string("default")],
+        "production": [
+            "PASSWORD": .string("0x1F"), "RATIO": .float(1.5), "ENABLED": .bool(true),
+            "TABLE": .table(["b": .int(2), "a": .string("x")]), "UNICODE_ü": .string("päss ✓"), "EMPTY": .string(""),
+        ],
+    ]
+
+    let store: any SecretStore
+    /// Replaces one key's value in the backend, as an outside writer would.
+    let update: (String, String, SecretValue) throws -> Void
+
+    func checkConformance() throws {
+        #expect(try Set(store.envs(at: nil)).isSuperset(of: ["default", "production"]))
+        let production = try #require(try store.fields(of: "production", at: nil))
+        #expect(production["PASSWORD"] == .string("0x1F"))
+        #expect(production["RATIO"] == .float(1.5))
+        #expect(production["ENABLED"] == .bool(true))
+        #expect(production["TABLE"] == .table(["b": .int(2), "a": .string("x")]))
+        #expect(production["UNICODE_ü"] == .string("päss ✓"))
+        #expect(production["EMPTY"] == .string(""))
+        #expect(try store.fields(of: "nosuchenv", at: nil) == nil)
+
+        // value(of:layers:) walks layers in order and matches case-insensitively after an exact miss.
+        #expect(try store.value(of: "PORT", layers: ["production", "default"], at: nil) == .int(1234))
+        #expect(try store.value(of: "password", layers: ["production"], at: nil) == .string("0x1F"))
+        #expect(try store.value(of: "MISSING", layers: ["production", "default"], at: nil) == nil)
+
+        // A change by an outside writer shows on the next fetch.
+        try update("production", "PASSWORD", .string("rotated"))
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("rotated"))
+    }
+}

@@ -53,6 +53,7 @@ public final class FileStore: SecretStore {
     public let settings: FileStoreSettings
     private let logger: Logger
     private let loaded: Mutex<[String: LoadedFile]>
+    private let views: Mutex<[String: MergedView]>
     private let watcher: Mutex<FileWatcher?>
 
     struct LoadedFile {
@@ -60,11 +61,19 @@ public final class FileStore: SecretStore {
         var envs: [String: [String: SecretValue]]
     }
 
+    struct MergedView {
+        var statuses: [FileIO.Status]
+        var envs: [String: [String: SecretValue]]
+        /// env -> lower-cased key -> the key as stored.
+        var folded: [String: [String: String]]
+    }
+
     public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
         self.name = config.name
         self.settings = try FileStoreSettings(config: config)
         self.logger = logger
         self.loaded = Mutex([:])
+        self.views = Mutex([:])
         self.watcher = Mutex(nil)
     }
 
@@ -74,36 +83,60 @@ public final class FileStore: SecretStore {
     }
 
     public func envs(at location: String?) throws(SecretsError) -> [String] {
-        var names: Set<String> = []
-        for file in files(at: location) {
-            names.formUnion(try load(file).keys)
-        }
-        return names.sorted()
+        try view(at: location).envs.keys.sorted()
     }
 
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
-        var merged: [String: SecretValue]?
-        for file in files(at: location) {
-            guard let fields = try load(file)[env.lowercased()] else { continue }
-            var current = merged ?? [:]
-            for (key, value) in fields {
-                // Later files override earlier ones key by key, ignoring case as Dynaconf does.
-                if let existing = current.keys.first(where: { $0.lowercased() == key.lowercased() }) {
-                    current.removeValue(forKey: existing)
-                }
-                current[key] = value
-            }
-            merged = current
+        try view(at: location).envs[env.lowercased()]
+    }
+
+    public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
+        let view = try view(at: location)
+        let folded = key.lowercased()
+        for layer in layers {
+            guard let fields = view.envs[layer.lowercased()] else { continue }
+            if let exact = fields[key] { return exact }
+            if let spelled = view.folded[layer.lowercased()]?[folded], let value = fields[spelled] { return value }
         }
-        return merged
+        return nil
+    }
+
+    /// The merged content of a location's files, rebuilt only when one of the files changed. Later files override
+    /// earlier ones key by key, ignoring case as Dynaconf does.
+    func view(at location: String?) throws(SecretsError) -> MergedView {
+        let paths = files(at: location)
+        var parts: [(FileIO.Status, [String: [String: SecretValue]])] = []
+        for path in paths { parts.append(try load(path)) }
+        let statuses = parts.map(\.0)
+        let key = location ?? ""
+        if let cached = views.withLock({ $0[key] }), cached.statuses == statuses { return cached }
+        var envs: [String: [String: SecretValue]] = [:]
+        var folded: [String: [String: String]] = [:]
+        for (_, fileEnvs) in parts {
+            for (env, fields) in fileEnvs {
+                var merged = envs[env] ?? [:]
+                var index = folded[env] ?? [:]
+                for (name, value) in fields {
+                    let lower = name.lowercased()
+                    if let existing = index[lower], existing != name { merged.removeValue(forKey: existing) }
+                    merged[name] = value
+                    index[lower] = name
+                }
+                envs[env] = merged
+                folded[env] = index
+            }
+        }
+        let view = MergedView(statuses: statuses, envs: envs, folded: folded)
+        views.withLock { $0[key] = view }
+        return view
     }
 
     /// The parsed content of one file. The file is stat'ed on every call and read, decrypted and parsed again only
     /// when its inode, size, mtime or ctime changed.
-    func load(_ path: String) throws(SecretsError) -> [String: [String: SecretValue]] {
+    func load(_ path: String) throws(SecretsError) -> (FileIO.Status, [String: [String: SecretValue]]) {
         let status = try statusOrFail(path)
         if let cached = loaded.withLock({ $0[path] }), cached.status == status {
-            return cached.envs
+            return (status, cached.envs)
         }
         var bytes = try FileIO.read(path)
         defer { wipe(&bytes) }
@@ -125,7 +158,7 @@ public final class FileStore: SecretStore {
         logger.info(
             "loaded secrets file",
             metadata: ["store": "\(name)", "file": "\(path)", "envs": "\(envs.count)"])
-        return envs
+        return (status, envs)
     }
 
     private func statusOrFail(_ path: String) throws(SecretsError) -> FileIO.Status {

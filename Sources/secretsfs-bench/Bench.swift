@@ -1,0 +1,263 @@
+// make bench: secretsfs against tmpfs, measured in one run. Prints ops/s, p50/p99 and ratios.
+// Usage: secretsfs-bench <path to secretsfs binary> [seconds per measurement]
+import Foundation
+
+
+struct Measurement {
+    var label: String
+    var opsPerSecond: Double
+    var p50: Double  // microseconds
+    var p99: Double
+}
+
+@Sendable func nanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+}
+
+/// Latencies of one thread, kept apart so threads never share a cache line while measuring.
+final class Samples: @unchecked Sendable {
+    var values: [UInt64] = []
+    var failures = 0
+}
+
+/// open/read/close of `path` in a loop on `threads` threads for `duration` seconds.
+func measure(_ label: String, path: String, threads: Int, duration: Double) -> Measurement {
+    let perThread = (0..<threads).map { _ in Samples() }
+    let start = DispatchSemaphore(value: 0)
+    let done = DispatchGroup()
+    let deadline = Mutexless(value: 0)
+    for index in 0..<threads {
+        done.enter()
+        let samples = perThread[index]
+        samples.values.reserveCapacity(4_000_000)
+        let thread = Thread {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            start.wait()
+            let end = deadline.value
+            while true {
+                let begin = nanoseconds()
+                if begin >= end { break }
+                let fd = open(path, O_RDONLY)
+                if fd < 0 {
+                    samples.failures += 1
+                    continue
+                }
+                _ = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                close(fd)
+                samples.values.append(nanoseconds() - begin)
+            }
+            done.leave()
+        }
+        thread.start()
+    }
+    let begin = nanoseconds()
+    deadline.value = begin + UInt64(duration * 1e9)
+    for _ in 0..<threads { start.signal() }
+    done.wait()
+    let elapsed = Double(nanoseconds() - begin) / 1e9
+    var all = perThread.flatMap(\.values)
+    all.sort()
+    let failures = perThread.map(\.failures).reduce(0, +)
+    if failures > 0 { print("  (\(label): \(failures) failed opens)") }
+    func percentile(_ p: Double) -> Double {
+        all.isEmpty ? 0 : Double(all[min(all.count - 1, Int(Double(all.count) * p))]) / 1000
+    }
+    return Measurement(label: label, opsPerSecond: Double(all.count) / elapsed, p50: percentile(0.5), p99: percentile(0.99))
+}
+
+/// A value written before the threads are released and only read after: no lock needed.
+final class Mutexless: @unchecked Sendable {
+    var value: UInt64
+    init(value: UInt64) { self.value = value }
+}
+
+@discardableResult
+func shell(_ argv: [String], input: String? = nil) -> (Int32, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: argv[0])
+    process.arguments = Array(argv.dropFirst())
+    let out = Pipe()
+    let inPipe = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.standardError
+    process.standardInput = input == nil ? FileHandle.nullDevice : inPipe
+    do { try process.run() } catch { return (-1, "") }
+    if let input {
+        inPipe.fileHandleForWriting.write(Data(input.utf8))
+        try? inPipe.fileHandleForWriting.close()
+    }
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+func isMounted(_ path: String) -> Bool {
+    ((try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? "").contains(" \(path) ")
+}
+
+func rssKiB(_ pid: Int32) -> Int {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+    return 0
+}
+
+func fmt(_ value: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", value) }
+
+extension String {
+    func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+}
+
+struct Mounted {
+    var process: Process
+    var mountpoint: String
+    var readySeconds: Double
+}
+
+@main
+struct Bench {
+    static func main() throws {
+        let arguments = CommandLine.arguments
+        guard arguments.count >= 2 else {
+            print("usage: secretsfs-bench <secretsfs binary> [seconds per measurement]")
+            exit(2)
+        }
+        let binary = arguments[1]
+        let seconds = arguments.count > 2 ? Double(arguments[2]) ?? 2 : 2
+
+        let root = "/dev/shm/secretsfs-bench-\(getpid())"
+        let tmpfsDir = root + "/tmpfs"
+        try FileManager.default.createDirectory(atPath: tmpfsDir, withIntermediateDirectories: true)
+        let value = "not-a-real-password-0123456789"
+        try value.write(toFile: tmpfsDir + "/PASSWORD", atomically: false, encoding: .utf8)
+
+        let (_, recipientOutput) = shell([binary, "keygen", "-o", root + "/identity.txt"])
+        let recipient = recipientOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        var secrets = "[production]\nPASSWORD = \"\(value)\"\nFRESH_PASSWORD = \"\(value)\"\n\n[big]\n"
+        for index in 0..<10_000 { secrets += "KEY_\(index) = \"value-\(index)\"\n" }
+        shell([binary, "encrypt", "-r", recipient, "-o", root + "/secrets.toml.age"], input: secrets)
+
+        func writeConfig(noOpen: Bool, mountpoint: String) -> String {
+            let path = root + "/config-\(noOpen).toml"
+            let text = """
+                [mount]
+                path = "\(mountpoint)"
+                no_open = \(noOpen)
+                [cache]
+                ttl = "10m"
+                fresh = ["FRESH_*"]
+                [stores.local]
+                type = "file"
+                files = ["secrets.toml.age"]
+                identity = "identity.txt"
+                """
+            try? text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+
+
+        func mount(noOpen: Bool) -> Mounted? {
+            let mountpoint = root + "/mnt-\(noOpen)"
+            try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["mount", "--config", writeConfig(noOpen: noOpen, mountpoint: mountpoint), "--log-level", "warning"]
+            process.standardInput = FileHandle.nullDevice
+            let begin = nanoseconds()
+            guard (try? process.run()) != nil else { return nil }
+            let probe = mountpoint + "/local/big/KEY_9999"
+            for _ in 0..<2000 {
+                if isMounted(mountpoint), access(probe, R_OK) == 0 {
+                    return Mounted(process: process, mountpoint: mountpoint, readySeconds: Double(nanoseconds() - begin) / 1e9)
+                }
+                usleep(2000)
+            }
+            process.terminate()
+            return nil
+        }
+
+        func unmount(_ mounted: Mounted) {
+            mounted.process.terminate()
+            mounted.process.waitUntilExit()
+            if isMounted(mounted.mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mounted.mountpoint]) }
+        }
+
+        defer { try? FileManager.default.removeItem(atPath: root) }
+
+        print("secretsfs benchmark: open/read/close of one small file, \(fmt(seconds, 0)) s per line, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        print("")
+
+        var results: [String: Measurement] = [:]
+        func report(_ m: Measurement, baseline: Measurement?) {
+            results[m.label] = m
+            let ratio = baseline.map { " \(fmt(m.opsPerSecond / $0.opsPerSecond, 2))x tmpfs" } ?? ""
+            print("  \(m.label.padding(toLength: 44, withPad: " ", startingAt: 0)) \(fmt(m.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(m.p50).leftPad(7)) us  p99 \(fmt(m.p99).leftPad(7)) us\(ratio)")
+        }
+
+
+        for threads in [1, 4] {
+            print("\(threads) thread\(threads > 1 ? "s" : ""):")
+            let tmpfs = measure("tmpfs \(threads)t", path: tmpfsDir + "/PASSWORD", threads: threads, duration: seconds)
+            report(tmpfs, baseline: nil)
+            for noOpen in [true, false] {
+                guard let mounted = mount(noOpen: noOpen) else {
+                    print("  mount failed (no_open = \(noOpen))")
+                    continue
+                }
+                let design = noOpen ? "no_open" : "open+keep_cache"
+                let cachedPath = mounted.mountpoint + "/local/production/PASSWORD"
+                _ = measure("warm", path: cachedPath, threads: 1, duration: 0.2)
+                report(measure("secretsfs cached (\(design)) \(threads)t", path: cachedPath, threads: threads, duration: seconds), baseline: tmpfs)
+                let freshPath = mounted.mountpoint + "/local/production/FRESH_PASSWORD"
+                report(measure("secretsfs fresh (\(design)) \(threads)t", path: freshPath, threads: threads, duration: seconds), baseline: tmpfs)
+                unmount(mounted)
+            }
+            print("")
+        }
+
+        // MARK: 10,000 keys in one env
+
+        if let mounted = mount(noOpen: true) {
+            let pid = mounted.process.processIdentifier
+            let directory = mounted.mountpoint + "/local/big"
+            func timeList(stat doStat: Bool) -> (Double, Int) {
+                let begin = nanoseconds()
+                var count = 0
+                if let dir = opendir(directory) {
+                    while let entry = readdir(dir) {
+                        count += 1
+                        if doStat {
+                            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+                            }
+                            var info = stat()
+                            _ = stat(directory + "/" + name, &info)
+                        }
+                    }
+                    closedir(dir)
+                }
+                return (Double(nanoseconds() - begin) / 1e6, count)
+            }
+            let (lsTime, entries) = timeList(stat: false)
+            let (lsLongFirst, _) = timeList(stat: true)
+            let (lsLongWarm, _) = timeList(stat: true)
+            print("10,000 keys in one env:")
+            print("  mount to ready (spawn until a key reads)  \(fmt(mounted.readySeconds * 1000, 0)) ms")
+            print("  ls (readdir, \(entries) entries)            \(fmt(lsTime, 1)) ms")
+            print("  ls -l (readdir + stat each), first        \(fmt(lsLongFirst, 1)) ms")
+            print("  ls -l again (names cached by the kernel)  \(fmt(lsLongWarm, 1)) ms")
+            print("  daemon RSS after ls -l                    \(rssKiB(pid) / 1024) MiB")
+            unmount(mounted)
+        }
+
+        if let tmpfs1 = results["tmpfs 1t"], let cached1 = results["secretsfs cached (no_open) 1t"] {
+            let ratio = cached1.opsPerSecond / tmpfs1.opsPerSecond
+            print("")
+            print("target: secretsfs cached >= 0.5x tmpfs (1 thread): \(fmt(ratio, 2))x -> \(ratio >= 0.5 ? "met" : "NOT met")")
+        }
+
+    }
+}

@@ -63,6 +63,37 @@ struct MountTests {
         #expect(try fs.errnoOf("local/production/PASSWORD") { rename($0, $0 + "2") } == EROFS)
     }
 
+    @Test("allow_other lets another user read what the modes allow; without it the kernel keeps others out")
+    func otherUsers() throws {
+        let setpriv = try requireTool("setpriv")
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", baseSecrets)
+        chmod(fixture.dir.path, 0o755)  // let `nobody` walk to the mount point
+        let asNobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+
+        let config = try fixture.writeConfig()
+        var text = try String(contentsOfFile: config, encoding: .utf8)
+        text = text.replacingOccurrences(
+            of: "[mount]\n", with: "[mount]\nallow_other = true\nfile_mode = \"0440\"\ndir_mode = \"0555\"\ngid = 65534\n")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let fs = try fixture.mount(config: config)
+        let granted = try run(asNobody + [fs.path("local/production/PASSWORD")], timeout: 10)
+        #expect(granted.status == 0 && granted.stdout == Array("0x1F".utf8), "\(granted.stderr)")
+        _ = fs.signal(SIGTERM)
+
+        text = text.replacingOccurrences(of: "gid = 65534\n", with: "")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let restricted = try fixture.mount(config: config)
+        let denied = try run(asNobody + [restricted.path("local/production/PASSWORD")], timeout: 10)
+        #expect(denied.status != 0 && denied.stderr.contains("Permission denied"), "\(denied.stderr)")
+        _ = restricted.signal(SIGTERM)
+
+        let closed = try fixture.mount(config: try fixture.writeConfig())
+        let outsider = try run(asNobody + [closed.path("local/production/PASSWORD")], timeout: 10)
+        #expect(outsider.status != 0, "without allow_other other users must not get in")
+    }
+
     @Test("a fresh key shows a change on the very next open; a cached key after the push from inotify")
     func freshAndCached() throws {
         let fixture = try Fixture()

@@ -95,6 +95,32 @@ struct FileStoreTests {
         }
     }
 
+    @Test("scrypt: a passphrase_file store opens files encrypted with a passphrase, and refuses a wrong one")
+    func passphraseStore() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let passphrase = try dir.write("passphrase.txt", "correct horse\n")
+        let sealed = try AgeFile.encrypt(
+            Array("[production]\nTOKEN = \"fake-token\"\n".utf8),
+            to: [.scrypt(passphrase: Array("correct horse".utf8), workFactor: 10)])
+        let file = dir.file("s.toml.age")
+        try Data(sealed).write(to: URL(fileURLWithPath: file))
+        let config = try Config.parse(
+            text: "[stores.p]\ntype = \"file\"\nfiles = [\"\(file)\"]\npassphrase_file = \"\(passphrase)\"\n", file: "c.toml")
+        let store = try FileStore(config: try #require(config.stores.first), logger: Logger(label: "test"))
+        #expect(try store.value(of: "TOKEN", layers: ["production"], at: nil) == .string("fake-token"))
+
+        _ = try dir.write("passphrase.txt", "wrong horse\n")
+        // Identities are read when a file is (re)loaded: the unchanged file is still served from its parsed copy...
+        #expect(try store.value(of: "TOKEN", layers: ["production"], at: nil) == .string("fake-token"))
+        // ...and the next version of the file, which needs the passphrase again, fails with the wrong one.
+        let resealed = try AgeFile.encrypt(
+            Array("[production]\nTOKEN = \"other\"\n".utf8),
+            to: [.scrypt(passphrase: Array("correct horse".utf8), workFactor: 10)])
+        try Data(resealed).write(to: URL(fileURLWithPath: file))
+        #expect(throws: SecretsError.self) { try store.value(of: "TOKEN", layers: ["production"], at: nil) }
+    }
+
     @Test("later files override earlier ones key by key")
     func fileOrder() throws {
         let dir = try TemporaryDirectory()

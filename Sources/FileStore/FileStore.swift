@@ -193,11 +193,7 @@ public final class FileStore: SecretStore {
             }
         }
         if let passphraseFile = settings.passphraseFile {
-            try FileIO.requirePrivate(passphraseFile, what: "passphrase file")
-            var passphrase = try FileIO.read(passphraseFile)
-            while let last = passphrase.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") {
-                passphrase.removeLast()
-            }
+            let passphrase = try FileIO.readPassphrase(passphraseFile)
             identities.append(.scrypt(passphrase: passphrase, maxWorkFactor: settings.maxWorkFactor))
         }
         if identities.isEmpty {

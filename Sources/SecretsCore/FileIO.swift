@@ -90,6 +90,16 @@ public enum FileIO {
         }
     }
 
+    /// Reads a passphrase file (which must be private), without its trailing newline.
+    public static func readPassphrase(_ path: String) throws(SecretsError) -> [UInt8] {
+        try requirePrivate(path, what: "passphrase file")
+        var passphrase = try read(path)
+        while let last = passphrase.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") {
+            passphrase.removeLast()
+        }
+        return passphrase
+    }
+
     /// Refuses a file that other users could read or that belongs to someone other than this process's user.
     public static func requirePrivate(_ path: String, what: String) throws(SecretsError) {
         let info = try status(path)

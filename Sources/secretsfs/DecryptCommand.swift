@@ -33,10 +33,7 @@ struct DecryptCommand: ParsableCommand {
                 identities += try X25519Identity.parseFile(try FileIO.readText(identity)).map { Identity.x25519($0) }
             }
             if let passphraseFile {
-                try FileIO.requirePrivate(passphraseFile, what: "passphrase file")
-                var passphrase = try FileIO.read(passphraseFile)
-                while passphrase.last == UInt8(ascii: "\n") { passphrase.removeLast() }
-                identities.append(.scrypt(passphrase: passphrase, maxWorkFactor: 22))
+                identities.append(.scrypt(passphrase: try FileIO.readPassphrase(passphraseFile), maxWorkFactor: 22))
             }
             guard !identities.isEmpty else {
                 printError("give -i <identity file> or --passphrase-file")

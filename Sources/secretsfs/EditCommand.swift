@@ -26,10 +26,7 @@ struct EditCommand: ParsableCommand {
     var file: String?
 
     func run() throws {
-        let logger = Runtime.bootstrapLogging(level: options.logLevel)
-        let config = try Runtime.loadConfig(options.config)
-        let fileStore = try Runtime.fileStore(store, config: config, logger: logger)
-        let target = file ?? fileStore.primaryFile
+        let (fileStore, target) = try Runtime.fileStoreTarget(options, store: store, file: file)
         do {
             var original = try fileStore.plaintext(of: target)
             defer { wipe(&original) }

@@ -32,10 +32,7 @@ struct EncryptCommand: ParsableCommand {
         do {
             for text in recipient { recipients.append(.x25519(try X25519Recipient(string: text))) }
             if let passphraseFile {
-                try FileIO.requirePrivate(passphraseFile, what: "passphrase file")
-                var passphrase = try FileIO.read(passphraseFile)
-                while passphrase.last == UInt8(ascii: "\n") { passphrase.removeLast() }
-                recipients.append(.scrypt(passphrase: passphrase, workFactor: workFactor))
+                recipients.append(.scrypt(passphrase: try FileIO.readPassphrase(passphraseFile), workFactor: workFactor))
             }
         } catch {
             printError("\(error)")

@@ -87,6 +87,14 @@ enum Runtime {
         }
     }
 
+    /// For `edit` and `set`: the file store and the file to change (`--file`, else the store's last file).
+    static func fileStoreTarget(_ options: ConfigOptions, store: String, file: String?) throws -> (FileStore, String) {
+        let logger = bootstrapLogging(level: options.logLevel)
+        let config = try loadConfig(options.config)
+        let fileStore = try fileStore(store, config: config, logger: logger)
+        return (fileStore, file ?? fileStore.primaryFile)
+    }
+
     static func exitCode(for error: SecretsError) -> ExitCode {
         switch error.code {
         case .notFound: return ExitCode(ExitStatus.notFound.rawValue)

@@ -40,6 +40,15 @@ struct CLITests {
         let decrypted = try fixture.cli(["decrypt", "-i", keyFile, fromAge])
         #expect(decrypted.status == 0)
         #expect(decrypted.stdoutText == "[production]\nTOKEN = \"fake-token\"\n")
+
+        let passphrase = try fixture.dir.write("pass.txt", "fake passphrase\n")
+        let scrypted = fixture.dir.file("scrypt.age")
+        #expect(try fixture.cli(["encrypt", "--passphrase-file", passphrase, "--work-factor", "10", "-o", scrypted, plain]).status == 0)
+        let opened = try fixture.cli(["decrypt", "--passphrase-file", passphrase, scrypted])
+        #expect(opened.stdoutText == "[production]\nTOKEN = \"fake-token\"\n")
+        chmod(passphrase, 0o644)
+        let refused = try fixture.cli(["decrypt", "--passphrase-file", passphrase, scrypted])
+        #expect(refused.status != 0 && refused.stderr.contains("0600"))
     }
 
     @Test("set and get: exact bytes, stdin values, exit 3 when missing")

@@ -21,6 +21,8 @@ let package = Package(
     targets: [
         // C edge: only FuseBridge imports this module.
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // C edge for TLS: only RedisClient imports this module.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // Pure Swift core: values, errors, config, resolver, cache, inode table, store protocol.
         .target(
             name: "SecretsCore",
@@ -50,6 +52,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // A small RESP2 client: TCP, unix sockets, TLS, AUTH/ACL, SELECT, timeouts, pool.
+        .target(
+            name: "RedisClient",
+            dependencies: ["COpenSSL"],
+            swiftSettings: strict
+        ),
+        // Backend: Redis hashes in Dynaconf's layout.
+        .target(
+            name: "RedisStore",
+            dependencies: ["SecretsCore", "RedisClient", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         // Translates FUSE low-level requests to the core.
         .target(
             name: "FuseBridge",
@@ -59,7 +73,7 @@ let package = Package(
         .executableTarget(
             name: "secretsfs",
             dependencies: [
-                "SecretsCore", "Age", "FileStore", "FuseBridge",
+                "SecretsCore", "Age", "FileStore", "RedisStore", "FuseBridge",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -71,7 +85,9 @@ let package = Package(
         .testTarget(name: "CoreTests", dependencies: ["SecretsCore", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
-            name: "StoreTests", dependencies: ["SecretsCore", "FileStore", "Age", "TestSupport"], swiftSettings: strict),
+            name: "StoreTests",
+            dependencies: ["SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "TestSupport"],
+            swiftSettings: strict),
         .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

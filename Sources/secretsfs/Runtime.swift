@@ -1,5 +1,6 @@
 import ArgumentParser
 import FileStore
+import RedisStore
 import Foundation
 import Logging
 import SecretsCore
@@ -36,7 +37,7 @@ enum Runtime {
     }
 
     static func factories(logger: Logger) -> [String: any StoreFactory] {
-        let all: [any StoreFactory] = [FileStoreFactory(logger: logger)]
+        let all: [any StoreFactory] = [FileStoreFactory(logger: logger), RedisStoreFactory(logger: logger)]
         return Dictionary(uniqueKeysWithValues: all.map { ($0.type, $0) })
     }
 

@@ -1,0 +1,96 @@
+import Foundation
+import Logging
+import RedisClient
+import Synchronization
+
+/// Subscribes to keyspace notifications for the store's hashes and reports changes (debounced). Reconnects with
+/// backoff after a disconnect, resubscribes, and reports a change then too (events may have been missed).
+final class KeyspaceWatcher: Sendable {
+    private let running: Mutex<Bool>
+    private let done: Mutex<Bool>
+
+    /// Nil when the server says notifications are off: the store then relies on the cache ttl.
+    init?(
+        settings: RedisSettings, prefixes: [String], store: String, logger: Logger,
+        onChange: @escaping @Sendable () -> Void
+    ) {
+        let db = settings.endpoint.database
+        if let connection = try? RedisConnection(settings) {
+            defer { connection.close() }
+            if case .array(let parts?)? = try? connection.command("CONFIG", "GET", "notify-keyspace-events"),
+                parts.count == 2, let flags = parts[1].text
+            {
+                let hasKeyspace = flags.contains("K")
+                let hasHash = flags.contains("h") || flags.contains("A")
+                if !(hasKeyspace && hasHash) {
+                    logger.warning(
+                        """
+                        Redis keyspace notifications are off; cached keys refresh after ttl only. Enable them with \
+                        CONFIG SET notify-keyspace-events Kh (or notify-keyspace-events "Kh" in redis.conf)
+                        """,
+                        metadata: ["store": "\(store)"])
+                    return nil
+                }
+            }
+        }
+        running = Mutex(true)
+        done = Mutex(false)
+        let patterns = prefixes.map { "__keyspace@\(db)__:\($0)_*" }
+        let thread = Thread { [self] in
+            self.loop(settings: settings, patterns: patterns, store: store, logger: logger, onChange: onChange)
+        }
+        thread.name = "secretsfs-redis-keyspace"
+        thread.start()
+    }
+
+    private func loop(
+        settings: RedisSettings, patterns: [String], store: String, logger: Logger,
+        onChange: @escaping @Sendable () -> Void
+    ) {
+        var backoff = 0.1
+        var first = true
+        while running.withLock({ $0 }) {
+            let connection: RedisConnection
+            do {
+                connection = try RedisConnection(settings)
+                try connection.sendCommand(["PSUBSCRIBE"] + patterns)
+            } catch {
+                logger.debug("keyspace subscription failed; retrying", metadata: ["store": "\(store)", "error": "\(error)"])
+                Thread.sleep(forTimeInterval: backoff)
+                backoff = min(backoff * 2, 2)
+                continue
+            }
+            logger.debug("subscribed to keyspace notifications", metadata: ["store": "\(store)"])
+            if !first { onChange() }
+            first = false
+            backoff = 0.1
+            var pending = false
+            while running.withLock({ $0 }) {
+                let ready = connection.waitReadable(timeout: pending ? 0.01 : 0.25)
+                if !ready {
+                    if pending {
+                        pending = false
+                        onChange()
+                    }
+                    if connection.broken { break }
+                    continue
+                }
+                do {
+                    let message = try connection.readReply()
+                    if case .array(let parts?) = message, parts.first?.text == "pmessage" { pending = true }
+                } catch {
+                    logger.info("keyspace subscription lost; reconnecting", metadata: ["store": "\(store)"])
+                    break
+                }
+            }
+            connection.close()
+            if pending { onChange() }
+        }
+        done.withLock { $0 = true }
+    }
+
+    func stop() {
+        running.withLock { $0 = false }
+        for _ in 0..<60 where !done.withLock({ $0 }) { usleep(10_000) }
+    }
+}

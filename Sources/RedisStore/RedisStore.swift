@@ -1,0 +1,250 @@
+import Foundation
+import Logging
+import RedisClient
+import SecretsCore
+import Synchronization
+
+/// `type = "redis"`: Dynaconf's Redis layout, one hash `<PREFIX>_<ENV>` per env.
+public struct RedisStoreFactory: StoreFactory {
+    public let type = "redis"
+    let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
+
+    public func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore {
+        try RedisStore(config: config, logger: logger)
+    }
+}
+
+public struct RedisStoreSettings: Sendable {
+    public var settings: RedisSettings
+    public var prefix: String
+
+    public init(config: StoreConfig, environment: [String: String] = ProcessInfo.processInfo.environment)
+        throws(LocatedError)
+    {
+        let section = config.section
+        try section.rejectUnknown(allowed: [
+            "type", "fresh", "url", "password_file", "username", "ca_cert", "prefix", "timeout",
+        ])
+        let url = try section.string("url") ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
+        var endpoint: RedisEndpoint
+        do {
+            endpoint = try RedisEndpoint(url: url)
+        } catch {
+            throw section.error("url", "store '\(config.name)': \(error.message)")
+        }
+        if let username = try section.string("username") { endpoint.username = username }
+        if let passwordFile = try section.path("password_file") {
+            do {
+                endpoint.password = String(decoding: try FileIO.readPassphrase(passwordFile), as: UTF8.self)
+            } catch {
+                throw section.error("password_file", "store '\(config.name)': \(error.message)")
+            }
+        }
+        let timeout = try section.duration("timeout") ?? 2
+        guard timeout > 0 else { throw section.error("timeout", "timeout must be more than 0") }
+        settings = RedisSettings(endpoint: endpoint, timeout: timeout, caFile: try section.path("ca_cert"))
+        prefix = try section.string("prefix") ?? "DYNACONF"
+        guard !prefix.isEmpty, !prefix.contains(where: { "*?[]".contains($0) }) else {
+            throw section.error("prefix", "prefix must be non-empty and without glob characters")
+        }
+    }
+}
+
+public final class RedisStore: SecretStore {
+    public let name: String
+    public let configuration: RedisStoreSettings
+    let pool: RedisPool
+    let logger: Logger
+    private let watcher: Mutex<KeyspaceWatcher?>
+
+    public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
+        self.name = config.name
+        self.configuration = try RedisStoreSettings(config: config)
+        self.pool = RedisPool(settings: configuration.settings)
+        self.logger = logger
+        self.watcher = Mutex(nil)
+    }
+
+    /// The hash holding an env: `<PREFIX>_<ENV>`; a scope's `path` replaces the prefix.
+    func hash(_ env: String, at location: String?) -> String {
+        "\(location ?? configuration.prefix)_\(env.uppercased())"
+    }
+
+    func fail(_ error: RedisError) -> SecretsError {
+        let code: SecretsError.Code =
+            switch error.kind {
+            case .timeout: .timeout
+            case .authentication: .permissionDenied
+            default: .storeUnavailable
+            }
+        return SecretsError(code, "store '\(name)': \(error.message)")
+    }
+
+    func run<T>(_ body: (RedisConnection) throws(RedisError) -> T) throws(SecretsError) -> T {
+        do {
+            return try pool.withConnection(body)
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    public func envs(at location: String?) throws(SecretsError) -> [String] {
+        let prefix = (location ?? configuration.prefix) + "_"
+        let keys: [String] = try run { connection throws(RedisError) in
+            var cursor = "0"
+            var found: [String] = []
+            repeat {
+                let reply = try connection.command("SCAN", cursor, "MATCH", prefix + "*", "COUNT", "1000", "TYPE", "hash")
+                guard case .array(let parts?) = reply, parts.count == 2, let next = parts[0].text,
+                    case .array(let names?) = parts[1]
+                else {
+                    if case .error(let message) = reply { throw RedisError(.server, "SCAN failed: \(message)") }
+                    throw RedisError(.protocolViolation, "unexpected SCAN reply")
+                }
+                found += names.compactMap(\.text)
+                cursor = next
+            } while cursor != "0"
+            return found
+        }
+        return Array(Set(keys.filter { $0.count > prefix.count }.map { String($0.dropFirst(prefix.count)).lowercased() }))
+            .sorted()
+    }
+
+    public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
+        let hash = hash(env, at: location)
+        let reply = try run { connection throws(RedisError) in try connection.command("HGETALL", hash) }
+        return try decodeHash(reply, hash: hash)
+    }
+
+    func decodeHash(_ reply: RESPValue, hash: String) throws(SecretsError) -> [String: SecretValue]? {
+        switch reply {
+        case .array(let items?):
+            if items.isEmpty { return nil }
+            var fields: [String: SecretValue] = [:]
+            var index = 0
+            while index + 1 < items.count {
+                if let key = items[index].text, let raw = items[index + 1].bytes {
+                    fields[key] = DynaconfTokens.decode(raw)
+                }
+                index += 2
+            }
+            return fields
+        case .error(let message) where message.hasPrefix("WRONGTYPE"):
+            return nil
+        case .error(let message):
+            throw SecretsError(.storeUnavailable, "store '\(name)': HGETALL \(hash) failed: \(message)")
+        default:
+            throw SecretsError(.storeUnavailable, "store '\(name)': unexpected reply to HGETALL \(hash)")
+        }
+    }
+
+    /// One round trip for the common case: HGET of the key in every layer, pipelined. Only when no layer has the
+    /// exact key are the layers fetched whole to match it ignoring case.
+    public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
+        let hashes = layers.map { hash($0, at: location) }
+        let replies = try run { connection throws(RedisError) in
+            try connection.pipeline(hashes.map { [Array("HGET".utf8), Array($0.utf8), Array(key.utf8)] })
+        }
+        for reply in replies {
+            switch reply {
+            case .bulk(let raw?): return DynaconfTokens.decode(raw)
+            case .error(let message) where !message.hasPrefix("WRONGTYPE"):
+                throw SecretsError(.storeUnavailable, "store '\(name)': HGET failed: \(message)")
+            default: continue
+            }
+        }
+        let whole = try run { connection throws(RedisError) in
+            try connection.pipeline(hashes.map { [Array("HGETALL".utf8), Array($0.utf8)] })
+        }
+        for (index, reply) in whole.enumerated() {
+            if let fields = try decodeHash(reply, hash: hashes[index]), let value = Self.match(key, in: fields) {
+                return value
+            }
+        }
+        return nil
+    }
+
+    /// Writes fields into one env's hash (HSET merges, like Dynaconf's writer).
+    public func write(env: String, fields: [(String, [UInt8])], at location: String? = nil) throws(SecretsError) {
+        let hash = hash(env, at: location)
+        var arguments: [[UInt8]] = [Array("HSET".utf8), Array(hash.utf8)]
+        for (key, value) in fields { arguments += [Array(key.utf8), value] }
+        let reply = try run { connection throws(RedisError) in try connection.command(arguments) }
+        if case .error(let message) = reply {
+            throw SecretsError(.storeUnavailable, "store '\(name)': HSET \(hash) failed: \(message)")
+        }
+    }
+
+    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool {
+        let created = KeyspaceWatcher(
+            settings: configuration.settings, prefixes: [configuration.prefix], store: name, logger: logger,
+            onChange: onChange)
+        guard let created else { return false }
+        watcher.withLock { $0 = created }
+        return true
+    }
+
+    public func close() {
+        let current = watcher.withLock { state -> KeyspaceWatcher? in
+            defer { state = nil }
+            return state
+        }
+        current?.stop()
+        pool.close()
+    }
+}
+
+/// Dynaconf's Redis type tokens: `@int 1234`, `@float 1.5`, `@bool True`, `@json {...}`, `@none `, `@str 007`.
+/// Untagged values and other `@tokens` (`@format`, `@jinja`, `@merge`, ...) are served exactly as stored, and so is a
+/// token whose payload does not parse (Dynaconf would drop the whole hash).
+public enum DynaconfTokens {
+    public static func decode(_ raw: [UInt8]) -> SecretValue {
+        guard let text = String(validating: raw, as: UTF8.self) else {
+            return .string(String(decoding: raw, as: UTF8.self))
+        }
+        guard text.hasPrefix("@") else { return .string(text) }
+        let token: Substring
+        let payload: Substring
+        if let space = text.firstIndex(of: " ") {
+            token = text[..<space]
+            payload = text[text.index(after: space)...]
+        } else {
+            token = Substring(text)
+            payload = ""
+        }
+        switch token {
+        case "@int":
+            return Int64(payload.trimmingCharacters(in: .whitespaces)).map(SecretValue.int) ?? .string(text)
+        case "@float":
+            return Double(payload.trimmingCharacters(in: .whitespaces)).map(SecretValue.float) ?? .string(text)
+        case "@bool":
+            switch payload.trimmingCharacters(in: .whitespaces).lowercased() {
+            case "true", "1", "yes", "on": return .bool(true)
+            case "false", "0", "no", "off", "": return .bool(false)
+            default: return .string(text)
+            }
+        case "@json":
+            return SecretValue.parseJSON(Array(payload.utf8)) ?? .string(text)
+        case "@none":
+            return .null
+        case "@str":
+            return .string(String(payload))
+        default:
+            return .string(text)
+        }
+    }
+
+    /// Dynaconf's encoding of a typed value, for `write --typed`.
+    public static func encode(_ value: SecretValue) -> String {
+        switch value {
+        case .string(let text): return text
+        case .int(let number): return "@int \(number)"
+        case .float(let number): return "@float \(number)"
+        case .bool(let flag): return "@bool \(flag ? "True" : "False")"
+        case .null: return "@none "
+        default: return "@json \(value.jsonText())"
+        }
+    }
+}

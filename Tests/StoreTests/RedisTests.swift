@@ -1,0 +1,283 @@
+import Foundation
+import Logging
+import RedisClient
+import RedisStore
+import SecretsCore
+import Synchronization
+import Testing
+import TestSupport
+
+@Suite("RESP and Redis URLs")
+struct RESPTests {
+    let parser = RESPParser()
+
+    func parse(_ text: String) throws -> RESPValue? {
+        try parser.parse(Array(text.utf8), from: 0)?.0
+    }
+
+    @Test("valid replies, and incomplete ones wait for more bytes")
+    func replies() throws {
+        #expect(try parse("+OK\r\n") == .simple("OK"))
+        #expect(try parse("-ERR bad\r\n") == .error("ERR bad"))
+        #expect(try parse(":42\r\n") == .integer(42))
+        #expect(try parse("$3\r\nabc\r\n") == .bulk(Array("abc".utf8)))
+        #expect(try parse("$-1\r\n") == .bulk(nil))
+        #expect(try parse("*2\r\n$1\r\na\r\n:1\r\n") == .array([.bulk([97]), .integer(1)]))
+        #expect(try parse("$3\r\nab") == nil)
+        #expect(try parse("*2\r\n$1\r\na\r\n") == nil)
+        #expect(RESPParser.encode([Array("GET".utf8), Array("k".utf8)]) == Array("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".utf8))
+    }
+
+    @Test("malformed and oversized replies are errors", arguments: [
+        "!what\r\n", "$abc\r\n", "$5\r\nabc\r\nxx", "$99999999999\r\n", "*99999999999\r\n", ":12\rx\n",
+        String(repeating: "*1\r\n", count: 20) + ":1\r\n", "+" + String(repeating: "x", count: 70_000),
+    ])
+    func malformed(text: String) {
+        #expect(throws: RedisError.self) { try parser.parse(Array(text.utf8), from: 0) }
+    }
+
+    @Test("URLs: schemes, credentials, database, unix sockets; descriptions never show the password")
+    func urls() throws {
+        let plain = try RedisEndpoint(url: "redis://127.0.0.1:7000/3")
+        #expect(plain.address == .tcp(host: "127.0.0.1", port: 7000) && plain.database == 3 && !plain.tls)
+        let acl = try RedisEndpoint(url: "rediss://app:s3cr%40t@cache.internal:6380/0")
+        #expect(acl.tls && acl.username == "app" && acl.password == "s3cr@t")
+        #expect(!acl.description.contains("s3cr"))
+        let unix = try RedisEndpoint(url: "unix:///run/redis.sock?db=2")
+        #expect(unix.address == .unix(path: "/run/redis.sock") && unix.database == 2)
+        #expect(throws: RedisError.self) { try RedisEndpoint(url: "http://x") }
+        #expect(throws: RedisError.self) { try RedisEndpoint(url: "redis://h:99999/0") }
+    }
+
+    @Test("Dynaconf tokens", arguments: [
+        ("@int 1234", SecretValue.int(1234)), ("@float 1.5", .float(1.5)), ("@bool True", .bool(true)),
+        ("@bool False", .bool(false)), ("@json {\"a\": 1, \"b\": [true, null]}", .table(["a": .int(1), "b": .array([.bool(true), .null])])),
+        ("@none ", .null), ("@str 007", .string("007")), ("0x1F", .string("0x1F")), ("@format {this.X}", .string("@format {this.X}")),
+        ("@int abc", .string("@int abc")), ("", .string("")),
+    ])
+    func tokens(raw: String, expected: SecretValue) {
+        #expect(DynaconfTokens.decode(Array(raw.utf8)) == expected)
+    }
+}
+
+/// A TCP server on a free port that answers every connection with `reply` (or nothing), for malformed-server tests.
+final class FakeRedisServer: @unchecked Sendable {
+    let port: Int
+    private let fd: Int32
+
+    init(reply: [UInt8]?) throws {
+        port = try freePort()
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 8) == 0 else { throw TestFailure.message("fake server cannot listen") }
+        let listener = fd
+        Thread {
+            while true {
+                let client = accept(listener, nil, nil)
+                if client < 0 { return }
+                if let reply {
+                    var request = [UInt8](repeating: 0, count: 4096)
+                    _ = recv(client, &request, request.count, 0)
+                    _ = reply.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    close(client)
+                } else {
+                    Thread.sleep(forTimeInterval: 5)
+                    close(client)
+                }
+            }
+        }.start()
+    }
+
+    func stop() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+}
+
+@Suite("Redis client against misbehaving servers")
+struct MisbehavingServerTests {
+    @Test("garbage is an error, not a crash", arguments: ["!garbage\r\n", "$999999999999\r\n", "*1\r\n$3\r\nab\r\nzz\r\n"])
+    func garbage(reply: String) throws {
+        let server = try FakeRedisServer(reply: Array(reply.utf8))
+        defer { server.stop() }
+        let endpoint = try RedisEndpoint(url: "redis://127.0.0.1:\(server.port)/0")
+        let connection = try RedisConnection(RedisSettings(endpoint: endpoint, timeout: 2))
+        #expect(throws: RedisError.self) { try connection.command("PING") }
+    }
+
+    @Test("a server that never answers gives a bounded timeout")
+    func silent() throws {
+        let server = try FakeRedisServer(reply: nil)
+        defer { server.stop() }
+        let endpoint = try RedisEndpoint(url: "redis://127.0.0.1:\(server.port)/0")
+        let connection = try RedisConnection(RedisSettings(endpoint: endpoint, timeout: 0.3))
+        let started = Date()
+        #expect(throws: RedisError(.timeout, "read to redis://127.0.0.1:\(server.port)/0 timed out after 0.3s")) {
+            try connection.command("PING")
+        }
+        #expect(Date().timeIntervalSince(started) < 3)
+    }
+
+    @Test("nothing listening: a clear connection error")
+    func refused() throws {
+        let endpoint = try RedisEndpoint(url: "redis://127.0.0.1:\(try freePort())/0")
+        #expect(throws: RedisError.self) { try RedisConnection(RedisSettings(endpoint: endpoint, timeout: 1)) }
+    }
+}
+
+func redisStore(_ url: String, extra: String = "") throws -> RedisStore {
+    let config = try Config.parse(text: "[stores.r]\ntype = \"redis\"\nurl = \"\(url)\"\n\(extra)\n", file: "c.toml")
+    return try RedisStore(config: try #require(config.stores.first), logger: Logger(label: "test"))
+}
+
+@Suite("Redis store against a real redis-server", .serialized)
+struct RedisStoreTests {
+    @Test("passes the store conformance suite")
+    func conformance() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        for (env, fields) in StoreConformance.seed {
+            try server.hset("DYNACONF_\(env.uppercased())", fields.map { ($0.key, DynaconfTokens.encode($0.value)) })
+        }
+        let store = try redisStore(server.url)
+        defer { store.close() }
+        try StoreConformance(store: store) { env, key, value in
+            try server.hset("DYNACONF_\(env.uppercased())", [(key, DynaconfTokens.encode(value))])
+        }.checkConformance()
+    }
+
+    @Test("data written exactly as Dynaconf writes it reads back as the plain value")
+    func dynaconfLayout() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        try server.hset("DYNACONF_PRODUCTION", [
+            ("NAME", "Bruno"), ("PORT", "@int 1234"), ("RATIO", "@float 1.5"), ("ON", "@bool True"), ("OFF", "@bool False"),
+            ("CONF", "@json {\"a\": 1}"), ("NOTHING", "@none "), ("CODE", "@str 007"), ("TPL", "@format {this.NAME}"),
+            ("PASSWORD", "0x1F"),
+        ])
+        try server.hset("DYNACONF_DEFAULT", [("NAME", "default"), ("ONLY_DEFAULT", "d")])
+        try server.hset("DYNACONF_GLOBAL", [("REGION", "eu")])
+        _ = try server.cli(["SET", "DYNACONF_NOT_A_HASH", "x"])
+        let store = try redisStore(server.url)
+        defer { store.close() }
+        #expect(try store.envs(at: nil) == ["default", "global", "production"])
+        let expected: [String: String] = [
+            "NAME": "Bruno", "PORT": "1234", "RATIO": "1.5", "ON": "true", "OFF": "false", "CONF": #"{"a":1}"#,
+            "NOTHING": "null", "CODE": "007", "TPL": "@format {this.NAME}", "PASSWORD": "0x1F",
+        ]
+        for (key, bytes) in expected {
+            let value = try #require(try store.value(of: key, layers: ["global", "production", "default"], at: nil))
+            #expect(value.fileBytes().utf8String() == bytes, "\(key)")
+        }
+        #expect(try store.value(of: "ONLY_DEFAULT", layers: ["global", "production", "default"], at: nil) == .string("d"))
+        #expect(try store.value(of: "name", layers: ["production"], at: nil) == .string("Bruno"))
+        #expect(try store.value(of: "X", layers: ["production"], at: "OTHERPREFIX") == nil)
+    }
+
+    @Test("ACL user with a password; a wrong password is a clear error that does not repeat it")
+    func acl() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        _ = try server.cli(["ACL", "SETUSER", "reader", "on", ">reader-pass", "~DYNACONF_*", "+@read", "+@connection", "+config|get"])
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "acl-value")])
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let good = try dir.write("good.txt", "reader-pass\n")
+        let store = try redisStore(server.url, extra: "username = \"reader\"\npassword_file = \"\(good)\"")
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("acl-value"))
+        store.close()
+
+        let bad = try dir.write("bad.txt", "wrong-pass-xyz\n")
+        let refused = try redisStore(server.url, extra: "username = \"reader\"\npassword_file = \"\(bad)\"")
+        defer { refused.close() }
+        do {
+            _ = try refused.value(of: "PASSWORD", layers: ["production"], at: nil)
+            Issue.record("a wrong password must fail")
+        } catch {
+            #expect(error.description.contains("authentication") && error.description.contains("WRONGPASS"))
+            #expect(!error.description.contains("wrong-pass-xyz"))
+            #expect(error.errno == EACCES)
+        }
+    }
+
+    @Test("TLS with a CA made by the test; an untrusted CA is refused")
+    func tls() throws {
+        let server = try RedisServer(tls: true)
+        defer { server.remove() }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "over-tls")])
+        let ca = try #require(server.tls?.ca)
+        let store = try redisStore(server.url, extra: "ca_cert = \"\(ca)\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("over-tls"))
+        let untrusted = try redisStore(server.url)
+        defer { untrusted.close() }
+        #expect(throws: SecretsError.self) { try untrusted.value(of: "PASSWORD", layers: ["production"], at: nil) }
+    }
+
+    @Test("server stopped mid-run: a bounded error; started again: values again")
+    func restart() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "before")])
+        let store = try redisStore(server.url, extra: "timeout = \"1s\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+        server.stop()
+        let started = Date()
+        #expect(throws: SecretsError.self) { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }
+        #expect(Date().timeIntervalSince(started) < 5)
+        try server.start()
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after")])
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("after"))
+    }
+
+    @Test("a 1 MiB value and 10,000 fields in one hash")
+    func sizes() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let store = try redisStore(server.url)
+        defer { store.close() }
+        let big = [UInt8](repeating: UInt8(ascii: "z"), count: 1 << 20)
+        try store.write(env: "production", fields: [("BIG", big)])
+        var fields: [(String, [UInt8])] = []
+        for index in 0..<10_000 { fields.append(("KEY_\(index)", Array("value-\(index)".utf8))) }
+        try store.write(env: "many", fields: fields)
+        #expect(try store.value(of: "BIG", layers: ["production"], at: nil)?.fileBytes().count == 1 << 20)
+        #expect(try store.fields(of: "many", at: nil)?.count == 10_000)
+        #expect(try store.value(of: "KEY_9999", layers: ["many"], at: nil) == .string("value-9999"))
+    }
+
+    @Test("keyspace notifications report a change within 100 ms; with notifications off, watch says so")
+    func notifications() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let store = try redisStore(server.url)
+        defer { store.close() }
+        let changes = Mutex<[Date]>([])
+        #expect(store.watch { changes.withLock { $0.append(Date()) } })
+        Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
+        let written = Date()
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "pushed")])
+        var seen: Date?
+        for _ in 0..<200 where seen == nil {
+            seen = changes.withLock { $0.first }
+            if seen == nil { usleep(5000) }
+        }
+        let delay = try #require(seen).timeIntervalSince(written)
+        #expect(delay < 0.1, "change reported after \(delay)s")
+
+        let quiet = try RedisServer(notifications: "")
+        defer { quiet.remove() }
+        let polling = try redisStore(quiet.url)
+        defer { polling.close() }
+        #expect(!polling.watch {})
+    }
+}

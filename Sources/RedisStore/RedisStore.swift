@@ -239,7 +239,7 @@ public enum DynaconfTokens {
     /// Dynaconf's encoding of a typed value, for `write --typed`.
     public static func encode(_ value: SecretValue) -> String {
         switch value {
-        case .string(let text): return text
+        case .string(let text): return text.hasPrefix("@") ? "@str " + text : text
         case .int(let number): return "@int \(number)"
         case .float(let number): return "@float \(number)"
         case .bool(let flag): return "@bool \(flag ? "True" : "False")"

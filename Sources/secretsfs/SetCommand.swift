@@ -31,30 +31,7 @@ struct SetCommand: ParsableCommand {
 
     func run() throws {
         let (fileStore, target) = try Runtime.fileStoreTarget(options, store: store, file: file)
-        var values: [(String, String)] = []
-        var usedStdin = false
-        for assignment in assignments {
-            if let equals = assignment.firstIndex(of: "=") {
-                values.append((String(assignment[..<equals]), String(assignment[assignment.index(after: equals)...])))
-            } else {
-                guard !usedStdin else {
-                    printError("only one key can read its value from standard input")
-                    throw ExitCode(ExitStatus.invalidConfig.rawValue)
-                }
-                usedStdin = true
-                var bytes = readStandardInput()
-                if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
-                guard let text = String(validating: bytes, as: UTF8.self) else {
-                    printError("the value on standard input is not UTF-8 text")
-                    throw ExitCode(ExitStatus.invalidConfig.rawValue)
-                }
-                values.append((assignment, text))
-            }
-        }
-        for (key, _) in values where key.isEmpty || key.contains("/") {
-            printError("'\(key)' is not a usable key name")
-            throw ExitCode(ExitStatus.invalidConfig.rawValue)
-        }
+        let values = try Assignments.parse(assignments)
         do {
             var original = try fileStore.plaintext(of: target)
             defer { wipe(&original) }

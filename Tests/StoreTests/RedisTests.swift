@@ -53,7 +53,7 @@ struct RESPTests {
         ("@int 1234", SecretValue.int(1234)), ("@float 1.5", .float(1.5)), ("@bool True", .bool(true)),
         ("@bool False", .bool(false)), ("@json {\"a\": 1, \"b\": [true, null]}", .table(["a": .int(1), "b": .array([.bool(true), .null])])),
         ("@none ", .null), ("@str 007", .string("007")), ("0x1F", .string("0x1F")), ("@format {this.X}", .string("@format {this.X}")),
-        ("@int abc", .string("@int abc")), ("", .string("")),
+        ("@int abc", .string("@int abc")), ("", .string("")), ("@str @format x", .string("@format x")),
     ])
     func tokens(raw: String, expected: SecretValue) {
         #expect(DynaconfTokens.decode(Array(raw.utf8)) == expected)
@@ -206,6 +206,25 @@ struct RedisStoreTests {
             #expect(!error.description.contains("wrong-pass-xyz"))
             #expect(error.errno == EACCES)
         }
+    }
+
+    @Test("unix socket and a database other than 0 (SELECT)")
+    func unixSocketAndDatabase() throws {
+        let socketDir = try TemporaryDirectory()
+        defer { socketDir.remove() }
+        let socketPath = socketDir.file("redis.sock")
+        let server = try RedisServer(extra: ["--unixsocket", socketPath, "--unixsocketperm", "700"])
+        defer { server.remove() }
+        _ = try server.cli(["-n", "3", "HSET", "DYNACONF_PRODUCTION", "PASSWORD", "db3-value"])
+        let store = try redisStore("unix://\(socketPath)?db=3")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("db3-value"))
+        let tcp = try redisStore("redis://127.0.0.1:\(server.port)/3")
+        defer { tcp.close() }
+        #expect(try tcp.envs(at: nil) == ["production"])
+        let other = try redisStore(server.url)
+        defer { other.close() }
+        #expect(try other.envs(at: nil) == [])
     }
 
     @Test("TLS with a CA made by the test; an untrusted CA is refused")

@@ -1,0 +1,126 @@
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("mounted Redis store", .serialized)
+struct RedisMountTests {
+    func config(_ fixture: Fixture, server: RedisServer, ttl: String = "5m", fresh: [String] = []) throws -> String {
+        let freshList = fresh.map { "\"\($0)\"" }.joined(separator: ", ")
+        return try fixture.dir.write(
+            "redis.toml",
+            """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "\(ttl)"
+            [stores.redis]
+            type = "redis"
+            url = "\(server.url)"
+            fresh = [\(freshList)]
+            timeout = "1s"
+            """)
+    }
+
+    @Test("Dynaconf hashes as files: tokens, layering, env listing; a fresh key changed with HSET shows on the next open")
+    func freshAndLayout() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.hset("DYNACONF_PRODUCTION", [("PORT", "@int 1234"), ("PASSWORD", "0x1F"), ("DB_HOST", "db1")])
+        try server.hset("DYNACONF_DEFAULT", [("NAME", "@str 007")])
+        try server.hset("DYNACONF_GLOBAL", [("PORT", "@int 99")])
+        let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["DB_*"]))
+        #expect(try fs.list("redis") == ["default", "global", "production"])
+        #expect(try fs.list("redis/production") == ["DB_HOST", "NAME", "PASSWORD", "PORT"])
+        #expect(try fs.readText("redis/production/PORT") == "99")
+        #expect(try fs.readText("redis/production/NAME") == "007")
+        #expect(try fs.readText("redis/production/PASSWORD") == "0x1F")
+        #expect(try fs.readText("redis/production/DB_HOST") == "db1")
+        try server.hset("DYNACONF_PRODUCTION", [("DB_HOST", "db2")])
+        #expect(try fs.readText("redis/production/DB_HOST") == "db2")
+    }
+
+    @Test("a cached key shows an HSET within 100 ms through keyspace notifications")
+    func pushed() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v1")])
+        let fs = try fixture.mount(config: try config(fixture, server: server))
+        #expect(try fs.readText("redis/production/PASSWORD") == "v1")
+        Thread.sleep(forTimeInterval: 0.3)  // the subscription settles after mount
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v2")])
+        let written = Date()
+        var seen = ""
+        while Date().timeIntervalSince(written) < 2 {
+            seen = try fs.readText("redis/production/PASSWORD")
+            if seen == "v2" { break }
+            usleep(2000)
+        }
+        let delay = Date().timeIntervalSince(written)
+        #expect(seen == "v2")
+        #expect(delay < 0.1, "the new value showed after \(delay)s")
+    }
+
+    @Test("with notifications off: the daemon says how to enable them, and cached keys refresh after ttl")
+    func ttlFallback() throws {
+        let server = try RedisServer(notifications: "")
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v1")])
+        let fs = try fixture.mount(config: try config(fixture, server: server, ttl: "1s"))
+        #expect(try fs.readText("redis/production/PASSWORD") == "v1")
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v2")])
+        #expect(try fs.readText("redis/production/PASSWORD") == "v1")  // still cached
+        Thread.sleep(forTimeInterval: 1.2)
+        #expect(try fs.readText("redis/production/PASSWORD") == "v2")
+        #expect(fs.log.contains("notify-keyspace-events Kh"))
+    }
+
+    @Test("server stopped: bounded EIO for fresh keys, stale cached values; started again: values again")
+    func serverDown() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "cached"), ("DB_HOST", "fresh")])
+        let fs = try fixture.mount(config: try config(fixture, server: server, ttl: "0", fresh: ["DB_*"]))
+        #expect(try fs.readText("redis/production/DB_HOST") == "fresh")
+        server.stop()
+        let started = Date()
+        #expect(throws: FSError(code: EIO)) { try fs.read("redis/production/DB_HOST", timeout: 10) }
+        #expect(Date().timeIntervalSince(started) < 5)
+        try server.start()
+        try server.hset("DYNACONF_PRODUCTION", [("DB_HOST", "back")])
+        #expect(try fs.readText("redis/production/DB_HOST") == "back")
+    }
+
+    @Test("write --typed stores Dynaconf tokens; get reads Redis paths")
+    func writeAndGet() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let config = try config(fixture, server: server)
+        let typed = try fixture.cli(["write", "--config", config, "redis", "-e", "production", "PORT=1234", "RATIO=1.5",
+                                     "ON=true", "CONF={\"a\":1}", "CODE=007", "NAME=Bruno", "--typed"])
+        #expect(typed.status == 0, "\(typed.stderr)")
+        let raw = try server.cli(["HGETALL", "DYNACONF_PRODUCTION"]).stdoutText
+        for token in ["@int 1234", "@float 1.5", "@bool True", "@json {\"a\":1}"] {
+            #expect(raw.contains(token), "missing \(token) in \(raw)")
+        }
+        #expect(!raw.contains("@int 7"))
+        #expect(try fixture.cli(["get", "--config", config, "redis/production/PORT"]).stdoutText == "1234")
+        #expect(try fixture.cli(["get", "--config", config, "redis/production/CODE"]).stdoutText == "007")
+        let at = try fixture.cli(["write", "--config", config, "redis", "-e", "production", "AT=@format x", "--typed"])
+        #expect(at.status == 0)
+        #expect(try fixture.cli(["get", "--config", config, "redis/production/AT"]).stdoutText == "@format x")
+        let plain = try fixture.cli(["write", "--config", config, "redis", "-e", "production", "CODE=007"])
+        #expect(plain.status == 0)
+        #expect(try fixture.cli(["get", "--config", config, "redis/production/CODE"]).stdoutText == "007")
+        #expect(try fixture.cli(["get", "--config", config, "redis/production/NAME"]).stdoutText == "Bruno")
+    }
+}

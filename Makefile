@@ -62,9 +62,10 @@ demo-stop:
 	@rm -f $(DEMO)/mount.pid
 
 bench: deps
+	$(VENV)/bin/pip install -q "dynaconf>=3.2,<4" "redis>=5,<6"
 	$(SWIFT) build -c release --product secretsfs
 	$(SWIFT) build -c release --product secretsfs-bench
-	$(CURDIR)/.build/release/secretsfs-bench $(RELEASE_BIN)
+	$(CURDIR)/.build/release/secretsfs-bench $(RELEASE_BIN) 2 $(VENV)/bin/python
 
 install: deps
 	$(SWIFT) build -c release --product secretsfs

@@ -1,5 +1,5 @@
 // make bench: secretsfs against tmpfs, measured in one run. Prints ops/s, p50/p99 and ratios.
-// Usage: secretsfs-bench <path to secretsfs binary> [seconds per measurement]
+// Usage: secretsfs-bench <path to secretsfs binary> [seconds per measurement] [python with dynaconf]
 import Foundation
 
 
@@ -258,6 +258,9 @@ struct Bench {
             print("")
             print("target: secretsfs cached >= 0.5x tmpfs (1 thread): \(fmt(ratio, 2))x -> \(ratio >= 0.5 ? "met" : "NOT met")")
         }
+        print("")
+        let python = arguments.count > 3 ? arguments[3] : nil
+        RedisBench.run(binary: binary, root: root, seconds: seconds, python: python)
 
     }
 }

@@ -293,6 +293,19 @@ struct RedisStoreTests {
         let delay = try #require(seen).timeIntervalSince(written)
         #expect(delay < 0.1, "change reported after \(delay)s")
 
+        // After a server restart the watcher reconnects, resubscribes, and keeps reporting.
+        server.stop()
+        try server.start()
+        Thread.sleep(forTimeInterval: 2.5)  // reconnect backoff is at most 2 s
+        let before = changes.withLock { $0.count }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after-restart")])
+        var reported = false
+        for _ in 0..<100 where !reported {
+            reported = changes.withLock { $0.count } > before
+            if !reported { usleep(10_000) }
+        }
+        #expect(reported, "no change reported after the server restarted")
+
         let quiet = try RedisServer(notifications: "")
         defer { quiet.remove() }
         let polling = try redisStore(quiet.url)

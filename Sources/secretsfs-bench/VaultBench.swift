@@ -84,8 +84,7 @@ enum VaultBench {
             import os, time
             from dynaconf import Dynaconf
             path, address, seconds = os.environ["BENCH_PATH"], os.environ["BENCH_ADDR"], float(os.environ["BENCH_SECONDS"])
-            settings = Dynaconf(environments=True, env="production", vault_enabled=True, vault_url=address,
-                                vault_token="root", vault_path="dynaconf", vault_mount_point="secret")
+            settings = Dynaconf(environments=True, env="production")
             assert settings.get_fresh("PASSWORD") == open(path).read()
             def loop(fn):
                 count, end = 0, time.perf_counter() + seconds
@@ -101,6 +100,8 @@ enum VaultBench {
         process.arguments = ["-c", script]
         process.environment = ProcessInfo.processInfo.environment.merging([
             "BENCH_PATH": path, "BENCH_ADDR": address, "BENCH_SECONDS": String(seconds),
+            "VAULT_ENABLED_FOR_DYNACONF": "true", "VAULT_URL_FOR_DYNACONF": address, "VAULT_TOKEN_FOR_DYNACONF": "root",
+            "VAULT_PATH_FOR_DYNACONF": "dynaconf", "VAULT_MOUNT_POINT_FOR_DYNACONF": "secret",
         ]) { _, new in new }
         let out = Pipe()
         process.standardOutput = out

@@ -162,11 +162,16 @@ public final class VaultStore: SecretStore {
     /// values are always fetched.
     static let envListingMaxAge = 1.0
 
-    func knownEnvs(at location: String?) throws(SecretsError) -> Set<String> {
+    /// Nil when the token may not LIST: then every layer is fetched.
+    func knownEnvs(at location: String?) throws(SecretsError) -> Set<String>? {
         let key = location ?? ""
         let now = FileSystemCore.monotonicSeconds()
         if let cached = envListing.withLock({ $0[key] }), now - cached.at < Self.envListingMaxAge { return cached.envs }
-        return Set(try envs(at: location))
+        do {
+            return Set(try envs(at: location))
+        } catch where error.code == .permissionDenied {
+            return nil
+        }
     }
 
     /// A fresh lookup: the env's own secret is always fetched; `global`, `dynaconf` and `default` only when they exist
@@ -175,7 +180,7 @@ public final class VaultStore: SecretStore {
     public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
         let envLayer = layers.count == 4 ? layers[1] : layers.first
         let known = try knownEnvs(at: location)
-        let wanted = layers.filter { $0 == envLayer || known.contains($0.lowercased()) }
+        let wanted = layers.filter { $0 == envLayer || known?.contains($0.lowercased()) ?? true }
         let split = (wanted.firstIndex { $0 == envLayer } ?? 0) + 1
         for batch in [Array(wanted.prefix(split)), Array(wanted.dropFirst(split))] where !batch.isEmpty {
             let paths = batch.map { secretPath($0, at: location) }

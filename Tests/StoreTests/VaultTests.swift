@@ -158,6 +158,34 @@ struct VaultStoreTests {
         #expect(try allowed.fields(of: "staging", at: nil) == nil)
     }
 
+    @Test("a read-only policy without list still reads every layer; a new global env overrides within a second")
+    func layersAndListing() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("env-value")])
+        try dynaconfWrite(server, env: "default", ["ONLY_DEFAULT": .string("d")])
+        let policy = try server.dir.write("read.hcl", "path \"secret/data/*\" { capabilities = [\"read\"] }\n")
+        try server.cli(["policy", "write", "readonly", policy])
+        let readOnly = try server.cli(["token", "create", "-policy=readonly", "-field=token"]).stdoutText
+        let readOnlyFile = try server.dir.write("readonly-token", readOnly)
+        let limited = try vaultStore(server, "token_file = \"\(readOnlyFile)\"")
+        defer { limited.close() }
+        let layers = ["global", "production", "dynaconf", "default"]
+        #expect(try limited.value(of: "PASSWORD", layers: layers, at: nil) == .string("env-value"))
+        #expect(try limited.value(of: "ONLY_DEFAULT", layers: layers, at: nil) == .string("d"))
+
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: layers, at: nil) == .string("env-value"))
+        try dynaconfWrite(server, env: "global", ["PASSWORD": .string("global-value")])
+        Thread.sleep(forTimeInterval: VaultStore.envListingMaxAge + 0.2)
+        #expect(try store.value(of: "PASSWORD", layers: layers, at: nil) == .string("global-value"))
+        // A change inside an existing env shows at once.
+        try dynaconfWrite(server, env: "global", ["PASSWORD": .string("global-2")])
+        #expect(try store.value(of: "PASSWORD", layers: layers, at: nil) == .string("global-2"))
+    }
+
     @Test("TLS with the dev server's CA; without it the store fails")
     func tls() throws {
         let server = try BaoServer(tls: true)

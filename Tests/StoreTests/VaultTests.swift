@@ -200,6 +200,27 @@ struct VaultStoreTests {
         #expect(throws: SecretsError.self) { try untrusted.value(of: "PASSWORD", layers: ["production"], at: nil) }
     }
 
+    @Test("skip_verify / VAULT_SKIP_VERIFY turn TLS verification off, with a loud warning")
+    func skipVerify() throws {
+        let server = try BaoServer(tls: true)
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("unverified")])
+        let token = try server.dir.write("token", "root\n")
+        let recorder = RecordingLogHandler.Storage()
+        let config = try Config.parse(
+            text: "[stores.v]\ntype = \"vault\"\naddress = \"\(server.address)\"\ntoken_file = \"\(token)\"\nskip_verify = true\n",
+            file: "c.toml")
+        let store = try VaultStore(
+            config: try #require(config.stores.first),
+            logger: Logger(label: "test") { _ in RecordingLogHandler(storage: recorder) })
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("unverified"))
+        #expect(recorder.messages.withLock { $0 }.contains { $0.contains("TLS certificate verification is OFF") })
+        let fromEnvironment = try VaultSettings(
+            config: try #require(config.stores.first).withoutKey("skip_verify"), environment: ["VAULT_SKIP_VERIFY": "true"])
+        #expect(fromEnvironment.skipVerify)
+    }
+
     @Test("namespaces: X-Vault-Namespace selects the namespace's mounts")
     func namespaces() throws {
         let server = try BaoServer()
@@ -266,5 +287,37 @@ struct VaultStoreTests {
         let defaults = try Config.parse(text: "[stores.k]\ntype = \"vault\"\naddress = \"http://x:1\"\nrole = \"r\"\n", file: "c.toml")
         #expect(try VaultSettings(config: try #require(defaults.stores.first)).auth
             == .kubernetes(role: "r", jwtFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", mount: "kubernetes"))
+    }
+}
+
+/// Collects log messages so tests can check what was logged.
+struct RecordingLogHandler: LogHandler {
+    final class Storage: Sendable {
+        let messages = Mutex<[String]>([])
+    }
+
+    let storage: Storage
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        storage.messages.withLock { $0.append(event.message.description) }
+    }
+}
+
+extension StoreConfig {
+    /// The same store table without one key (to test environment defaults).
+    func withoutKey(_ key: String) throws -> StoreConfig {
+        var values = section.values
+        values.removeValue(forKey: key)
+        let text = values.map { "\($0.key) = \($0.value.jsonText())" }.sorted().joined(separator: "\n")
+        let parsed = try Config.parse(text: "[stores.\(name)]\n\(text)\n", file: "c.toml")
+        guard let store = parsed.stores.first else { throw TestFailure.message("no store") }
+        return store
     }
 }

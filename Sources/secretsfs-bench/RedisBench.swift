@@ -51,9 +51,7 @@ enum RedisBench {
         print("  raw HGET round trip, 1 connection              \(fmt(rawOps, 0).leftPad(9)) ops/s  p50 \(fmt(rawP50).leftPad(7)) us")
 
         let mountpoint = root + "/mnt-redis"
-        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        let config = root + "/redis.toml"
-        try? """
+        let configText = """
             [mount]
             path = "\(mountpoint)"
             [cache]
@@ -61,76 +59,48 @@ enum RedisBench {
             [stores.redis]
             type = "redis"
             url = "redis://127.0.0.1:\(port)/0"
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
-        daemon.standardInput = FileHandle.nullDevice
-        guard (try? daemon.run()) != nil else { return }
-        defer {
-            daemon.terminate()
-            daemon.waitUntilExit()
-            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
-        }
-        let path = mountpoint + "/redis/production/PASSWORD"
-        for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
-        let one = measure("secretsfs fresh redis 1t", path: path, threads: 1, duration: seconds)
-        let four = measure("secretsfs fresh redis 4t", path: path, threads: 4, duration: seconds)
-        for m in [one, four] {
-            print("  \(m.label.padding(toLength: 46, withPad: " ", startingAt: 0)) \(fmt(m.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(m.p50).leftPad(7)) us  p99 \(fmt(m.p99).leftPad(7)) us")
-        }
-        let overhead = one.p50 - rawP50
-        print("  target: fresh p50 <= raw HGET + 150 us: +\(fmt(overhead)) us -> \(overhead <= 150 ? "met" : "NOT met")")
-        let scaling = four.opsPerSecond / one.opsPerSecond
-        print("  target: 4 threads >= 1.5x one thread: \(fmt(scaling, 2))x -> \(scaling >= 1.5 ? "met" : "NOT met")")
-
-        guard let python else {
-            print("  python comparison skipped: no venv python (make bench installs dynaconf and redis into .venv)")
-            return
-        }
-        let script = """
-            import os, time
-            from dynaconf import Dynaconf
-            path, port, seconds = os.environ["BENCH_PATH"], int(os.environ["BENCH_PORT"]), float(os.environ["BENCH_SECONDS"])
-            settings = Dynaconf(environments=True, env="production", redis_enabled=True,
-                                redis={"host": "127.0.0.1", "port": port, "db": 0, "decode_responses": True})
-            assert settings.get_fresh("PASSWORD") == open(path).read()
-            def loop(fn):
-                count, end = 0, time.perf_counter() + seconds
-                while time.perf_counter() < end:
-                    fn(); count += 1
-                return count / seconds
-            files = loop(lambda: open(path).read())
-            fresh = loop(lambda: settings.get_fresh("PASSWORD"))
-            def raw():
-                with open(path, "rb", buffering=0) as f:
-                    f.read()
-            unbuffered = loop(raw)
-            print(f"{files:.0f} {fresh:.0f} {unbuffered:.0f}")
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = ["-c", script]
-        process.environment = ProcessInfo.processInfo.environment.merging([
-            "BENCH_PATH": path, "BENCH_PORT": String(port), "BENCH_SECONDS": String(seconds),
-        ]) { _, new in new }
-        let out = Pipe()
-        process.standardOutput = out
-        guard (try? process.run()) != nil else { return }
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let numbers = String(decoding: data, as: UTF8.self).split(separator: " ").compactMap {
-            Double($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        let path = mountpoint + "/redis/production/PASSWORD"
+        FreshBench.withMount(binary: binary, root: root, name: "redis", configText: configText,
+                             probe: "redis/production/PASSWORD") {
+            let (one, four) = FreshBench.measureFresh("redis", path: path, seconds: seconds, rawP50: rawP50, raw: "raw HGET")
+            let scaling = four.opsPerSecond / one.opsPerSecond
+            print("  target: 4 threads >= 1.5x one thread: \(fmt(scaling, 2))x -> \(scaling >= 1.5 ? "met" : "NOT met")")
+            guard let python else {
+                print("  python comparison skipped: no venv python (make bench installs dynaconf and redis into .venv)")
+                return
+            }
+            let script = """
+                import os, time
+                from dynaconf import Dynaconf
+                path, port, seconds = os.environ["BENCH_PATH"], int(os.environ["BENCH_PORT"]), float(os.environ["BENCH_SECONDS"])
+                settings = Dynaconf(environments=True, env="production", redis_enabled=True,
+                                    redis={"host": "127.0.0.1", "port": port, "db": 0, "decode_responses": True})
+                assert settings.get_fresh("PASSWORD") == open(path).read()
+                def loop(fn):
+                    count, end = 0, time.perf_counter() + seconds
+                    while time.perf_counter() < end:
+                        fn(); count += 1
+                    return count / seconds
+                files = loop(lambda: open(path).read())
+                fresh = loop(lambda: settings.get_fresh("PASSWORD"))
+                def raw():
+                    with open(path, "rb", buffering=0) as f:
+                        f.read()
+                unbuffered = loop(raw)
+                print(f"{files:.0f} {fresh:.0f} {unbuffered:.0f}")
+                """
+            guard let numbers = FreshBench.python(
+                python, script: script,
+                environment: ["BENCH_PATH": path, "BENCH_PORT": String(port), "BENCH_SECONDS": String(seconds)]),
+                numbers.count == 3
+            else { return }
+            print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
+            print("  python open(path, 'rb', buffering=0).read()     \(fmt(numbers[2], 0).leftPad(9)) reads/s (no isatty ioctl)")
+            print("  python dynaconf settings.get_fresh('PASSWORD')  \(fmt(numbers[1], 0).leftPad(9)) reads/s")
+            let speedup = numbers[0] / numbers[1]
+            print("  target: python file read >= 10x get_fresh: \(fmt(speedup, 1))x -> \(speedup >= 10 ? "met" : "NOT met")")
         }
-        guard process.terminationStatus == 0, numbers.count == 3 else {
-            print("  python comparison failed (exit \(process.terminationStatus))")
-            return
-        }
-        print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
-        print("  python open(path, 'rb', buffering=0).read()     \(fmt(numbers[2], 0).leftPad(9)) reads/s (no isatty ioctl)")
-        print("  python dynaconf settings.get_fresh('PASSWORD')  \(fmt(numbers[1], 0).leftPad(9)) reads/s")
-        let speedup = numbers[0] / numbers[1]
-        print("  target: python file read >= 10x get_fresh: \(fmt(speedup, 1))x -> \(speedup >= 10 ? "met" : "NOT met")")
     }
 
     static func freePort() -> Int? {

@@ -45,12 +45,10 @@ enum VaultBench {
         print("  raw libcurl keep-alive GET round trip          \(fmt(Double(latencies.count) / seconds, 0).leftPad(9)) ops/s  p50 \(fmt(rawP50).leftPad(7)) us")
 
         let mountpoint = root + "/mnt-vault"
-        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let tokenFile = root + "/vault-token"
         try? "root\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
         chmod(tokenFile, 0o600)
-        let config = root + "/vault.toml"
-        try? """
+        let configText = """
             [mount]
             path = "\(mountpoint)"
             [cache]
@@ -59,66 +57,39 @@ enum VaultBench {
             type = "vault"
             address = "\(address)"
             token_file = "\(tokenFile)"
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
-        daemon.standardInput = FileHandle.nullDevice
-        guard (try? daemon.run()) != nil else { return }
-        defer {
-            daemon.terminate()
-            daemon.waitUntilExit()
-            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
-        }
-        let path = mountpoint + "/vault/production/PASSWORD"
-        for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
-        let one = measure("secretsfs fresh vault 1t", path: path, threads: 1, duration: seconds)
-        let four = measure("secretsfs fresh vault 4t", path: path, threads: 4, duration: seconds)
-        for m in [one, four] {
-            print("  \(m.label.padding(toLength: 46, withPad: " ", startingAt: 0)) \(fmt(m.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(m.p50).leftPad(7)) us  p99 \(fmt(m.p99).leftPad(7)) us")
-        }
-        let overhead = one.p50 - rawP50
-        print("  target: fresh p50 <= raw GET + 150 us: +\(fmt(overhead)) us -> \(overhead <= 150 ? "met" : "NOT met")")
-
-        let script = """
-            import os, time
-            from dynaconf import Dynaconf
-            path, address, seconds = os.environ["BENCH_PATH"], os.environ["BENCH_ADDR"], float(os.environ["BENCH_SECONDS"])
-            settings = Dynaconf(environments=True, env="production")
-            assert settings.get_fresh("PASSWORD") == open(path).read()
-            def loop(fn):
-                count, end = 0, time.perf_counter() + seconds
-                while time.perf_counter() < end:
-                    fn(); count += 1
-                return count / seconds
-            files = loop(lambda: open(path).read())
-            fresh = loop(lambda: settings.get_fresh("PASSWORD"))
-            print(f"{files:.0f} {fresh:.0f}")
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = ["-c", script]
-        process.environment = ProcessInfo.processInfo.environment.merging([
-            "BENCH_PATH": path, "BENCH_ADDR": address, "BENCH_SECONDS": String(seconds),
-            "VAULT_ENABLED_FOR_DYNACONF": "true", "VAULT_URL_FOR_DYNACONF": address, "VAULT_TOKEN_FOR_DYNACONF": "root",
-            "VAULT_PATH_FOR_DYNACONF": "dynaconf", "VAULT_MOUNT_POINT_FOR_DYNACONF": "secret",
-        ]) { _, new in new }
-        let out = Pipe()
-        process.standardOutput = out
-        guard (try? process.run()) != nil else { return }
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let numbers = String(decoding: data, as: UTF8.self).split(separator: " ").compactMap {
-            Double($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        let path = mountpoint + "/vault/production/PASSWORD"
+        FreshBench.withMount(binary: binary, root: root, name: "vault", configText: configText,
+                             probe: "vault/production/PASSWORD") {
+            _ = FreshBench.measureFresh("vault", path: path, seconds: seconds, rawP50: rawP50, raw: "raw GET")
+            let script = """
+                import os, time
+                from dynaconf import Dynaconf
+                path, seconds = os.environ["BENCH_PATH"], float(os.environ["BENCH_SECONDS"])
+                settings = Dynaconf(environments=True, env="production")
+                assert settings.get_fresh("PASSWORD") == open(path).read()
+                def loop(fn):
+                    count, end = 0, time.perf_counter() + seconds
+                    while time.perf_counter() < end:
+                        fn(); count += 1
+                    return count / seconds
+                files = loop(lambda: open(path).read())
+                fresh = loop(lambda: settings.get_fresh("PASSWORD"))
+                print(f"{files:.0f} {fresh:.0f}")
+                """
+            guard let numbers = FreshBench.python(
+                python, script: script,
+                environment: [
+                    "BENCH_PATH": path, "BENCH_SECONDS": String(seconds), "VAULT_ENABLED_FOR_DYNACONF": "true",
+                    "VAULT_URL_FOR_DYNACONF": address, "VAULT_TOKEN_FOR_DYNACONF": "root",
+                    "VAULT_PATH_FOR_DYNACONF": "dynaconf", "VAULT_MOUNT_POINT_FOR_DYNACONF": "secret",
+                ]), numbers.count == 2
+            else { return }
+            print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
+            print("  python dynaconf settings.get_fresh('PASSWORD')  \(fmt(numbers[1], 0).leftPad(9)) reads/s")
+            let speedup = numbers[0] / numbers[1]
+            print("  target: python file read >= 20x get_fresh: \(fmt(speedup, 1))x -> \(speedup >= 20 ? "met" : "NOT met")")
         }
-        guard process.terminationStatus == 0, numbers.count == 2 else {
-            print("  python comparison failed (exit \(process.terminationStatus))")
-            return
-        }
-        print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
-        print("  python dynaconf settings.get_fresh('PASSWORD')  \(fmt(numbers[1], 0).leftPad(9)) reads/s")
-        let speedup = numbers[0] / numbers[1]
-        print("  target: python file read >= 20x get_fresh: \(fmt(speedup, 1))x -> \(speedup >= 20 ? "met" : "NOT met")")
     }
 
     static func baoBinary(python: String) -> String? {

@@ -169,19 +169,19 @@ public final class FileSystemCore: Sendable {
         let fresh = resolver.isFresh(top: path.top, key: path.key)
         let now = clock()
         let (bytes, entryTimeout) = try value(for: path, fresh: fresh, now: now)
-        let node: FileNode = state.withLock { state in
+        // One lock hold decides the inode and its snapshot together.
+        let (inode, node): (UInt64, FileNode) = state.withLock { state in
             if let inode = state.current[path], var node = state.files[inode], node.bytes == bytes {
                 node.lookups += 1
                 state.files[inode] = node
-                return node
+                return (inode, node)
             }
             let inode = state.allocate()
             let node = FileNode(path: path, parent: parent, bytes: bytes, modified: Self.wallClock(), lookups: 1)
             state.files[inode] = node
             state.current[path] = inode
-            return node
+            return (inode, node)
         }
-        let inode = state.withLock { $0.current[path] } ?? 0
         return EntryReply(
             attributes: fileAttributes(inode, node), entryTimeout: entryTimeout,
             attributeTimeout: Self.fileAttributeTimeout)

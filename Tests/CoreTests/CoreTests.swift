@@ -1,5 +1,7 @@
+import Dispatch
 import Glibc
 import Logging
+import Synchronization
 import Testing
 
 @testable import SecretsCore
@@ -229,6 +231,27 @@ struct FileSystemCoreTests {
         #expect(entry.attributes.uid == 7 && entry.attributes.gid == 8 && entry.attributes.mode == 0o400)
         #expect(try core.list(env).map(\.name) == ["CACHED", "FRESH_X"])
         #expect(try core.list(FileSystemCore.rootInode).map(\.name) == ["fake"])
+    }
+
+    @Test("concurrent lookups while a fresh value changes: every reply's inode holds the snapshot its size describes")
+    func concurrentLookups() throws {
+        let core = try core()
+        let env = try envInode(core)
+        let store = self.store
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { worker in
+            for round in 0..<300 {
+                if worker == 0 { store.set("production", "FRESH_X", .string(String(repeating: "x", count: round % 7 + 1))) }
+                guard let entry = try? core.lookup(parent: env, name: "FRESH_X"),
+                    let bytes = try? core.contents(entry.attributes.inode)
+                else {
+                    failures.withLock { $0 += 1 }
+                    continue
+                }
+                if bytes.count != entry.attributes.size { failures.withLock { $0 += 1 } }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0)
     }
 
     @Test("a store change refreshes cached keys at once and invalidates only the names whose value changed")

@@ -54,6 +54,15 @@ extension FileStore {
         }
     }
 
+    /// Decrypts `file`, sets string keys in one env, re-encrypts and replaces it atomically; plaintext copies are wiped.
+    public func setKeys(_ values: [(String, String)], env: String, in file: String) throws(SecretsError) {
+        var original = try plaintext(of: file)
+        defer { wipe(&original) }
+        var updated = try Self.settingKeys(values, env: env, in: original, file: file)
+        defer { wipe(&updated) }
+        try write(updated, to: file)
+    }
+
     /// Sets string keys in one env of a TOML document and returns the new document. Comments are not kept.
     public static func settingKeys(_ values: [(String, String)], env: String, in plaintext: [UInt8], file: String)
         throws(SecretsError) -> [UInt8]

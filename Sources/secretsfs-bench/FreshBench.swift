@@ -38,6 +38,18 @@ enum FreshBench {
         return (one, four)
     }
 
+    /// Imports and `loop(fn)`: calls per second of `fn` for `seconds` (a global the script sets before using it).
+    static let pythonPreamble = """
+        import os, time
+        from dynaconf import Dynaconf
+        def loop(fn):
+            count, end = 0, time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                fn(); count += 1
+            return count / seconds
+
+        """
+
     /// Runs a Python script that prints numbers on one line; nil when it fails.
     static func python(_ python: String, script: String, environment: [String: String]) -> [Double]? {
         let process = Process()

@@ -70,18 +70,11 @@ enum RedisBench {
                 print("  python comparison skipped: no venv python (make bench installs dynaconf and redis into .venv)")
                 return
             }
-            let script = """
-                import os, time
-                from dynaconf import Dynaconf
+            let script = FreshBench.pythonPreamble + """
                 path, port, seconds = os.environ["BENCH_PATH"], int(os.environ["BENCH_PORT"]), float(os.environ["BENCH_SECONDS"])
                 settings = Dynaconf(environments=True, env="production", redis_enabled=True,
                                     redis={"host": "127.0.0.1", "port": port, "db": 0, "decode_responses": True})
                 assert settings.get_fresh("PASSWORD") == open(path).read()
-                def loop(fn):
-                    count, end = 0, time.perf_counter() + seconds
-                    while time.perf_counter() < end:
-                        fn(); count += 1
-                    return count / seconds
                 files = loop(lambda: open(path).read())
                 fresh = loop(lambda: settings.get_fresh("PASSWORD"))
                 def raw():

@@ -62,17 +62,10 @@ enum VaultBench {
         FreshBench.withMount(binary: binary, root: root, name: "vault", configText: configText,
                              probe: "vault/production/PASSWORD") {
             _ = FreshBench.measureFresh("vault", path: path, seconds: seconds, rawP50: rawP50, raw: "raw GET")
-            let script = """
-                import os, time
-                from dynaconf import Dynaconf
+            let script = FreshBench.pythonPreamble + """
                 path, seconds = os.environ["BENCH_PATH"], float(os.environ["BENCH_SECONDS"])
                 settings = Dynaconf(environments=True, env="production")
                 assert settings.get_fresh("PASSWORD") == open(path).read()
-                def loop(fn):
-                    count, end = 0, time.perf_counter() + seconds
-                    while time.perf_counter() < end:
-                        fn(); count += 1
-                    return count / seconds
                 files = loop(lambda: open(path).read())
                 fresh = loop(lambda: settings.get_fresh("PASSWORD"))
                 print(f"{files:.0f} {fresh:.0f}")

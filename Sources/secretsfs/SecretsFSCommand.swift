@@ -6,7 +6,7 @@ struct SecretsFSCommand: ParsableCommand {
         commandName: "secretsfs",
         abstract: "Serve secrets as read-only files: /secrets/<store>/<env>/<key>.",
         discussion: """
-            A store is a configured backend (age-encrypted local files, Redis hashes); a scope is an ordered chain of \
+            A store is a configured backend (age-encrypted local files, Vault/OpenBao KV, Redis hashes); a scope is an ordered chain of \
             stores, the first that has a key wins. Envs follow Dynaconf: keys under [default] show in every env \
             unless the env overrides them, and [global] overrides both.
 

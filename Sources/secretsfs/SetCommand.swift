@@ -33,11 +33,7 @@ struct SetCommand: ParsableCommand {
         let (fileStore, target) = try Runtime.fileStoreTarget(options, store: store, file: file)
         let values = try Assignments.parse(assignments)
         do {
-            var original = try fileStore.plaintext(of: target)
-            defer { wipe(&original) }
-            var updated = try FileStore.settingKeys(values, env: env, in: original, file: target)
-            defer { wipe(&updated) }
-            try fileStore.write(updated, to: target)
+            try fileStore.setKeys(values, env: env, in: target)
             printError("set \(values.map(\.0).joined(separator: ", ")) in [\(env.lowercased())] of \(target)")
         } catch {
             printError(error.description)

@@ -84,11 +84,7 @@ struct WriteCommand: ParsableCommand {
                 try vault.write(env: env, values: typedValues)
             case "file":
                 guard let fileStore else { throw SecretsError(.invalidConfig, "store '\(store)' is not a file store") }
-                var original = try fileStore.plaintext(of: fileStore.primaryFile)
-                defer { wipe(&original) }
-                var updated = try FileStore.settingKeys(values, env: env, in: original, file: fileStore.primaryFile)
-                defer { wipe(&updated) }
-                try fileStore.write(updated, to: fileStore.primaryFile)
+                try fileStore.setKeys(values, env: env, in: fileStore.primaryFile)
             default:
                 throw SecretsError(.unsupported, "store '\(store)' of type \(storeConfig.type) cannot be written")
             }

@@ -27,12 +27,15 @@ public struct JSONParser {
         }
     }
 
-    private mutating func expect(_ literal: String) throws(Failure) {
-        let chars = Array(literal.utf8)
-        guard index + chars.count <= bytes.count, Array(bytes[index..<index + chars.count]) == chars else {
-            throw Failure()
+    private mutating func expect(_ literal: StaticString) throws(Failure) {
+        let count = literal.utf8CodeUnitCount
+        guard index + count <= bytes.count else { throw Failure() }
+        let matches = literal.withUTF8Buffer { expected in
+            for offset in 0..<count where bytes[index + offset] != expected[offset] { return false }
+            return true
         }
-        index += chars.count
+        guard matches else { throw Failure() }
+        index += count
     }
 
     private mutating func parseValue() throws(Failure) -> SecretValue {
@@ -128,7 +131,19 @@ public struct JSONParser {
 
     private mutating func parseString() throws(Failure) -> String {
         try expect("\"")
-        var out: [UInt8] = []
+        // Most strings have no escapes: find the closing quote and decode the run in one go.
+        let start = index
+        while index < bytes.count {
+            let char = bytes[index]
+            if char == UInt8(ascii: "\"") {
+                guard let text = String(validating: bytes[start..<index], as: UTF8.self) else { throw Failure() }
+                index += 1
+                return text
+            }
+            if char == UInt8(ascii: "\\") || char < 0x20 { break }
+            index += 1
+        }
+        var out = Array(bytes[start..<index])
         while index < bytes.count {
             let char = bytes[index]
             index += 1

@@ -35,16 +35,23 @@ final class HTTPClient: Sendable {
         deinit { curl_multi_cleanup(raw) }
     }
 
-    /// One curl easy handle; used by one request at a time.
+    /// One curl easy handle; used by one request at a time. A handle keeps the options of its last body-less request,
+    /// so repeating the same GET (a fresh key read in a loop) sets nothing up again.
     final class Handle: @unchecked Sendable {
         let raw: UnsafeMutableRawPointer
+        /// Method, URL and header lines the options are set for; nil when they must be set again.
+        var configuredFor: String?
+        var headerList: UnsafeMutablePointer<curl_slist>?
 
         init?() {
             guard let raw = curl_easy_init() else { return nil }
             self.raw = raw
         }
 
-        deinit { curl_easy_cleanup(raw) }
+        deinit {
+            curl_easy_cleanup(raw)
+            curl_slist_free_all(headerList)
+        }
     }
 
     /// The buffer the write callback appends to, reached through CURLOPT_WRITEDATA.
@@ -70,11 +77,10 @@ final class HTTPClient: Sendable {
         multis.withLock { $0.removeAll() }
     }
 
-    /// What one transfer needs until it finishes: its handle, body buffer and header list.
+    /// What one transfer needs until it finishes: its handle, body buffer and payload.
     final class Prepared {
         let handle: Handle
         let sink = Sink(limit: 64 << 20)
-        var headerList: UnsafeMutablePointer<curl_slist>?
         var payload: [UInt8]
         let method: String
         let url: String
@@ -86,21 +92,44 @@ final class HTTPClient: Sendable {
             self.payload = payload
         }
 
-        deinit {
-            curl_slist_free_all(headerList)
-            wipe(&payload)
-        }
+        deinit { wipe(&payload) }
     }
 
     private func prepare(
         _ method: String, _ url: String, headers: [String: String], body: [UInt8]?
     ) throws(SecretsError) -> Prepared {
-        guard let handle = idle.withLock({ $0.popLast() }) ?? Handle() else {
+        let lines = headers.keys.sorted().map { "\($0): \(headers[$0] ?? "")" }
+        // Only body-less requests are reused as they are: a body's options point into this request's payload.
+        let key = body == nil ? ([method, url] + lines).joined(separator: "\n") : nil
+        let pooled = idle.withLock { pool -> Handle? in
+            if let key, let index = pool.lastIndex(where: { $0.configuredFor == key }) { return pool.remove(at: index) }
+            return pool.popLast()
+        }
+        guard let handle = pooled ?? Handle() else {
             throw SecretsError(.io, "cannot create a libcurl handle")
         }
         let prepared = Prepared(handle: handle, method: method, url: url, payload: body ?? [])
         let raw = handle.raw
+        if key == nil || handle.configuredFor != key {
+            configure(handle, method: method, url: url, lines: lines, hasBody: body != nil)
+            handle.configuredFor = key
+        }
+        _ = secretsfs_curl_setopt_pointer(raw, CURLOPT_WRITEDATA, Unmanaged.passUnretained(prepared.sink).toOpaque())
+        if body != nil {
+            _ = secretsfs_curl_setopt_long(raw, CURLOPT_POSTFIELDSIZE, prepared.payload.count)
+            prepared.payload.withUnsafeMutableBytes { buffer in
+                _ = secretsfs_curl_setopt_pointer(raw, CURLOPT_POSTFIELDS, buffer.baseAddress)
+            }
+        }
+        return prepared
+    }
+
+    /// Sets every option of a request but its body and its sink, from a clean handle (connections are kept).
+    private func configure(_ handle: Handle, method: String, url: String, lines: [String], hasBody: Bool) {
+        let raw = handle.raw
         curl_easy_reset(raw)
+        curl_slist_free_all(handle.headerList)
+        handle.headerList = nil
         _ = secretsfs_curl_setopt_string(raw, CURLOPT_URL, url)
         _ = secretsfs_curl_setopt_long(raw, CURLOPT_NOSIGNAL, 1)
         _ = secretsfs_curl_setopt_long(raw, CURLOPT_CONNECTTIMEOUT_MS, Int(settings.timeout * 1000))
@@ -113,9 +142,9 @@ final class HTTPClient: Sendable {
             _ = secretsfs_curl_setopt_long(raw, CURLOPT_SSL_VERIFYHOST, 0)
         }
         _ = secretsfs_curl_setopt_string(raw, CURLOPT_CUSTOMREQUEST, method)
-        for (name, value) in headers { prepared.headerList = curl_slist_append(prepared.headerList, "\(name): \(value)") }
-        if body != nil { prepared.headerList = curl_slist_append(prepared.headerList, "Content-Type: application/json") }
-        _ = secretsfs_curl_setopt_slist(raw, CURLOPT_HTTPHEADER, prepared.headerList)
+        for line in lines { handle.headerList = curl_slist_append(handle.headerList, line) }
+        if hasBody { handle.headerList = curl_slist_append(handle.headerList, "Content-Type: application/json") }
+        _ = secretsfs_curl_setopt_slist(raw, CURLOPT_HTTPHEADER, handle.headerList)
         _ = secretsfs_curl_setopt_write(raw, { data, size, count, userdata in
             guard let data, let userdata else { return 0 }
             let sink = Unmanaged<Sink>.fromOpaque(userdata).takeUnretainedValue()
@@ -123,14 +152,7 @@ final class HTTPClient: Sendable {
             guard sink.bytes.count + length <= sink.limit else { return 0 }
             sink.bytes.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
             return length
-        }, Unmanaged.passUnretained(prepared.sink).toOpaque())
-        if body != nil {
-            _ = secretsfs_curl_setopt_long(raw, CURLOPT_POSTFIELDSIZE, prepared.payload.count)
-            prepared.payload.withUnsafeMutableBytes { buffer in
-                _ = secretsfs_curl_setopt_pointer(raw, CURLOPT_POSTFIELDS, buffer.baseAddress)
-            }
-        }
-        return prepared
+        }, nil)
     }
 
     private func finish(_ prepared: Prepared, code: CURLcode) -> Result<HTTPResponse, SecretsError> {

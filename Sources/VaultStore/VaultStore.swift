@@ -68,10 +68,28 @@ public final class VaultStore: SecretStore {
 
     static func plain(_ path: String) -> String { HTTPClient.redacted(path) }
 
-    static func escape(_ segment: String) -> String {
-        segment.split(separator: "/").map {
-            $0.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?#"))) ?? String($0)
-        }.joined(separator: "/")
+    /// Percent-encodes each `/`-separated segment of a path: everything but RFC 3986's unreserved characters and the
+    /// sub-delimiters, `:` and `@` that a path segment may hold.
+    static func escape(_ path: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(path.utf8.count)
+        for byte in path.utf8 {
+            if pathSafe[Int(byte)] {
+                out.append(byte)
+            } else {
+                out += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0F)]]
+            }
+        }
+        // Empty segments (`a//b`, a leading or trailing `/`) are dropped.
+        return String(decoding: out, as: UTF8.self).split(separator: "/").joined(separator: "/")
+    }
+
+    /// Bytes left as they are by `escape`.
+    private static let pathSafe: [Bool] = (0..<256).map { byte in
+        let safe = Array("-._~!$&'()*+,;=:@/".utf8)
+        return (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+            || safe.contains(UInt8(byte))
     }
 
     /// KV version: configured, or asked of `sys/internal/ui/mounts/<mount>` once; v2 when the server does not say.

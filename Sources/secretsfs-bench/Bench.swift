@@ -24,6 +24,21 @@ final class Samples: @unchecked Sendable {
 
 /// open/read/close of `path` in a loop on `threads` threads for `duration` seconds.
 func measure(_ label: String, path: String, threads: Int, duration: Double) -> Measurement {
+    let (samples, elapsed) = measureSamples(label, path: path, threads: threads, duration: duration)
+    return summarize(label, samples, elapsed: elapsed)
+}
+
+/// Per-operation latencies (nanoseconds) and ops/s, p50 and p99 of them.
+func summarize(_ label: String, _ samples: [UInt64], elapsed: Double) -> Measurement {
+    let all = samples.sorted()
+    func percentile(_ p: Double) -> Double {
+        all.isEmpty ? 0 : Double(all[min(all.count - 1, Int(Double(all.count) * p))]) / 1000
+    }
+    return Measurement(label: label, opsPerSecond: Double(all.count) / elapsed, p50: percentile(0.5), p99: percentile(0.99))
+}
+
+/// The latencies of an open/read/close loop and the time it ran.
+func measureSamples(_ label: String, path: String, threads: Int, duration: Double) -> ([UInt64], Double) {
     let perThread = (0..<threads).map { _ in Samples() }
     let start = DispatchSemaphore(value: 0)
     let done = DispatchGroup()
@@ -57,14 +72,9 @@ func measure(_ label: String, path: String, threads: Int, duration: Double) -> M
     for _ in 0..<threads { start.signal() }
     done.wait()
     let elapsed = Double(nanoseconds() - begin) / 1e9
-    var all = perThread.flatMap(\.values)
-    all.sort()
     let failures = perThread.map(\.failures).reduce(0, +)
     if failures > 0 { print("  (\(label): \(failures) failed opens)") }
-    func percentile(_ p: Double) -> Double {
-        all.isEmpty ? 0 : Double(all[min(all.count - 1, Int(Double(all.count) * p))]) / 1000
-    }
-    return Measurement(label: label, opsPerSecond: Double(all.count) / elapsed, p50: percentile(0.5), p99: percentile(0.99))
+    return (perThread.flatMap(\.values), elapsed)
 }
 
 /// A value written before the threads are released and only read after: no lock needed.
@@ -127,6 +137,9 @@ struct Bench {
         }
         let binary = arguments[1]
         let seconds = arguments.count > 2 ? Double(arguments[2]) ?? 2 : 2
+        // BENCH_ONLY=local|redis|vault runs one part (for working on one store); unset runs everything.
+        let only = ProcessInfo.processInfo.environment["BENCH_ONLY"]
+        func wanted(_ part: String) -> Bool { only == nil || only == part }
 
         let root = "/dev/shm/secretsfs-bench-\(getpid())"
         let tmpfsDir = root + "/tmpfs"
@@ -198,7 +211,7 @@ struct Bench {
         }
 
 
-        for threads in [1, 4] {
+        for threads in [1, 4] where wanted("local") {
             print("\(threads) thread\(threads > 1 ? "s" : ""):")
             let tmpfs = measure("tmpfs \(threads)t", path: tmpfsDir + "/PASSWORD", threads: threads, duration: seconds)
             report(tmpfs, baseline: nil)
@@ -220,7 +233,7 @@ struct Bench {
 
         // MARK: 10,000 keys in one env
 
-        if let mounted = mount(noOpen: true) {
+        if wanted("local"), let mounted = mount(noOpen: true) {
             let pid = mounted.process.processIdentifier
             let directory = mounted.mountpoint + "/local/big"
             func timeList(stat doStat: Bool) -> (Double, Int) {
@@ -260,9 +273,9 @@ struct Bench {
         }
         print("")
         let python = arguments.count > 3 ? arguments[3] : nil
-        RedisBench.run(binary: binary, root: root, seconds: seconds, python: python)
+        if wanted("redis") { RedisBench.run(binary: binary, root: root, seconds: seconds, python: python) }
         print("")
-        VaultBench.run(binary: binary, root: root, seconds: seconds, python: python)
+        if wanted("vault") { VaultBench.run(binary: binary, root: root, seconds: seconds, python: python) }
 
     }
 }

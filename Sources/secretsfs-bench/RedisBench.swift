@@ -36,19 +36,13 @@ enum RedisBench {
         let value = "not-a-real-password-0123456789"
         _ = try? connection.command("HSET", "DYNACONF_PRODUCTION", "PASSWORD", value, "PORT", "@int 1234")
 
-        // Raw round trip: HGET on one connection, the floor any fresh read must pay.
-        var latencies: [UInt64] = []
-        let end = nanoseconds() + UInt64(seconds * 1e9)
-        while nanoseconds() < end {
-            let begin = nanoseconds()
-            _ = try? connection.command("HGET", "DYNACONF_PRODUCTION", "PASSWORD")
-            latencies.append(nanoseconds() - begin)
-        }
-        latencies.sort()
-        let rawP50 = Double(latencies[latencies.count / 2]) / 1000
-        let rawOps = Double(latencies.count) / seconds
         print("redis (fresh key, every open asks the server):")
-        print("  raw HGET round trip, 1 connection              \(fmt(rawOps, 0).leftPad(9)) ops/s  p50 \(fmt(rawP50).leftPad(7)) us")
+        // Raw round trip: HGET on one connection, the floor any fresh read must pay.
+        let rawTrip = { () -> UInt64? in
+            let begin = nanoseconds()
+            guard (try? connection.command("HGET", "DYNACONF_PRODUCTION", "PASSWORD")) != nil else { return nil }
+            return nanoseconds() - begin
+        }
 
         let mountpoint = root + "/mnt-redis"
         let configText = """
@@ -63,7 +57,9 @@ enum RedisBench {
         let path = mountpoint + "/redis/production/PASSWORD"
         FreshBench.withMount(binary: binary, root: root, name: "redis", configText: configText,
                              probe: "redis/production/PASSWORD") {
-            let (one, four) = FreshBench.measureFresh("redis", path: path, seconds: seconds, rawP50: rawP50, raw: "raw HGET")
+            guard let (raw, one, four) = FreshBench.measureFresh(
+                "redis", path: path, seconds: seconds, raw: "raw HGET round trip, 1 connection", rawTrip: rawTrip)
+            else { return }
             let scaling = four.opsPerSecond / one.opsPerSecond
             print("  target: 4 threads >= 1.5x one thread: \(fmt(scaling, 2))x -> \(scaling >= 1.5 ? "met" : "NOT met")")
             guard let python else {
@@ -90,9 +86,8 @@ enum RedisBench {
             else { return }
             print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
             print("  python open(path, 'rb', buffering=0).read()     \(fmt(numbers[2], 0).leftPad(9)) reads/s (no isatty ioctl)")
-            print("  python dynaconf settings.get_fresh('PASSWORD')  \(fmt(numbers[1], 0).leftPad(9)) reads/s")
-            let speedup = numbers[0] / numbers[1]
-            print("  target: python file read >= 10x get_fresh: \(fmt(speedup, 1))x -> \(speedup >= 10 ? "met" : "NOT met")")
+            FreshBench.printPythonRatio(
+                files: numbers[0], getFresh: numbers[1], rawPerSecond: raw.opsPerSecond, target: 10)
         }
     }
 

@@ -20,6 +20,25 @@ struct ValueTests {
         #expect(SecretValue.string("line\nbreak\u{1}").jsonText() == #""line\nbreak\u0001""#)
     }
 
+    @Test("JSON: strict parsing, integers apart from floats, escapes and UTF-8 checked")
+    func json() {
+        func parse(_ text: String) -> SecretValue? { SecretValue.parseJSON(Array(text.utf8)) }
+        #expect(parse(#"{"data": {"data": {"K": "v"}, "metadata": {"version": 3}}}"#)
+            == .table(["data": .table(["data": .table(["K": .string("v")]), "metadata": .table(["version": .int(3)])])]))
+        #expect(parse(#"[1, -2, 1.5, 1e3, true, false, null, "", {}, []]"#)
+            == .array([.int(1), .int(-2), .float(1.5), .float(1000), .bool(true), .bool(false), .null, .string(""),
+                       .table([:]), .array([])]))
+        #expect(parse(#""a\"b\\c\/d\n\t\u00e9\ud83d\ude00""#) == .string("a\"b\\c/d\n\té😀"))
+        #expect(parse(#""plain then \u0041 escape""#) == .string("plain then A escape"))
+        #expect(parse("\"日本語 ✓\"") == .string("日本語 ✓"))
+        #expect(parse(#"9223372036854775807"#) == .int(Int64.max))
+        for bad in [#"{"a" 1}"#, #"[1,]"#, #"[1 2]"#, #"{"a":1} x"#, "\"tab\there\"", #""\x""#, #""\ud83d""#,
+                    #""open"#, "tru", "nul", "", "-", #"{"a":1,}"#, String(repeating: "[", count: 600)] {
+            #expect(parse(bad) == nil, "accepted: \(bad.prefix(20))")
+        }
+        #expect(SecretValue.parseJSON([0x22, 0xFF, 0xFE, 0x22]) == nil)  // invalid UTF-8 inside a string
+    }
+
     @Test("secret bytes never print their content")
     func redaction() {
         let secret = SecretBytes(string: "hunter2-fake")

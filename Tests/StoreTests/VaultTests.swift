@@ -268,6 +268,37 @@ struct VaultStoreTests {
         #expect(metadata.body.contains("\"current_version\":2"))
     }
 
+    @Test("reused libcurl handles follow the URL, the token and the body of each request")
+    func handleReuse() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "one", ["K": .string("first")])
+        try dynaconfWrite(server, env: "two", ["K": .string("second")])
+        let client = HTTPClient(settings: .init(timeout: 5, caFile: nil, skipVerify: false))
+        defer { client.close() }
+        let root = ["X-Vault-Token": "root"]
+        func get(_ env: String, _ headers: [String: String]) throws -> (Int, String) {
+            let response = try client.request("GET", server.address + "/v1/secret/data/dynaconf/\(env)", headers: headers)
+            return (response.status, String(decoding: response.body, as: UTF8.self))
+        }
+        for _ in 0..<3 {
+            let one = try get("one", root)
+            #expect(one.0 == 200 && one.1.contains("first"))
+            let two = try get("two", root)
+            #expect(two.0 == 200 && two.1.contains("second"))
+        }
+        // Same URL, another token: the handle must send the new header.
+        #expect(try get("one", ["X-Vault-Token": "not-a-token"]).0 == 403)
+        #expect(try get("one", root).0 == 200)
+        // A request with a body, then the same handle for a GET again.
+        let post = try client.request(
+            "POST", server.address + "/v1/secret/data/dynaconf/one", headers: root,
+            body: Array(#"{"data": {"K": "third"}}"#.utf8))
+        #expect(post.status == 200)
+        let after = try get("one", root)
+        #expect(after.0 == 200 && after.1.contains("third"))
+    }
+
     @Test("Kubernetes auth sends the role and the service-account JWT to auth/<mount>/login")
     func kubernetesRequest() throws {
         let dir = try TemporaryDirectory()
@@ -287,6 +318,18 @@ struct VaultStoreTests {
         let defaults = try Config.parse(text: "[stores.k]\ntype = \"vault\"\naddress = \"http://x:1\"\nrole = \"r\"\n", file: "c.toml")
         #expect(try VaultSettings(config: try #require(defaults.stores.first)).auth
             == .kubernetes(role: "r", jwtFile: "/var/run/secrets/kubernetes.io/serviceaccount/token", mount: "kubernetes"))
+    }
+}
+
+@Suite("Vault request building (no server)")
+struct VaultRequestTests {
+    @Test("path segments are percent-encoded byte by byte; `/` separates, empty segments are dropped")
+    func escaping() {
+        #expect(VaultStore.escape("dynaconf/production") == "dynaconf/production")
+        #expect(VaultStore.escape("a b/ü?#%") == "a%20b/%C3%BC%3F%23%25")
+        #expect(VaultStore.escape("/team//svc-1_x.~/") == "team/svc-1_x.~")
+        #expect(VaultStore.escape("k:v@x+y=z,(1)!$&'*;") == "k:v@x+y=z,(1)!$&'*;")
+        #expect(VaultStore.escape("日本") == "%E6%97%A5%E6%9C%AC")
     }
 }
 

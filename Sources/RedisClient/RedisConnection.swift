@@ -25,6 +25,8 @@ public final class RedisConnection {
     private var ssl: OpaquePointer?
     private var buffer: [UInt8] = []
     private var position = 0
+    /// What one recv/SSL_read fills; kept between reads so a reply costs no allocation.
+    private var chunk = [UInt8](repeating: 0, count: 16384)
     private let parser = RESPParser()
     public private(set) var broken = false
 
@@ -54,6 +56,12 @@ public final class RedisConnection {
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
         broken = true
+        Self.zero(&buffer)
+    }
+
+    /// Replies carry secret values: the buffers they passed through are zeroed once used.
+    static func zero(_ bytes: inout [UInt8]) {
+        bytes.withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, $0.count) } }
     }
 
     static func now() -> Double {
@@ -250,15 +258,16 @@ public final class RedisConnection {
 
     private func fill(deadline: Double) throws(RedisError) {
         if position > 0 && position == buffer.count {
+            Self.zero(&buffer)
             buffer.removeAll(keepingCapacity: true)
             position = 0
         }
-        var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             if let ssl {
                 let count = chunk.withUnsafeMutableBytes { Int(SSL_read(ssl, $0.baseAddress, Int32($0.count))) }
                 if count > 0 {
                     buffer += chunk[0..<count]
+                    chunk.withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, count) } }
                     return
                 }
                 let code = SSL_get_error(ssl, Int32(count))
@@ -272,6 +281,7 @@ public final class RedisConnection {
                 let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
                 if count > 0 {
                     buffer += chunk[0..<count]
+                    chunk.withUnsafeMutableBytes { if let base = $0.baseAddress { explicit_bzero(base, count) } }
                     return
                 }
                 if count == 0 {

@@ -41,9 +41,11 @@ public struct SecretsError: Error, CustomStringConvertible, Sendable {
         case .permissionDenied: return EACCES
         case .readOnly: return EROFS
         case .invalidArgument: return EINVAL
-        case .timeout: return ETIMEDOUT
         case .unsupported: return ENOSYS
-        case .storeUnavailable, .decryptionFailed, .insecureFile, .invalidConfig, .invalidData, .io: return EIO
+        // A backend that is slow, down or broken is an I/O error to the reader (what `cat` and friends expect);
+        // the log says which.
+        case .timeout, .storeUnavailable, .decryptionFailed, .insecureFile, .invalidConfig, .invalidData, .io:
+            return EIO
         }
     }
 

@@ -77,6 +77,25 @@ struct VaultMountTests {
         #expect(Date().timeIntervalSince(started) < 8)
     }
 
+    @Test("server hung (SIGSTOP): a fresh key answers EIO after the timeout, never hangs; running again: values")
+    func serverHung() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.cli(["kv", "put", "secret/dynaconf/production", "DB_HOST=db1"])
+        let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["DB_*"]))
+        #expect(try fs.readText("vault/production/DB_HOST") == "db1")
+        server.pause()
+        defer { server.resume() }
+        let started = Date()
+        #expect(throws: FSError(code: EIO)) { try fs.read("vault/production/DB_HOST", timeout: 15) }
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 1.5 && waited < 8, "waited \(waited) s")
+        server.resume()
+        #expect(try fs.readText("vault/production/DB_HOST") == "db1")
+    }
+
     @Test("write merges into the env secret; --json keeps types; get reads vault paths")
     func writeAndGet() throws {
         let server = try BaoServer()

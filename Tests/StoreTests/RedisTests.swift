@@ -258,6 +258,27 @@ struct RedisStoreTests {
         #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("after"))
     }
 
+    @Test("a hung server (SIGSTOP) is a timeout after `timeout`, EIO to readers; running again: values again")
+    func hungServer() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "before")])
+        let store = try redisStore(server.url, extra: "timeout = \"1s\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+        server.pause()
+        defer { server.resume() }
+        let started = Date()
+        let error = #expect(throws: SecretsError.self) {
+            try store.value(of: "PASSWORD", layers: ["production"], at: nil)
+        }
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.9 && waited < 4, "waited \(waited) s")
+        #expect(error.map { SecretsError.errno(for: $0) } == EIO)
+        server.resume()
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+    }
+
     @Test("a 1 MiB value and 10,000 fields in one hash")
     func sizes() throws {
         let server = try RedisServer()

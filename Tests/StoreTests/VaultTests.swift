@@ -252,6 +252,52 @@ struct VaultStoreTests {
         #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("after"))
     }
 
+    @Test("a hung server (SIGSTOP) is a timeout after `timeout`, EIO to readers; running again: values again")
+    func hungServer() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("before")])
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"\ntimeout = \"1s\"")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+        server.pause()
+        defer { server.resume() }
+        let started = Date()
+        let error = #expect(throws: SecretsError.self) {
+            try store.value(of: "PASSWORD", layers: ["production"], at: nil)
+        }
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.9 && waited < 4, "waited \(waited) s")
+        #expect(error?.code == .timeout)
+        #expect(error.map { SecretsError.errno(for: $0) } == EIO)
+        #expect(!"\(error.map { "\($0)" } ?? "")".contains("root"))
+        server.resume()
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+    }
+
+    @Test("a sealed server answers 503: store unavailable (EIO), naming the status, never the token")
+    func sealed() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("x")])
+        let token = try server.dir.write("token", "root\n")
+        let store = try vaultStore(server, "token_file = \"\(token)\"\nkv_version = 2")
+        defer { store.close() }
+        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("x"))
+        #expect(try server.http("PUT", "/v1/sys/seal").status == 204)
+        for read in [
+            { _ = try store.value(of: "PASSWORD", layers: ["production"], at: nil) },
+            { _ = try store.fields(of: "production", at: nil) },
+        ] as [() throws -> Void] {
+            let error = #expect(throws: SecretsError.self) { try read() }
+            #expect(error?.code == .storeUnavailable)
+            #expect(error.map { SecretsError.errno(for: $0) } == EIO)
+            #expect("\(error.map { "\($0)" } ?? "")".contains("503"))
+            #expect(!"\(error.map { "\($0)" } ?? "")".contains("root"))
+        }
+    }
+
     @Test("the writer merges with check-and-set instead of replacing the secret")
     func writer() throws {
         let server = try BaoServer()

@@ -101,6 +101,16 @@ public final class BaoServer: @unchecked Sendable {
         return result
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, like a hung backend.
+    public func pause() {
+        if let process, process.isRunning { kill(process.processIdentifier, SIGSTOP) }
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    public func resume() {
+        if let process, process.isRunning { kill(process.processIdentifier, SIGCONT) }
+    }
+
     public func stop() {
         guard let process, process.isRunning else { return }
         kill(process.processIdentifier, SIGKILL)

@@ -115,10 +115,21 @@ public final class RedisServer: @unchecked Sendable {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, like a hung backend.
+    public func pause() {
+        if let process, process.isRunning { kill(process.processIdentifier, SIGSTOP) }
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    public func resume() {
+        if let process, process.isRunning { kill(process.processIdentifier, SIGCONT) }
+    }
+
     /// Stops the server: SHUTDOWN NOSAVE (a child of the test process may have SIGTERM blocked), then SIGKILL by
     /// PID if it is still there.
     public func stop() {
         guard let process, process.isRunning else { return }
+        resume()
         _ = try? cli(["SHUTDOWN", "NOSAVE"])
         kill(process.processIdentifier, SIGTERM)
         let deadline = Date().addingTimeInterval(2)

@@ -98,6 +98,27 @@ struct RedisMountTests {
         #expect(try fs.readText("redis/production/DB_HOST") == "back")
     }
 
+    @Test("server hung (SIGSTOP): fresh keys answer EIO after the timeout, cached keys stay; running again: values")
+    func serverHung() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "cached"), ("DB_HOST", "fresh")])
+        let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["DB_*"]))
+        #expect(try fs.readText("redis/production/DB_HOST") == "fresh")
+        #expect(try fs.readText("redis/production/PASSWORD") == "cached")
+        server.pause()
+        defer { server.resume() }
+        let started = Date()
+        #expect(throws: FSError(code: EIO)) { try fs.read("redis/production/DB_HOST", timeout: 10) }
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited >= 0.9 && waited < 5, "waited \(waited) s")
+        #expect(try fs.readText("redis/production/PASSWORD", timeout: 10) == "cached")
+        server.resume()
+        #expect(try fs.readText("redis/production/DB_HOST") == "fresh")
+    }
+
     @Test("write --typed stores Dynaconf tokens; get reads Redis paths")
     func writeAndGet() throws {
         let server = try RedisServer()

@@ -150,6 +150,14 @@ public final class FileSystemCore: Sendable {
                 env = try resolver.canonicalEnv(top: top, env: name)
             } catch {
                 warn(top: top, "listing envs of '\(top)' failed: \(error)")
+                // An env already seen stays while its store fails, so that cached keys under it keep being served
+                // for stale_if_error; fresh keys still fail on their own.
+                let seen = DirectoryKind.env(top: top, env: name.lowercased())
+                if cache.staleIfError > 0, let inode = state.withLock({ $0.directoryInodes[seen] }) {
+                    let timeout = min(1, directoryTimeout)
+                    return EntryReply(
+                        attributes: directoryAttributes(inode), entryTimeout: timeout, attributeTimeout: timeout)
+                }
                 throw error
             }
             guard let env else { throw SecretsError(.notFound, "no env '\(name)' in '\(top)'") }

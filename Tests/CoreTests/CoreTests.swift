@@ -225,6 +225,10 @@ struct FileSystemCoreTests {
         store.failing.withLock { $0 = true }
         clock.advance(20)
         #expect(try core.contents(try core.lookup(parent: env, name: "CACHED").attributes.inode).copyBytes() == Array("v1".utf8))
+        // The env directory is walked again (its listing fails): an env seen before stays; an unseen one does not.
+        let top = try core.lookup(parent: FileSystemCore.rootInode, name: "fake").attributes.inode
+        #expect(try core.lookup(parent: top, name: "production").attributes.inode == env)
+        #expect(throws: SecretsError.self) { try core.lookup(parent: top, name: "staging") }
         do {
             _ = try core.lookup(parent: env, name: "FRESH_X")
             Issue.record("fresh lookup should fail")
@@ -238,6 +242,18 @@ struct FileSystemCoreTests {
         } catch {
             #expect(error.errno == EIO)
         }
+    }
+
+    @Test("stale_if_error = 0: a failing store fails its env directories and cached keys at once")
+    func noStale() throws {
+        let core = try core(ttl: "10s", stale: "0s")
+        let env = try envInode(core)
+        _ = try core.lookup(parent: env, name: "CACHED")
+        store.failing.withLock { $0 = true }
+        clock.advance(11)
+        let top = try core.lookup(parent: FileSystemCore.rootInode, name: "fake").attributes.inode
+        #expect(throws: SecretsError.self) { try core.lookup(parent: top, name: "production") }
+        #expect(throws: SecretsError.self) { try core.lookup(parent: env, name: "CACHED") }
     }
 
     @Test("ENOENT for missing keys, envs and stores; attributes from the config")

@@ -241,42 +241,34 @@ struct RedisStoreTests {
         #expect(throws: SecretsError.self) { try untrusted.value(of: "PASSWORD", layers: ["production"], at: nil) }
     }
 
-    @Test("server stopped mid-run: a bounded error; started again: values again")
-    func restart() throws {
+    @Test("a hung server (SIGSTOP) times out after `timeout`, a stopped one fails at once: both EIO; back: values")
+    func serverHungOrDown() throws {
         let server = try RedisServer()
         defer { server.remove() }
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "before")])
         let store = try redisStore(server.url, extra: "timeout = \"1s\"")
         defer { store.close() }
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
-        server.stop()
-        let started = Date()
-        #expect(throws: SecretsError.self) { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }
-        #expect(Date().timeIntervalSince(started) < 5)
-        try server.start()
-        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after")])
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("after"))
-    }
+        func read() throws -> SecretValue? { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }
+        #expect(try read() == .string("before"))
 
-    @Test("a hung server (SIGSTOP) is a timeout after `timeout`, EIO to readers; running again: values again")
-    func hungServer() throws {
-        let server = try RedisServer()
-        defer { server.remove() }
-        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "before")])
-        let store = try redisStore(server.url, extra: "timeout = \"1s\"")
-        defer { store.close() }
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
         server.pause()
         defer { server.resume() }
-        let started = Date()
-        let error = #expect(throws: SecretsError.self) {
-            try store.value(of: "PASSWORD", layers: ["production"], at: nil)
-        }
+        var started = Date()
+        let hung = #expect(throws: SecretsError.self) { try read() }
         let waited = Date().timeIntervalSince(started)
         #expect(waited >= 0.9 && waited < 4, "waited \(waited) s")
-        #expect(error.map { SecretsError.errno(for: $0) } == EIO)
+        #expect(hung.map { SecretsError.errno(for: $0) } == EIO)
         server.resume()
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+        #expect(try read() == .string("before"))
+
+        server.stop()
+        started = Date()
+        let down = #expect(throws: SecretsError.self) { try read() }
+        #expect(Date().timeIntervalSince(started) < 4)
+        #expect(down.map { SecretsError.errno(for: $0) } == EIO)
+        try server.start()
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after")])
+        #expect(try read() == .string("after"))
     }
 
     @Test("a 1 MiB value and 10,000 fields in one hash")

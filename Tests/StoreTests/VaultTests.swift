@@ -234,46 +234,37 @@ struct VaultStoreTests {
         #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("team-value"))
     }
 
-    @Test("server stopped mid-run: a bounded error; a server back: values again")
-    func serverDown() throws {
+    @Test("a hung server (SIGSTOP) times out after `timeout`, a stopped one fails at once: both EIO; back: values")
+    func serverHungOrDown() throws {
         let server = try BaoServer()
         defer { server.remove() }
         try dynaconfWrite(server, env: "production", ["PASSWORD": .string("before")])
         let token = try server.dir.write("token", "root\n")
         let store = try vaultStore(server, "token_file = \"\(token)\"\ntimeout = \"1s\"")
         defer { store.close() }
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
-        server.stop()
-        let started = Date()
-        #expect(throws: SecretsError.self) { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }
-        #expect(Date().timeIntervalSince(started) < 5)
-        try server.start()  // a dev server starts empty
-        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("after")])
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("after"))
-    }
+        func read() throws -> SecretValue? { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }
+        #expect(try read() == .string("before"))
 
-    @Test("a hung server (SIGSTOP) is a timeout after `timeout`, EIO to readers; running again: values again")
-    func hungServer() throws {
-        let server = try BaoServer()
-        defer { server.remove() }
-        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("before")])
-        let token = try server.dir.write("token", "root\n")
-        let store = try vaultStore(server, "token_file = \"\(token)\"\ntimeout = \"1s\"")
-        defer { store.close() }
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
         server.pause()
         defer { server.resume() }
-        let started = Date()
-        let error = #expect(throws: SecretsError.self) {
-            try store.value(of: "PASSWORD", layers: ["production"], at: nil)
-        }
+        var started = Date()
+        let hung = #expect(throws: SecretsError.self) { try read() }
         let waited = Date().timeIntervalSince(started)
         #expect(waited >= 0.9 && waited < 4, "waited \(waited) s")
-        #expect(error?.code == .timeout)
-        #expect(error.map { SecretsError.errno(for: $0) } == EIO)
-        #expect(!"\(error.map { "\($0)" } ?? "")".contains("root"))
+        #expect(hung?.code == .timeout)
+        #expect(hung.map { SecretsError.errno(for: $0) } == EIO)
+        #expect(!"\(hung.map { "\($0)" } ?? "")".contains("root"))
         server.resume()
-        #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("before"))
+        #expect(try read() == .string("before"))
+
+        server.stop()
+        started = Date()
+        let down = #expect(throws: SecretsError.self) { try read() }
+        #expect(Date().timeIntervalSince(started) < 4)
+        #expect(down.map { SecretsError.errno(for: $0) } == EIO)
+        try server.start()  // a dev server starts empty
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("after")])
+        #expect(try read() == .string("after"))
     }
 
     @Test("a sealed server answers 503: store unavailable (EIO), naming the status, never the token")

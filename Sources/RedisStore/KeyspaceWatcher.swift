@@ -33,14 +33,42 @@ final class KeyspaceWatcher: Sendable {
                 }
             }
         }
+        let patterns = prefixes.map { "__keyspace@\(db)__:\($0)_*" }
+        if let refusal = Self.subscriptionRefusal(settings: settings, patterns: patterns) {
+            logger.warning(
+                """
+                Redis refused the keyspace subscription (\(refusal)); cached keys refresh after ttl only. Allow it \
+                with ACL SETUSER \(settings.endpoint.username ?? "default") +psubscribe \
+                \(patterns.map { "&\($0)" }.joined(separator: " "))
+                """,
+                metadata: ["store": "\(store)"])
+            return nil
+        }
         running = Mutex(true)
         done = Mutex(false)
-        let patterns = prefixes.map { "__keyspace@\(db)__:\($0)_*" }
         let thread = Thread { [self] in
             self.loop(settings: settings, patterns: patterns, store: store, logger: logger, onChange: onChange)
         }
         thread.name = "secretsfs-redis-keyspace"
         thread.start()
+    }
+
+    /// The server's error when it refuses PSUBSCRIBE (an ACL user without channel permissions, a proxy without
+    /// pub/sub); nil when it subscribes, or when it cannot be asked now (the loop keeps trying then).
+    static func subscriptionRefusal(settings: RedisSettings, patterns: [String]) -> String? {
+        guard let connection = try? RedisConnection(settings) else { return nil }
+        defer { connection.close() }
+        guard (try? connection.sendCommand(["PSUBSCRIBE"] + patterns)) != nil,
+            let reply = try? connection.readReply()
+        else { return nil }
+        if case .error(let text) = reply { return text }
+        return nil
+    }
+
+    /// Sleeps up to `seconds`, waking early when the watcher is stopped.
+    private func rest(_ seconds: Double) {
+        let end = Date().addingTimeInterval(seconds)
+        while running.withLock({ $0 }) && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
     }
 
     private func loop(
@@ -56,7 +84,7 @@ final class KeyspaceWatcher: Sendable {
                 try connection.sendCommand(["PSUBSCRIBE"] + patterns)
             } catch {
                 logger.debug("keyspace subscription failed; retrying", metadata: ["store": "\(store)", "error": "\(error)"])
-                Thread.sleep(forTimeInterval: backoff)
+                rest(backoff)
                 backoff = min(backoff * 2, 2)
                 continue
             }
@@ -65,6 +93,7 @@ final class KeyspaceWatcher: Sendable {
             first = false
             backoff = 0.1
             var pending = false
+            var refused = false
             while running.withLock({ $0 }) {
                 let ready = connection.waitReadable(timeout: pending ? 0.01 : 0.25)
                 if !ready {
@@ -78,6 +107,14 @@ final class KeyspaceWatcher: Sendable {
                 do {
                     let message = try connection.readReply()
                     if case .array(let parts?) = message, parts.first?.text == "pmessage" { pending = true }
+                    if case .error(let text) = message {
+                        // Refused after a reconnect (the user's ACL changed): say so, and ask again slowly.
+                        logger.warning(
+                            "Redis refused the keyspace subscription (\(text)); cached keys refresh after ttl only",
+                            metadata: ["store": "\(store)"])
+                        refused = true
+                        break
+                    }
                 } catch {
                     logger.info("keyspace subscription lost; reconnecting", metadata: ["store": "\(store)"])
                     break
@@ -85,6 +122,7 @@ final class KeyspaceWatcher: Sendable {
             }
             connection.close()
             if pending { onChange() }
+            if refused { rest(30) }
         }
         done.withLock { $0 = true }
     }

@@ -208,6 +208,47 @@ struct RedisStoreTests {
         }
     }
 
+    @Test("an ACL user without channel permissions: watch says no and names the ACL to grant; once granted, pushes")
+    func aclWithoutChannels() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        _ = try server.cli(["ACL", "SETUSER", "reader", "on", ">reader-pass", "~DYNACONF_*", "+@read", "+@connection",
+                            "+config|get", "resetchannels"])
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let password = try dir.write("pass.txt", "reader-pass\n")
+        func store(_ recorder: RecordingLogHandler.Storage) throws -> RedisStore {
+            let config = try Config.parse(
+                text: "[stores.r]\ntype = \"redis\"\nurl = \"\(server.url)\"\nusername = \"reader\"\npassword_file = \"\(password)\"\n",
+                file: "c.toml")
+            return try RedisStore(
+                config: try #require(config.stores.first),
+                logger: Logger(label: "test") { _ in RecordingLogHandler(storage: recorder) })
+        }
+        let recorder = RecordingLogHandler.Storage()
+        let refused = try store(recorder)
+        #expect(!refused.watch {})
+        refused.close()
+        let logged = recorder.messages.withLock { $0.joined(separator: "\n") }
+        #expect(logged.contains("NOPERM"))
+        #expect(logged.contains("ACL SETUSER reader +psubscribe &__keyspace@0__:DYNACONF_*"))
+        #expect(!logged.contains("reader-pass"))
+
+        _ = try server.cli(["ACL", "SETUSER", "reader", "+psubscribe", "&__keyspace@0__:DYNACONF_*"])
+        let granted = try store(RecordingLogHandler.Storage())
+        defer { granted.close() }
+        let changes = Mutex(0)
+        #expect(granted.watch { changes.withLock { $0 += 1 } })
+        Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "pushed")])
+        var seen = false
+        for _ in 0..<100 where !seen {
+            seen = changes.withLock { $0 } > 0
+            if !seen { usleep(10_000) }
+        }
+        #expect(seen, "no change pushed to a user allowed to subscribe")
+    }
+
     @Test("unix socket and a database other than 0 (SELECT)")
     func unixSocketAndDatabase() throws {
         let socketDir = try TemporaryDirectory()

@@ -9,7 +9,8 @@ struct MountCommand: ParsableCommand {
         discussion: """
             Mounts [mount] path (default /secrets) read-only and serves it until SIGINT or SIGTERM, then unmounts \
             and exits 0. With auto_unmount (the default) a killed daemon leaves no dead mount behind. A store that \
-            fails (bad identity, tampered file) answers EIO for its own paths; the others keep serving.
+            fails (bad identity, tampered file) answers EIO for its own paths; the others keep serving. Under \
+            systemd (NOTIFY_SOCKET set, Type=notify) it reports READY=1 once the mount is in place.
             """
     )
 
@@ -40,11 +41,15 @@ struct MountCommand: ParsableCommand {
         }
         defer { stores.values.forEach { $0.close() } }
         let server = FuseServer(core: core, mount: config.mount, logger: logger)
+        let path = config.mount.path
         do {
-            try server.run()
+            // Under systemd (Type=notify) units ordered after this one start once the mount is in place.
+            try server.run(ready: { SystemdNotify.send("READY=1\nSTATUS=serving \(path)") })
         } catch {
+            SystemdNotify.send("STATUS=failed: \(error)")
             printError("\(error)")
             throw ExitCode(ExitStatus.failure.rawValue)
         }
+        SystemdNotify.send("STOPPING=1")
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import Synchronization
 import Testing
+import TestSupport
 
 @testable import SecretsCore
 
@@ -37,6 +38,20 @@ struct ValueTests {
             #expect(parse(bad) == nil, "accepted: \(bad.prefix(20))")
         }
         #expect(SecretValue.parseJSON([0x22, 0xFF, 0xFE, 0x22]) == nil)  // invalid UTF-8 inside a string
+    }
+
+    @Test("systemd notifications reach a path socket and an abstract one; no socket: nothing sent")
+    func systemdNotify() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        for name in [dir.file("notify.sock"), "@secretsfs-test-\(getpid())"] {
+            let socket = try NotifySocket(name: name)
+            defer { socket.close() }
+            #expect(SystemdNotify.send("READY=1\nSTATUS=serving /secrets", socket: name))
+            #expect(try socket.receive(timeout: 5) == "READY=1\nSTATUS=serving /secrets")
+        }
+        #expect(!SystemdNotify.send("READY=1", socket: ""))
+        #expect(!SystemdNotify.send("READY=1", socket: dir.file("nobody-listens.sock")))
     }
 
     @Test("secret bytes never print their content")

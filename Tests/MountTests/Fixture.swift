@@ -51,9 +51,10 @@ final class Fixture: @unchecked Sendable {
         return try dir.write("config.toml", text)
     }
 
-    func mount(config: String) throws -> MountedSecretsFS {
+    func mount(config: String, environment: [String: String] = [:]) throws -> MountedSecretsFS {
         let fs = try MountedSecretsFS(
-            binary: binary, config: config, mountpoint: mountpoint, logPath: dir.file("mount.log"))
+            binary: binary, config: config, mountpoint: mountpoint, logPath: dir.file("mount.log"),
+            environment: environment)
         mounted = fs
         return fs
     }

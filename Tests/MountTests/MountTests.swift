@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -191,6 +192,33 @@ struct MountTests {
         #expect(try fs.readText("local/production/PORT") == "1234")
         #expect(fs.signal(signal) == 0)
         #expect(!MountedSecretsFS.isMounted(fixture.mountpoint))
+    }
+
+    @Test("under systemd (NOTIFY_SOCKET): READY=1 once the mount is in place, STOPPING=1 after SIGTERM")
+    func systemdNotify() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", baseSecrets)
+        let socket = try NotifySocket(name: fixture.dir.file("notify.sock"))
+        defer { socket.close() }
+        // Wait for READY=1 on another thread and note whether the mount was there when it came.
+        let mountpoint = fixture.mountpoint
+        let heard = Mutex<(String, Bool)?>(nil)
+        let listener = Thread {
+            if let message = try? socket.receive(timeout: 20) {
+                heard.withLock { $0 = (message, MountedSecretsFS.isMounted(mountpoint)) }
+            }
+        }
+        listener.start()
+        let fs = try fixture.mount(config: try fixture.writeConfig(), environment: ["NOTIFY_SOCKET": socket.name])
+        for _ in 0..<500 where heard.withLock({ $0 }) == nil { usleep(10_000) }
+        let ready = try #require(heard.withLock { $0 })
+        #expect(ready.0.split(separator: "\n").contains("READY=1"))
+        #expect(ready.0.contains("STATUS=serving \(mountpoint)"))
+        #expect(ready.1, "READY=1 came before the mount was in place")
+        #expect(try fs.readText("local/production/PORT") == "1234")
+        #expect(fs.signal(SIGTERM) == 0)
+        #expect(try socket.receive(timeout: 10) == "STOPPING=1")
     }
 
     @Test("a SIGKILLed daemon leaves no mount that hangs callers (auto_unmount)")

@@ -38,7 +38,9 @@ public final class MountedSecretsFS: @unchecked Sendable {
     private let device: UInt64
 
     /// Starts the daemon with `config` and waits until the mount shows in /proc/mounts.
-    public init(binary: String, config: String, mountpoint: String, logPath: String) throws {
+    public init(
+        binary: String, config: String, mountpoint: String, logPath: String, environment: [String: String] = [:]
+    ) throws {
         self.mountpoint = mountpoint
         self.logPath = logPath
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
@@ -50,6 +52,9 @@ public final class MountedSecretsFS: @unchecked Sendable {
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         try process.run()
         let deadline = Date().addingTimeInterval(15)
         while !Self.isMounted(mountpoint) {

@@ -24,6 +24,8 @@ public struct FileStoreSettings: Sendable {
     public var recipients: [String]
     /// The highest scrypt work factor accepted when decrypting (age's default is 18).
     public var maxWorkFactor: Int
+    /// The config file's folder: relative paths (also a scope chain element's) are taken from here.
+    public var directory: String
 
     public init(config: StoreConfig) throws(LocatedError) {
         let section = config.section
@@ -34,6 +36,7 @@ public struct FileStoreSettings: Sendable {
             throw section.error("files", "store '\(config.name)' needs files = [\"/path/to/secrets.toml.age\"]")
         }
         self.files = files.map(section.absolutePath)
+        directory = section.directory
         identity = try section.path("identity")
         passphraseFile = try section.path("passphrase_file")
         recipients = try section.stringArray("recipients") ?? []
@@ -77,9 +80,14 @@ public final class FileStore: SecretStore {
         self.watcher = Mutex(nil)
     }
 
-    /// The files behind a location: a chain element's path, else the configured files.
+    /// The files behind a location: a chain element's path (relative to the config file's folder), else the
+    /// configured files.
     func files(at location: String?) -> [String] {
-        location.map { [$0] } ?? settings.files
+        location.map { [absolute($0)] } ?? settings.files
+    }
+
+    func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : settings.directory + "/" + path
     }
 
     public func envs(at location: String?) throws(SecretsError) -> [String] {
@@ -228,8 +236,9 @@ public final class FileStore: SecretStore {
 
     // MARK: Watching
 
-    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool {
-        let watched = settings.files
+    public func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool {
+        var watched = settings.files
+        for path in locations.map(absolute) where !watched.contains(path) { watched.append(path) }
         guard let created = FileWatcher(paths: watched, logger: logger, onChange: onChange) else { return false }
         watcher.withLock { $0 = created }
         return true

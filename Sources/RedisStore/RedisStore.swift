@@ -177,10 +177,11 @@ public final class RedisStore: SecretStore {
         }
     }
 
-    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool {
+    public func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool {
+        var prefixes = [configuration.prefix]
+        for prefix in locations where !prefixes.contains(prefix) { prefixes.append(prefix) }
         let created = KeyspaceWatcher(
-            settings: configuration.settings, prefixes: [configuration.prefix], store: name, logger: logger,
-            onChange: onChange)
+            settings: configuration.settings, prefixes: prefixes, store: name, logger: logger, onChange: onChange)
         guard let created else { return false }
         watcher.withLock { $0 = created }
         return true

@@ -142,6 +142,19 @@ public struct ChainElement: Sendable, Hashable {
     }
 }
 
+extension Config {
+    /// The paths scope chains read store `name` at (`{ store = name, path = ... }`), each once, in config order.
+    public func scopeLocations(of name: String) -> [String] {
+        var seen: [String] = []
+        for scope in scopes {
+            for element in scope.chain where element.store == name {
+                if let path = element.path, !seen.contains(path) { seen.append(path) }
+            }
+        }
+        return seen
+    }
+}
+
 public struct ScopeConfig: Sendable {
     public var name: String
     public var chain: [ChainElement]

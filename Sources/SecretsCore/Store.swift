@@ -18,9 +18,10 @@ public protocol SecretStore: AnyObject, Sendable {
     /// key exactly first and then ignoring case, as Dynaconf does. This call goes to the backend every time.
     func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue?
 
-    /// Starts pushing change notices (for example file watches, keyspace events). Returns false when the store
-    /// cannot push, in which case cached values refresh after their ttl only.
-    func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool
+    /// Starts pushing change notices (for example file watches, keyspace events) for the store's own location and
+    /// `locations` (the paths scope chains read this store at). Returns false when the store cannot push, in which
+    /// case cached values refresh after their ttl only.
+    func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool
 
     /// Stops watches and releases connections.
     func close()
@@ -35,7 +36,10 @@ extension SecretStore {
         return nil
     }
 
-    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool { false }
+    public func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool { false }
+
+    /// Watches the store's own location only.
+    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool { watch(locations: [], onChange) }
 
     public func close() {}
 

@@ -36,7 +36,7 @@ struct MountCommand: ParsableCommand {
             }
         }
         for (name, store) in stores {
-            let pushes = store.watch { core.storeChanged(name) }
+            let pushes = store.watch(locations: config.scopeLocations(of: name)) { core.storeChanged(name) }
             logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
         }
         defer { stores.values.forEach { $0.close() } }

@@ -86,6 +86,23 @@ struct ValueTests {
 
 @Suite("config")
 struct ConfigTests {
+    @Test("scope locations of a store: each chain path once, in config order")
+    func scopeLocations() throws {
+        let config = try Config.parse(text: """
+            [stores.a]
+            type = "fake"
+            [stores.b]
+            type = "fake"
+            [scopes.one]
+            chain = [{ store = "a", path = "x" }, { store = "b", path = "y" }, "a"]
+            [scopes.two]
+            chain = [{ store = "a", path = "z" }, { store = "a", path = "x" }]
+            """, file: "c.toml")
+        #expect(config.scopeLocations(of: "a") == ["x", "z"])
+        #expect(config.scopeLocations(of: "b") == ["y"])
+        #expect(config.scopeLocations(of: "c") == [])
+    }
+
     @Test("defaults and documented keys")
     func defaults() throws {
         let config = try Config.parse(

@@ -276,9 +276,10 @@ struct MountTests {
         try fixture.writeEncrypted("platform.toml.age", "[default]\nA = \"platform\"\nB = \"platform\"\nC = \"platform\"\n")
         try fixture.writeEncrypted("project.toml.age", "[production]\nB = \"project\"\nC = \"project\"\n")
         try fixture.writeEncrypted("service.toml.age", "[production]\nC = \"service\"\n")
+        // One path relative to the config file's folder, one absolute.
         let extra = """
             [scopes.billing]
-            chain = [{ store = "local", path = "\(fixture.dir.file("service.toml.age"))" },
+            chain = [{ store = "local", path = "service.toml.age" },
                      { store = "local", path = "\(fixture.dir.file("project.toml.age"))" },
                      "local"]
             """
@@ -290,6 +291,14 @@ struct MountTests {
         // `local` alone has no production env: an env must exist somewhere in the top's chain.
         #expect(throws: FSError(code: ENOENT)) { try fs.list("local/production") }
         #expect(try fs.readText("local/default/C") == "platform")
+        // The scope's own file is watched too: a cached key (ttl 5m) shows its change without waiting.
+        try fixture.writeEncrypted("service.toml.age", "[production]\nC = \"service-2\"\n")
+        var seen = ""
+        for _ in 0..<100 where seen != "service-2" {
+            seen = try fs.readText("billing/production/C")
+            if seen != "service-2" { usleep(20_000) }
+        }
+        #expect(seen == "service-2", "the scope's file was not watched")
     }
 
     @Test("JSON and YAML inner formats")

@@ -4,7 +4,9 @@ import TestSupport
 
 @Suite("mounted Redis store", .serialized)
 struct RedisMountTests {
-    func config(_ fixture: Fixture, server: RedisServer, ttl: String = "5m", fresh: [String] = []) throws -> String {
+    func config(_ fixture: Fixture, server: RedisServer, ttl: String = "5m", fresh: [String] = [], extra: String = "")
+        throws -> String
+    {
         let freshList = fresh.map { "\"\($0)\"" }.joined(separator: ", ")
         return try fixture.dir.write(
             "redis.toml",
@@ -18,6 +20,7 @@ struct RedisMountTests {
             url = "\(server.url)"
             fresh = [\(freshList)]
             timeout = "1s"
+            \(extra)
             """)
     }
 
@@ -108,6 +111,40 @@ struct RedisMountTests {
         try server.start()
         try server.hset("DYNACONF_PRODUCTION", [("DB_HOST", "back")])
         #expect(try fs.readText("redis/production/DB_HOST") == "back")
+    }
+
+    @Test("a scope layers key prefixes of one store: BILLING_<ENV> hashes first, then DYNACONF_<ENV>")
+    func scopes() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.hset("BILLING_PRODUCTION", [("PASSWORD", "service-pw"), ("API_KEY", "k1")])
+        try server.hset("BILLING_DEFAULT", [("TIMEOUT", "@int 30")])
+        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "platform-pw"), ("TIMEOUT", "@int 5"), ("REGION", "eu")])
+        let scope = """
+            [scopes.billing]
+            chain = [{ store = "redis", path = "BILLING" }, "redis"]
+            fresh = ["PASSWORD"]
+            """
+        let fs = try fixture.mount(config: try config(fixture, server: server, extra: scope))
+        #expect(try fs.list("billing") == ["default", "global", "production"])
+        #expect(try fs.list("billing/production") == ["API_KEY", "PASSWORD", "REGION", "TIMEOUT"])
+        #expect(try fs.readText("billing/production/PASSWORD") == "service-pw")
+        #expect(try fs.readText("billing/production/TIMEOUT") == "30")
+        #expect(try fs.readText("billing/production/REGION") == "eu")
+        #expect(try fs.readText("redis/production/PASSWORD") == "platform-pw")
+        try server.hset("BILLING_PRODUCTION", [("PASSWORD", "service-pw-2")])
+        #expect(try fs.readText("billing/production/PASSWORD") == "service-pw-2")
+        // A cached key (ttl 5m) under the scope's own prefix: the keyspace push reaches it too.
+        #expect(try fs.readText("billing/production/API_KEY") == "k1")
+        try server.hset("BILLING_PRODUCTION", [("API_KEY", "k2")])
+        var seen = ""
+        for _ in 0..<100 where seen != "k2" {
+            seen = try fs.readText("billing/production/API_KEY")
+            if seen != "k2" { usleep(20_000) }
+        }
+        #expect(seen == "k2", "the scope's hash was not watched")
     }
 
     @Test("write --typed stores Dynaconf tokens; get reads Redis paths")

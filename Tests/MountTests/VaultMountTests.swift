@@ -87,6 +87,34 @@ struct VaultMountTests {
         #expect(Date().timeIntervalSince(started) < 8)
     }
 
+    @Test("a scope layers Vault paths of one store: service, then project, then the store's own path")
+    func scopes() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.cli(["kv", "put", "secret/services/billing/production", "PASSWORD=service-pw"])
+        try server.cli(["kv", "put", "secret/projects/shop/production", "PASSWORD=project-pw", "SHOP_URL=https://shop"])
+        try server.cli(["kv", "put", "secret/projects/shop/default", "TIMEOUT=30"])
+        try server.cli(["kv", "put", "secret/dynaconf/production", "PASSWORD=platform-pw", "SHOP_URL=x", "REGION=eu"])
+        let scope = """
+            [scopes.billing]
+            chain = [{ store = "vault", path = "services/billing" }, { store = "vault", path = "projects/shop" }, "vault"]
+            fresh = ["PASSWORD"]
+            """
+        let fs = try fixture.mount(config: try config(fixture, server: server, extra: scope))
+        #expect(try fs.list("") == ["billing", "vault"])
+        #expect(try fs.list("billing") == ["default", "global", "production"])
+        #expect(try fs.list("billing/production") == ["PASSWORD", "REGION", "SHOP_URL", "TIMEOUT"])
+        #expect(try fs.readText("billing/production/PASSWORD") == "service-pw")
+        #expect(try fs.readText("billing/production/SHOP_URL") == "https://shop")
+        #expect(try fs.readText("billing/production/TIMEOUT") == "30")
+        #expect(try fs.readText("billing/production/REGION") == "eu")
+        #expect(try fs.readText("vault/production/PASSWORD") == "platform-pw")
+        try server.cli(["kv", "put", "secret/services/billing/production", "PASSWORD=service-pw-2"])
+        #expect(try fs.readText("billing/production/PASSWORD") == "service-pw-2")
+    }
+
     @Test("write merges into the env secret; --json keeps types; get reads vault paths")
     func writeAndGet() throws {
         let server = try BaoServer()

@@ -105,8 +105,9 @@ public enum AgeFile {
     static let chunkSize = 64 * 1024
     static let tagSize = 16
 
+    /// Whether `bytes` are an age file, binary or ASCII-armored.
     public static func looksLikeAge(_ bytes: [UInt8]) -> Bool {
-        bytes.starts(with: versionLine + [UInt8(ascii: "\n")])
+        bytes.starts(with: versionLine + [UInt8(ascii: "\n")]) || AgeArmor.isArmored(bytes)
     }
 
     // MARK: Encrypt
@@ -164,7 +165,9 @@ public enum AgeFile {
 
     // MARK: Decrypt
 
-    public static func decrypt(_ file: [UInt8], identities: [Identity]) throws(AgeError) -> [UInt8] {
+    /// Decrypts a binary or ASCII-armored age file.
+    public static func decrypt(_ armoredOrBinary: [UInt8], identities: [Identity]) throws(AgeError) -> [UInt8] {
+        let file = AgeArmor.isArmored(armoredOrBinary) ? try AgeArmor.decode(armoredOrBinary) : armoredOrBinary
         let header = try Header.parse(file)
         var fileKey = try unwrap(header.stanzas, identities: identities)
         defer { wipeBytes(&fileKey) }

@@ -30,6 +30,12 @@ enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Standard base64 with `=` padding (for the ASCII armor).
+    static func encodePadded(_ bytes: [UInt8]) -> String {
+        let text = encode(bytes)
+        return text + String(repeating: "=", count: (4 - text.count % 4) % 4)
+    }
+
     /// Decodes unpadded, canonical base64; nil for anything else.
     static func decode<S: Sequence>(_ text: S) -> [UInt8]? where S.Element == UInt8 {
         let chars = Array(text)

@@ -36,13 +36,15 @@ extension FileStore {
         _ = try SecretsDocument.parse(text, format: SecretsDocument.format(of: path), file: path)
     }
 
-    /// Writes `plaintext` to `path` atomically: encrypted to the store's recipients when the path ends in `.age`,
-    /// else as a private plaintext file.
+    /// Writes `plaintext` to `path` atomically: encrypted to the store's recipients when the path ends in `.age`
+    /// (ASCII-armored again when the file it replaces was), else as a private plaintext file.
     public func write(_ plaintext: [UInt8], to path: String, workFactor: Int = 18) throws(SecretsError) {
         if path.hasSuffix(".age") {
+            let armored = (try? FileIO.read(path)).map(AgeArmor.isArmored) ?? false
             let sealed: [UInt8]
             do {
-                sealed = try AgeFile.encrypt(plaintext, to: try encryptionRecipients(workFactor: workFactor))
+                let binary = try AgeFile.encrypt(plaintext, to: try encryptionRecipients(workFactor: workFactor))
+                sealed = armored ? AgeArmor.encode(binary) : binary
             } catch let error as AgeError {
                 throw SecretsError(.invalidConfig, "cannot encrypt: \(error.message)")
             } catch {

@@ -8,6 +8,7 @@ struct EncryptCommand: ParsableCommand {
         abstract: "Encrypt a file to age recipients or a passphrase (age format, readable by age -d).",
         discussion: """
             Example: secretsfs encrypt -r age1... -o secrets.toml.age secrets.toml
+            With -a the file is ASCII-armored text (for review tools and git diffs of the envelope).
             INPUT defaults to standard input ("-"). Either one or more -r recipients or --passphrase-file.
             """
     )
@@ -23,6 +24,9 @@ struct EncryptCommand: ParsableCommand {
 
     @Option(name: .shortAndLong, help: "Write here (mode 0600) instead of standard output.")
     var output: String?
+
+    @Flag(name: [.customShort("a"), .long], help: "ASCII armor (PEM-like text, as age -a writes); stores read both.")
+    var armor = false
 
     @Argument(help: "The plaintext file, or - for standard input.")
     var input: String = "-"
@@ -45,7 +49,8 @@ struct EncryptCommand: ParsableCommand {
         do {
             var plaintext = input == "-" ? readStandardInput() : try FileIO.read(input)
             defer { wipe(&plaintext) }
-            let sealed = try AgeFile.encrypt(plaintext, to: recipients)
+            let binary = try AgeFile.encrypt(plaintext, to: recipients)
+            let sealed = armor ? AgeArmor.encode(binary) : binary
             if let output {
                 try FileIO.writeAtomically(output, bytes: sealed, mode: 0o600)
             } else {

@@ -89,6 +89,44 @@ struct AgeFormatTests {
         #expect(try AgeFile.decrypt(sealed, identities: [.x25519(other), .x25519(identity)]) == plaintext)
     }
 
+    @Test("armor: 64 columns, padding, CRLF and surrounding whitespace accepted; anything else refused")
+    func armor() throws {
+        let identity = X25519Identity.generate()
+        let plaintext = Array("[production]\nPASSWORD = \"armored\"\n".utf8)
+        let binary = try AgeFile.encrypt(plaintext, to: [.x25519(identity.recipient)])
+        let armored = AgeArmor.encode(binary)
+        let text = String(decoding: armored, as: UTF8.self)
+        let lines = text.split(separator: "\n").map(String.init)
+        #expect(lines.first == "-----BEGIN AGE ENCRYPTED FILE-----" && lines.last == "-----END AGE ENCRYPTED FILE-----")
+        #expect(lines.dropFirst().dropLast().dropLast().allSatisfy { $0.count == 64 })
+        #expect(try AgeArmor.decode(armored) == binary)
+        func open(_ text: String) throws -> [UInt8] {
+            try AgeFile.decrypt(Array(text.utf8), identities: [.x25519(identity)])
+        }
+        #expect(try open(text) == plaintext)
+        #expect(try open("\n  \t" + text.replacingOccurrences(of: "\n", with: "\r\n") + " \n\n") == plaintext)
+        var body: [String] = Array(lines.dropFirst().dropLast())
+        let begin = lines[0]
+        let end = lines[lines.count - 1]
+        func armor(_ middle: [String]) -> String { ([begin] + middle + [end]).joined(separator: "\n") }
+        let shortLine: [String] = [String(body[0].dropLast())] + body.dropFirst()
+        let paddedEverywhere: [String] = body.map { $0 + "=" }
+        let notBase64: [String] = ["!" + body[0].dropFirst()] + body.dropFirst()
+        let refused: [String] = [
+            text + "garbage\n",  // trailing data after the end line
+            text.replacingOccurrences(of: end, with: ""),  // no end line
+            armor(shortLine),  // a line that is not 64 columns
+            armor(paddedEverywhere),  // padding before the last line
+            armor(notBase64),
+            armor([]),  // armor of nothing: no age header inside
+        ]
+        for bad in refused {
+            #expect(throws: AgeError.self) { try open(bad) }
+        }
+        body[body.count - 1] = String(body[body.count - 1].dropLast(4))
+        #expect(throws: AgeError.self) { try open(armor(body)) }  // a truncated last line
+    }
+
     @Test("errors never contain plaintext")
     func errorsAreClean() throws {
         let identity = X25519Identity.generate()
@@ -106,8 +144,8 @@ struct AgeFormatTests {
 
 @Suite("age CLI interop")
 struct AgeInteropTests {
-    @Test("files made by age decrypt here", arguments: [0, 5, 65536, 100_000])
-    func fromAgeCLI(size: Int) throws {
+    @Test("files made by age (binary and -a armored) decrypt here", arguments: [0, 5, 65536, 100_000], [false, true])
+    func fromAgeCLI(size: Int, armored: Bool) throws {
         let age = try requireTool("age")
         let keygen = try requireTool("age-keygen")
         let dir = try TemporaryDirectory()
@@ -117,20 +155,23 @@ struct AgeInteropTests {
         #expect(made.status == 0, "age-keygen failed: \(made.stderr)")
         let identities = try X25519Identity.parseFile(String(contentsOfFile: keyFile, encoding: .utf8))
         let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0 * 7) }
-        let encrypted = try run([age, "-r", identities[0].recipient.description], input: plaintext)
+        let encrypted = try run([age] + (armored ? ["-a"] : []) + ["-r", identities[0].recipient.description], input: plaintext)
         #expect(encrypted.status == 0, "age failed: \(encrypted.stderr)")
+        #expect(AgeArmor.isArmored(encrypted.stdout) == armored)
+        #expect(AgeFile.looksLikeAge(encrypted.stdout))
         #expect(try AgeFile.decrypt(encrypted.stdout, identities: identities.map { .x25519($0) }) == plaintext)
     }
 
-    @Test("files made here decrypt with age -d", arguments: [0, 5, 65536, 100_000])
-    func toAgeCLI(size: Int) throws {
+    @Test("files made here (binary and armored) decrypt with age -d", arguments: [0, 5, 65536, 100_000], [false, true])
+    func toAgeCLI(size: Int, armored: Bool) throws {
         let age = try requireTool("age")
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let identity = X25519Identity.generate()
         let keyFile = try dir.write("key.txt", "# test key\n" + identity.secretString + "\n")
         let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0 * 13) }
-        let sealed = try AgeFile.encrypt(plaintext, to: [.x25519(identity.recipient)])
+        let binary = try AgeFile.encrypt(plaintext, to: [.x25519(identity.recipient)])
+        let sealed = armored ? AgeArmor.encode(binary) : binary
         let decrypted = try run([age, "-d", "-i", keyFile], input: sealed)
         #expect(decrypted.status == 0, "age -d failed: \(decrypted.stderr)")
         #expect(decrypted.stdout == plaintext)

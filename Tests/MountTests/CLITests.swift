@@ -51,6 +51,30 @@ struct CLITests {
         #expect(refused.status != 0 && refused.stderr.contains("0600"))
     }
 
+    @Test("ASCII-armored files: age -a output is served, set keeps the armor, encrypt -a opens with age -d")
+    func armored() throws {
+        let age = try requireTool("age")
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let plain = try fixture.dir.write("plain.toml", "[production]\nTOKEN = \"fake-token\"\n")
+        let store = fixture.dir.file("secrets.toml.age")
+        let recipient = fixture.identity.recipient.description
+        #expect(try run([age, "-a", "-r", recipient, "-o", store, plain]).status == 0)
+        let config = try fixture.writeConfig()
+        #expect(try fixture.cli(["get", "--config", config, "local/production/TOKEN"]).stdoutText == "fake-token")
+        #expect(try fixture.cli(["set", "--config", config, "local", "production", "TOKEN=rotated"]).status == 0)
+        let rewritten = try String(contentsOfFile: store, encoding: .utf8)
+        #expect(rewritten.hasPrefix("-----BEGIN AGE ENCRYPTED FILE-----\n"))
+        #expect(try fixture.cli(["get", "--config", config, "local/production/TOKEN"]).stdoutText == "rotated")
+        let byAge = try run([age, "-d", "-i", fixture.dir.file("identity.txt"), store])
+        #expect(byAge.stdoutText.contains("rotated"))
+
+        let sealed = try fixture.cli(["encrypt", "-a", "-r", recipient, plain])
+        #expect(sealed.status == 0 && sealed.stdoutText.hasPrefix("-----BEGIN AGE ENCRYPTED FILE-----\n"))
+        let opened = try run([age, "-d", "-i", fixture.dir.file("identity.txt")], input: sealed.stdout)
+        #expect(opened.stdoutText == "[production]\nTOKEN = \"fake-token\"\n")
+    }
+
     @Test("set and get: exact bytes, stdin values, exit 3 when missing")
     func setAndGet() throws {
         let fixture = try Fixture()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SecretsCore
 
 @main
 struct SecretsFSCommand: ParsableCommand {
@@ -18,4 +19,10 @@ struct SecretsFSCommand: ParsableCommand {
             DecryptCommand.self, EditCommand.self, SetCommand.self, WriteCommand.self,
         ]
     )
+
+    static func main() {
+        // Every command may hold decrypted values: a crash must not leave them in a core file.
+        ProcessHardening.disableCoreDumps()
+        main(nil)
+    }
 }

@@ -221,6 +221,19 @@ struct MountTests {
         #expect(try socket.receive(timeout: 10) == "STOPPING=1")
     }
 
+    @Test("the daemon holds decrypted values, so it runs with a core-file limit of zero")
+    func noCoreDumps() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", baseSecrets)
+        let fs = try fixture.mount(config: try fixture.writeConfig())
+        #expect(try fs.readText("local/production/PORT") == "1234")
+        let limits = try String(contentsOfFile: "/proc/\(fs.process.processIdentifier)/limits", encoding: .utf8)
+        let core = limits.split(separator: "\n").first { $0.hasPrefix("Max core file size") }
+        let fields = core.map { $0.split(separator: " ").dropFirst(4).prefix(2).map(String.init) }
+        #expect(fields == ["0", "0"], "\(core ?? "no core limit line")")
+    }
+
     @Test("a SIGKILLed daemon leaves no mount that hangs callers (auto_unmount)")
     func killedDaemon() throws {
         let fixture = try Fixture()

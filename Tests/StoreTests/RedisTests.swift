@@ -289,27 +289,11 @@ struct RedisStoreTests {
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "before")])
         let store = try redisStore(server.url, extra: "timeout = \"1s\"")
         defer { store.close() }
-        func read() throws -> SecretValue? { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }
-        #expect(try read() == .string("before"))
-
-        server.pause()
         defer { server.resume() }
-        var started = Date()
-        let hung = #expect(throws: SecretsError.self) { try read() }
-        let waited = Date().timeIntervalSince(started)
-        #expect(waited >= 0.9 && waited < 4, "waited \(waited) s")
-        #expect(hung.map { SecretsError.errno(for: $0) } == EIO)
-        server.resume()
-        #expect(try read() == .string("before"))
-
-        server.stop()
-        started = Date()
-        let down = #expect(throws: SecretsError.self) { try read() }
-        #expect(Date().timeIntervalSince(started) < 4)
-        #expect(down.map { SecretsError.errno(for: $0) } == EIO)
-        try server.start()
-        try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after")])
-        #expect(try read() == .string("after"))
+        try checkOutages(
+            read: { try store.value(of: "PASSWORD", layers: ["production"], at: nil) }, pause: server.pause,
+            resume: server.resume, stop: server.stop, restart: server.start,
+            rewrite: { try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after")]) })
     }
 
     @Test("a 1 MiB value and 10,000 fields in one hash")

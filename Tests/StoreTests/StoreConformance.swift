@@ -1,3 +1,5 @@
+import Foundation
+import Glibc
 import SecretsCore
 import Testing
 
@@ -37,4 +39,33 @@ struct StoreConformance {
         try update("production", "PASSWORD", .string("rotated"))
         #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("rotated"))
     }
+}
+
+/// A backend outage as every networked store must take it, with `timeout = "1s"`: paused (SIGSTOP), a read fails
+/// after about the timeout with EIO and reads again once resumed; stopped, a read fails at once with EIO and reads
+/// again once the server is back and `rewrite` has put "after" in. Returns the hung read's error for more checks.
+@discardableResult
+func checkOutages(
+    read: () throws -> SecretValue?, pause: () -> Void, resume: () -> Void, stop: () -> Void,
+    restart: () throws -> Void, rewrite: () throws -> Void
+) throws -> SecretsError? {
+    #expect(try read() == .string("before"))
+    pause()
+    var started = Date()
+    let hung = #expect(throws: SecretsError.self) { try read() }
+    let waited = Date().timeIntervalSince(started)
+    #expect(waited >= 0.9 && waited < 4, "waited \(waited) s")
+    #expect(hung.map { SecretsError.errno(for: $0) } == EIO)
+    resume()
+    #expect(try read() == .string("before"))
+
+    stop()
+    started = Date()
+    let down = #expect(throws: SecretsError.self) { try read() }
+    #expect(Date().timeIntervalSince(started) < 4)
+    #expect(down.map { SecretsError.errno(for: $0) } == EIO)
+    try restart()
+    try rewrite()
+    #expect(try read() == .string("after"))
+    return hung
 }

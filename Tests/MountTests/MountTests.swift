@@ -110,13 +110,7 @@ struct MountTests {
                 of: "\"0x1F\"", with: "\"rotated\""))
         #expect(try fs.readText("local/production/DB_HOST") == "db2.prod")
 
-        var seen = ""
-        for _ in 0..<100 {
-            seen = try fs.readText("local/production/PASSWORD")
-            if seen == "rotated" { break }
-            usleep(50_000)
-        }
-        #expect(seen == "rotated")
+        #expect(try fs.readText("local/production/PASSWORD", until: "rotated", within: 5) == "rotated")
     }
 
     @Test("one open reads one value: a 1 MiB fresh value read a byte at a time while it changes")
@@ -306,12 +300,8 @@ struct MountTests {
         #expect(try fs.readText("local/default/C") == "platform")
         // The scope's own file is watched too: a cached key (ttl 5m) shows its change without waiting.
         try fixture.writeEncrypted("service.toml.age", "[production]\nC = \"service-2\"\n")
-        var seen = ""
-        for _ in 0..<100 where seen != "service-2" {
-            seen = try fs.readText("billing/production/C")
-            if seen != "service-2" { usleep(20_000) }
-        }
-        #expect(seen == "service-2", "the scope's file was not watched")
+        #expect(try fs.readText("billing/production/C", until: "service-2", within: 2) == "service-2",
+                "the scope's file was not watched")
     }
 
     @Test("JSON and YAML inner formats")

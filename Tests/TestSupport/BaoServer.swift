@@ -102,14 +102,10 @@ public final class BaoServer: @unchecked Sendable {
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, like a hung backend.
-    public func pause() {
-        if let process, process.isRunning { kill(process.processIdentifier, SIGSTOP) }
-    }
+    public func pause() { signalServer(process, SIGSTOP) }
 
     /// Lets a paused server run again (SIGCONT).
-    public func resume() {
-        if let process, process.isRunning { kill(process.processIdentifier, SIGCONT) }
-    }
+    public func resume() { signalServer(process, SIGCONT) }
 
     public func stop() {
         guard let process, process.isRunning else { return }

@@ -110,6 +110,19 @@ public final class MountedSecretsFS: @unchecked Sendable {
         String(decoding: try read(relative, timeout: timeout), as: UTF8.self)
     }
 
+    /// Reads `relative` until it holds `expected` or `seconds` pass; returns the last text read.
+    public func readText(_ relative: String, until expected: String, within seconds: Double, every pause: Double = 0.02)
+        throws -> String
+    {
+        let deadline = Date().addingTimeInterval(seconds)
+        var text = try readText(relative)
+        while text != expected && Date() < deadline {
+            usleep(useconds_t(pause * 1_000_000))
+            text = try readText(relative)
+        }
+        return text
+    }
+
     /// Lists a directory with a timeout.
     public func list(_ relative: String, timeout: Double = 10) throws -> [String] {
         let full = path(relative)

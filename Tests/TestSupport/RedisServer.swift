@@ -116,14 +116,10 @@ public final class RedisServer: @unchecked Sendable {
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, like a hung backend.
-    public func pause() {
-        if let process, process.isRunning { kill(process.processIdentifier, SIGSTOP) }
-    }
+    public func pause() { signalServer(process, SIGSTOP) }
 
     /// Lets a paused server run again (SIGCONT).
-    public func resume() {
-        if let process, process.isRunning { kill(process.processIdentifier, SIGCONT) }
-    }
+    public func resume() { signalServer(process, SIGCONT) }
 
     /// Stops the server: SHUTDOWN NOSAVE (a child of the test process may have SIGTERM blocked), then SIGKILL by
     /// PID if it is still there.

@@ -141,3 +141,9 @@ public func secretsfsBinary() throws -> String {
     }
     return path
 }
+
+/// Sends `signal` to a server process started by a test harness, if it is still running (SIGSTOP pauses it like a
+/// hung backend, SIGCONT lets it go on).
+public func signalServer(_ process: Process?, _ signal: Int32) {
+    if let process, process.isRunning { kill(process.processIdentifier, signal) }
+}

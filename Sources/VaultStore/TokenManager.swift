@@ -18,12 +18,16 @@ final class TokenManager: Sendable {
     let store: String
     let logger: Logger
     let clock: @Sendable () -> Double
+    private let environment: [String: String]
     private let state: Mutex<State>
     /// Serializes logins and renewals so concurrent readers do not each log in.
     private let loginLock: Mutex<Void>
 
     init(settings: VaultSettings, http: HTTPClient, store: String, logger: Logger,
+         environment: [String: String] = ProcessInfo.processInfo.environment,
          clock: @escaping @Sendable () -> Double = FileSystemCore.monotonicSeconds) {
+        // Only what token auth may read: VAULT_TOKEN / BAO_TOKEN and HOME (for ~/.vault-token).
+        self.environment = environment.filter { ["VAULT_TOKEN", "BAO_TOKEN", "HOME"].contains($0.key) }
         self.settings = settings
         self.http = http
         self.store = store
@@ -134,7 +138,6 @@ final class TokenManager: Sendable {
         if let file {
             return try Self.secretText(file, what: "token_file")
         }
-        let environment = ProcessInfo.processInfo.environment
         if let token = environment["VAULT_TOKEN"] ?? environment["BAO_TOKEN"], !token.isEmpty { return token }
         let home = environment["HOME"] ?? "/root"
         let path = home + "/.vault-token"

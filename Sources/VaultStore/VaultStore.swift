@@ -24,12 +24,16 @@ public final class VaultStore: SecretStore {
     private let detectedVersion: Mutex<VaultSettings.KVVersion?>
     private let envListing: Mutex<[String: (envs: Set<String>, at: Double)]>
 
-    public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
+    /// `environment` supplies VAULT_ADDR, VAULT_TOKEN and the other defaults (the process's own by default).
+    public init(
+        config: StoreConfig, logger: Logger, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(LocatedError) {
         name = config.name
-        settings = try VaultSettings(config: config)
+        settings = try VaultSettings(config: config, environment: environment)
         self.logger = logger
         http = HTTPClient(settings: .init(timeout: settings.timeout, caFile: settings.caCert, skipVerify: settings.skipVerify))
-        tokens = TokenManager(settings: settings, http: http, store: config.name, logger: logger)
+        tokens = TokenManager(
+            settings: settings, http: http, store: config.name, logger: logger, environment: environment)
         detectedVersion = Mutex(settings.kvVersion == .auto ? nil : settings.kvVersion)
         envListing = Mutex([:])
         if settings.skipVerify {

@@ -11,6 +11,20 @@ import TestSupport
 struct RESPTests {
     let parser = RESPParser()
 
+    @Test("settings: url from REDIS_URL, else redis://127.0.0.1:6379/0; the config wins; prefix and timeout defaults")
+    func environmentDefaults() throws {
+        let bare = try #require(try Config.parse(text: "[stores.r]\ntype = \"redis\"\n", file: "c.toml").stores.first)
+        let fromEnvironment = try RedisStoreSettings(config: bare, environment: ["REDIS_URL": "redis://cache:6380/3"])
+        #expect(fromEnvironment.settings.endpoint.description == "redis://cache:6380/3")
+        let fallback = try RedisStoreSettings(config: bare, environment: [:])
+        #expect(fallback.settings.endpoint.description == "redis://127.0.0.1:6379/0")
+        #expect(fallback.prefix == "DYNACONF" && fallback.settings.timeout == 2)
+        let configured = try #require(try Config.parse(
+            text: "[stores.r]\ntype = \"redis\"\nurl = \"redis://mine:1/1\"\n", file: "c.toml").stores.first)
+        let mine = try RedisStoreSettings(config: configured, environment: ["REDIS_URL": "redis://cache:6380/3"])
+        #expect(mine.settings.endpoint.description == "redis://mine:1/1")
+    }
+
     func parse(_ text: String) throws -> RESPValue? {
         try parser.parse(Array(text.utf8), from: 0)?.0
     }

@@ -251,6 +251,45 @@ struct VaultStoreTests {
         #expect(!"\(hung.map { "\($0)" } ?? "")".contains("root"))
     }
 
+    @Test("token sources after token_file: VAULT_TOKEN, BAO_TOKEN, ~/.vault-token; none is a clear EACCES")
+    func tokenSources() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("from-env-token")])
+        let home = try TemporaryDirectory()
+        defer { home.remove() }
+        let empty = try TemporaryDirectory()
+        defer { empty.remove() }
+        _ = try home.write(".vault-token", "root\n")
+        // No address in the config: VAULT_ADDR, else BAO_ADDR.
+        let config = try Config.parse(text: "[stores.v]\ntype = \"vault\"\n", file: "c.toml")
+        let storeConfig = try #require(config.stores.first)
+        for environment in [
+            ["VAULT_ADDR": server.address, "VAULT_TOKEN": "root", "HOME": empty.path],
+            ["BAO_ADDR": server.address, "BAO_TOKEN": "root", "HOME": empty.path],
+            ["VAULT_ADDR": server.address, "HOME": home.path],
+        ] {
+            let store = try VaultStore(config: storeConfig, logger: Logger(label: "test"), environment: environment)
+            defer { store.close() }
+            #expect(store.settings.address == server.address)
+            #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("from-env-token"),
+                    "\(environment.keys.sorted())")
+        }
+        let none = try VaultStore(
+            config: storeConfig, logger: Logger(label: "test"), environment: ["VAULT_ADDR": server.address, "HOME": empty.path])
+        defer { none.close() }
+        let error = #expect(throws: SecretsError.self) {
+            try none.value(of: "PASSWORD", layers: ["production"], at: nil)
+        }
+        #expect(error?.code == .permissionDenied)
+        #expect(error.map { SecretsError.errno(for: $0) } == EACCES)
+        #expect("\(error.map { "\($0)" } ?? "")".contains("VAULT_TOKEN"))
+        // A config without an address and none in the environment names the key to set.
+        #expect(throws: LocatedError.self) {
+            try VaultStore(config: storeConfig, logger: Logger(label: "test"), environment: [:])
+        }
+    }
+
     @Test("a sealed server answers 503: store unavailable (EIO), naming the status, never the token")
     func sealed() throws {
         let server = try BaoServer()
@@ -344,6 +383,31 @@ struct VaultStoreTests {
 
 @Suite("Vault request building (no server)")
 struct VaultRequestTests {
+    @Test("settings: namespace, CA file and skip-verify default from VAULT_* (then BAO_*); the config wins")
+    func environmentDefaults() throws {
+        let bare = try #require(try Config.parse(text: "[stores.v]\ntype = \"vault\"\n", file: "/etc/s/c.toml").stores.first)
+        let vault = try VaultSettings(config: bare, environment: [
+            "VAULT_ADDR": "https://vault.internal:8200/", "VAULT_NAMESPACE": "team", "VAULT_CACERT": "/etc/ca.pem",
+            "VAULT_SKIP_VERIFY": "1",
+        ])
+        #expect(vault.address == "https://vault.internal:8200")
+        #expect(vault.namespace == "team" && vault.caCert == "/etc/ca.pem" && vault.skipVerify)
+        #expect(vault.mount == "secret" && vault.path == "dynaconf" && vault.kvVersion == .auto && vault.timeout == 5)
+        let bao = try VaultSettings(config: bare, environment: [
+            "BAO_ADDR": "http://bao:8200", "BAO_NAMESPACE": "ops", "BAO_CACERT": "/etc/bao-ca.pem",
+        ])
+        #expect(bao.address == "http://bao:8200" && bao.namespace == "ops" && bao.caCert == "/etc/bao-ca.pem")
+        #expect(!bao.skipVerify)
+        let configured = try #require(try Config.parse(
+            text: "[stores.v]\ntype = \"vault\"\naddress = \"https://a:1\"\nnamespace = \"mine\"\nca_cert = \"ca.pem\"\n",
+            file: "/etc/s/c.toml").stores.first)
+        let mine = try VaultSettings(config: configured, environment: [
+            "VAULT_ADDR": "https://other:2", "VAULT_NAMESPACE": "team", "VAULT_CACERT": "/etc/ca.pem",
+        ])
+        #expect(mine.address == "https://a:1" && mine.namespace == "mine" && mine.caCert == "/etc/s/ca.pem")
+    }
+
+
     @Test("path segments are percent-encoded byte by byte; `/` separates, empty segments are dropped")
     func escaping() {
         #expect(VaultStore.escape("dynaconf/production") == "dynaconf/production")

@@ -4,18 +4,6 @@ import Logging
 import SecretsCore
 import Synchronization
 
-/// `type = "file"`: local files, age-encrypted (`.age`) or private plaintext (Dynaconf's `.secrets.toml`).
-public struct FileStoreFactory: StoreFactory {
-    public let type = "file"
-    let logger: Logger
-
-    public init(logger: Logger) { self.logger = logger }
-
-    public func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore {
-        try FileStore(config: config, logger: logger)
-    }
-}
-
 /// Settings of a file store, read from its `[stores.<name>]` table.
 public struct FileStoreSettings: Sendable {
     public var files: [String]
@@ -51,6 +39,7 @@ public struct FileStoreSettings: Sendable {
     }
 }
 
+/// `type = "file"`: local files, age-encrypted (`.age`) or private plaintext (Dynaconf's `.secrets.toml`).
 public final class FileStore: SecretStore {
     public let name: String
     public let settings: FileStoreSettings
@@ -83,11 +72,7 @@ public final class FileStore: SecretStore {
     /// The files behind a location: a chain element's path (relative to the config file's folder), else the
     /// configured files.
     func files(at location: String?) -> [String] {
-        location.map { [absolute($0)] } ?? settings.files
-    }
-
-    func absolute(_ path: String) -> String {
-        path.hasPrefix("/") ? path : settings.directory + "/" + path
+        location.map { [FileIO.absolute($0, in: settings.directory)] } ?? settings.files
     }
 
     public func envs(at location: String?) throws(SecretsError) -> [String] {
@@ -238,7 +223,9 @@ public final class FileStore: SecretStore {
 
     public func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool {
         var watched = settings.files
-        for path in locations.map(absolute) where !watched.contains(path) { watched.append(path) }
+        for path in locations.map({ FileIO.absolute($0, in: settings.directory) }) where !watched.contains(path) {
+            watched.append(path)
+        }
         guard let created = FileWatcher(paths: watched, logger: logger, onChange: onChange) else { return false }
         watcher.withLock { $0 = created }
         return true

@@ -4,18 +4,7 @@ import RedisClient
 import SecretsCore
 import Synchronization
 
-/// `type = "redis"`: Dynaconf's Redis layout, one hash `<PREFIX>_<ENV>` per env.
-public struct RedisStoreFactory: StoreFactory {
-    public let type = "redis"
-    let logger: Logger
-
-    public init(logger: Logger) { self.logger = logger }
-
-    public func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore {
-        try RedisStore(config: config, logger: logger)
-    }
-}
-
+/// Settings of a Redis store, read from its `[stores.<name>]` table.
 public struct RedisStoreSettings: Sendable {
     public var settings: RedisSettings
     public var prefix: String
@@ -52,6 +41,7 @@ public struct RedisStoreSettings: Sendable {
     }
 }
 
+/// `type = "redis"`: Dynaconf's Redis layout, one hash `<PREFIX>_<ENV>` per env.
 public final class RedisStore: SecretStore {
     public let name: String
     public let configuration: RedisStoreSettings

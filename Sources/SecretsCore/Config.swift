@@ -244,9 +244,7 @@ public struct ConfigSection: Sendable {
         try string(key).map(absolutePath)
     }
 
-    public func absolutePath(_ path: String) -> String {
-        path.hasPrefix("/") ? path : directory + "/" + path
-    }
+    public func absolutePath(_ path: String) -> String { FileIO.absolute(path, in: directory) }
 
     public func bool(_ key: String) throws(LocatedError) -> Bool? {
         switch values[key] {

@@ -2,6 +2,11 @@ import Glibc
 
 /// Small POSIX file helpers. Errors name the path and the system's reason, never the content.
 public enum FileIO {
+    /// `path` itself when absolute, else taken relative to `directory`.
+    public static func absolute(_ path: String, in directory: String) -> String {
+        path.hasPrefix("/") ? path : directory + "/" + path
+    }
+
     public struct Status: Sendable, Equatable {
         public var device: UInt64
         public var inode: UInt64

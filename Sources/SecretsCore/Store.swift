@@ -53,9 +53,3 @@ extension SecretStore {
         return nil
     }
 }
-
-/// Builds a store from its `[stores.<name>]` table; one per backend type.
-public protocol StoreFactory: Sendable {
-    var type: String { get }
-    func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore
-}

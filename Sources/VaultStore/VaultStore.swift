@@ -4,17 +4,6 @@ import SecretsCore
 import Synchronization
 
 /// `type = "vault"`: KV v1 or v2 in Dynaconf's layout, env `<env>` at `<mount>/<path>/<env>`.
-public struct VaultStoreFactory: StoreFactory {
-    public let type = "vault"
-    let logger: Logger
-
-    public init(logger: Logger) { self.logger = logger }
-
-    public func makeStore(_ config: StoreConfig) throws(LocatedError) -> any SecretStore {
-        try VaultStore(config: config, logger: logger)
-    }
-}
-
 public final class VaultStore: SecretStore {
     public let name: String
     public let settings: VaultSettings

@@ -3,12 +3,21 @@ import Foundation
 /// What the Redis and Vault benches share: mount a config with the built daemon, time a fresh file at 1 and 4
 /// threads, and run a Python comparison script.
 enum FreshBench {
-    /// Mounts `configText` (its `[mount] path` must be `mountpoint`), runs `body` with the daemon up, then stops it.
-    static func withMount(binary: String, root: String, name: String, configText: String, probe: String,
-                          _ body: () -> Void) {
+    /// Mounts one store `name` (its `[stores.<name>]` keys in `storeKeys`) with PASSWORD fresh, runs `body` with the
+    /// path of that fresh file while the daemon is up, then stops it.
+    static func withMount(binary: String, root: String, name: String, storeKeys: String, _ body: (String) -> Void) {
         let mountpoint = root + "/mnt-" + name
         try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let config = root + "/\(name).toml"
+        let configText = """
+            [mount]
+            path = "\(mountpoint)"
+            [cache]
+            fresh = ["PASSWORD"]
+            [stores.\(name)]
+            type = "\(name)"
+            \(storeKeys)
+            """
         try? configText.write(toFile: config, atomically: true, encoding: .utf8)
         let daemon = Process()
         daemon.executableURL = URL(fileURLWithPath: binary)
@@ -20,8 +29,9 @@ enum FreshBench {
             daemon.waitUntilExit()
             if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
         }
-        for _ in 0..<500 where access(mountpoint + "/" + probe, R_OK) != 0 { usleep(10_000) }
-        body()
+        let path = mountpoint + "/\(name)/production/PASSWORD"
+        for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
+        body(path)
     }
 
     /// The raw round trip and fresh reads on one thread, measured in alternating slices so that both see the same

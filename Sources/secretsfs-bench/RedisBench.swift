@@ -44,19 +44,7 @@ enum RedisBench {
             return nanoseconds() - begin
         }
 
-        let mountpoint = root + "/mnt-redis"
-        let configText = """
-            [mount]
-            path = "\(mountpoint)"
-            [cache]
-            fresh = ["PASSWORD"]
-            [stores.redis]
-            type = "redis"
-            url = "redis://127.0.0.1:\(port)/0"
-            """
-        let path = mountpoint + "/redis/production/PASSWORD"
-        FreshBench.withMount(binary: binary, root: root, name: "redis", configText: configText,
-                             probe: "redis/production/PASSWORD") {
+        FreshBench.withMount(binary: binary, root: root, name: "redis", storeKeys: "url = \"redis://127.0.0.1:\(port)/0\"") { path in
             guard let (raw, one, four) = FreshBench.measureFresh(
                 "redis", path: path, seconds: seconds, raw: "raw HGET round trip, 1 connection", rawTrip: rawTrip)
             else { return }

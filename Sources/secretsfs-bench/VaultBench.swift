@@ -41,23 +41,11 @@ enum VaultBench {
         let probe = VaultProbe(address: address, token: "root", path: "/v1/secret/data/dynaconf/production")
         print("vault (fresh key, every open asks the server):")
 
-        let mountpoint = root + "/mnt-vault"
         let tokenFile = root + "/vault-token"
         try? "root\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
         chmod(tokenFile, 0o600)
-        let configText = """
-            [mount]
-            path = "\(mountpoint)"
-            [cache]
-            fresh = ["PASSWORD"]
-            [stores.vault]
-            type = "vault"
-            address = "\(address)"
-            token_file = "\(tokenFile)"
-            """
-        let path = mountpoint + "/vault/production/PASSWORD"
-        FreshBench.withMount(binary: binary, root: root, name: "vault", configText: configText,
-                             probe: "vault/production/PASSWORD") {
+        let storeKeys = "address = \"\(address)\"\ntoken_file = \"\(tokenFile)\""
+        FreshBench.withMount(binary: binary, root: root, name: "vault", storeKeys: storeKeys) { path in
             guard let (raw, _, _) = FreshBench.measureFresh(
                 "vault", path: path, seconds: seconds, raw: "raw libcurl keep-alive GET round trip",
                 rawTrip: probe.roundTrip)

@@ -37,25 +37,27 @@ enum Runtime {
         }
     }
 
-    static func factories(logger: Logger) -> [String: any StoreFactory] {
-        let all: [any StoreFactory] = [
-            FileStoreFactory(logger: logger), RedisStoreFactory(logger: logger), VaultStoreFactory(logger: logger),
+    /// How each store `type` is built from its `[stores.<name>]` table (each store reads its own keys).
+    static func storeMakers(logger: Logger) -> [String: (StoreConfig) throws(LocatedError) -> any SecretStore] {
+        [
+            "file": { config throws(LocatedError) in try FileStore(config: config, logger: logger) },
+            "redis": { config throws(LocatedError) in try RedisStore(config: config, logger: logger) },
+            "vault": { config throws(LocatedError) in try VaultStore(config: config, logger: logger) },
         ]
-        return Dictionary(uniqueKeysWithValues: all.map { ($0.type, $0) })
     }
 
     /// Builds every store; an unknown type or bad backend key exits 2 with its location.
     static func buildStores(_ config: Config, logger: Logger) throws -> [String: any SecretStore] {
-        let factories = factories(logger: logger)
+        let makers = storeMakers(logger: logger)
         var stores: [String: any SecretStore] = [:]
         for storeConfig in config.stores {
-            guard let factory = factories[storeConfig.type] else {
-                let known = factories.keys.sorted().joined(separator: ", ")
+            guard let make = makers[storeConfig.type] else {
+                let known = makers.keys.sorted().joined(separator: ", ")
                 printError("\(storeConfig.section.error("type", "unknown store type '\(storeConfig.type)' (known: \(known))"))")
                 throw ExitCode(ExitStatus.invalidConfig.rawValue)
             }
             do {
-                stores[storeConfig.name] = try factory.makeStore(storeConfig)
+                stores[storeConfig.name] = try make(storeConfig)
             } catch {
                 printError("\(error)")
                 throw ExitCode(ExitStatus.invalidConfig.rawValue)

@@ -25,6 +25,8 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // C edge for TLS: only RedisClient imports this module.
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // C edge for the supervisor's Linux calls (signalfd, memfd) that Glibc's module lacks.
+        .systemLibrary(name: "CLinux"),
         // Pure Swift core: values, errors, config, resolver, cache, inode table, store protocol.
         .target(
             name: "SecretsCore",
@@ -81,8 +83,9 @@ let package = Package(
         .executableTarget(
             name: "secretsfs",
             dependencies: [
-                "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "FuseBridge",
+                "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "FuseBridge", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

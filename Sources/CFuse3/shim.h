@@ -27,6 +27,17 @@ static inline struct fuse_session *secretsfs_session_new(struct fuse_args *args,
     return fuse_session_new(args, ops, sizeof(*ops), userdata);
 }
 
+// Feeds one raw request (the FUSE_INIT the supervisor read and kept) to a session, as if read from its device.
+static inline void secretsfs_process_raw(struct fuse_session *se, const void *mem, size_t size) {
+    struct fuse_buf buf;
+    buf.size = size;
+    buf.flags = (enum fuse_buf_flags)0;
+    buf.mem = (void *)mem;
+    buf.fd = -1;
+    buf.pos = 0;
+    fuse_session_process_buf(se, &buf);
+}
+
 // Capability bits are macros too.
 static inline unsigned int secretsfs_cap_auto_inval_data(void) { return FUSE_CAP_AUTO_INVAL_DATA; }
 static inline unsigned int secretsfs_cap_export_support(void) { return FUSE_CAP_EXPORT_SUPPORT; }

@@ -99,11 +99,7 @@ enum FuseOperations {
             let context = FuseOperations.context(req)
             do {
                 // One listing per open directory handle, so paging through it sees one consistent snapshot.
-                let entries = try context.core.list(ino)
-                let parent = context.core.parent(of: ino)
-                let all =
-                    [DirectoryEntry(name: ".", inode: ino, isDirectory: true),
-                     DirectoryEntry(name: "..", inode: parent, isDirectory: true)] + entries
+                let all = try FuseOperations.listing(context, ino)
                 let handle = context.directoryHandles.withLock { state -> UInt64 in
                     let handle = state.next
                     state.next += 1
@@ -116,13 +112,22 @@ enum FuseOperations {
                 fuse_reply_err(req, SecretsError.errno(for: error))
             }
         }
-        ops.readdir = { req, _, size, offset, fi in
+        ops.readdir = { req, ino, size, offset, fi in
             guard let req, let fi else { return }
             let context = FuseOperations.context(req)
             let handle = fi.pointee.fh
-            guard let entries = context.directoryHandles.withLock({ $0.open[handle] }) else {
-                fuse_reply_err(req, EBADF)
-                return
+            let entries: [DirectoryEntry]
+            if let kept = context.directoryHandles.withLock({ $0.open[handle] }) {
+                entries = kept
+            } else {
+                // A handle an earlier worker opened: list again and keep it under that handle.
+                do {
+                    entries = try FuseOperations.listing(context, ino)
+                } catch {
+                    fuse_reply_err(req, SecretsError.errno(for: error))
+                    return
+                }
+                context.directoryHandles.withLock { $0.open[handle] = entries }
             }
             var buffer = [CChar](repeating: 0, count: size)
             var used = 0
@@ -163,6 +168,15 @@ enum FuseOperations {
         ops.setxattr = { req, _, _, _, _, _ in if let req { fuse_reply_err(req, EROFS) } }
         ops.removexattr = { req, _, _ in if let req { fuse_reply_err(req, EROFS) } }
         return ops
+    }
+
+    static func listing(_ context: FuseContext, _ ino: UInt64) throws(SecretsError) -> [DirectoryEntry] {
+        let entries = try context.core.list(ino)
+        let parent = context.core.parent(of: ino)
+        return [
+            DirectoryEntry(name: ".", inode: ino, isDirectory: true),
+            DirectoryEntry(name: "..", inode: parent, isDirectory: true),
+        ] + entries
     }
 
     static func context(_ req: fuse_req_t) -> FuseContext {

@@ -4,7 +4,8 @@ import Logging
 import SecretsCore
 import Synchronization
 
-/// Mounts a `FileSystemCore` with libfuse's low-level API and serves it until SIGINT or SIGTERM.
+/// Serves a `FileSystemCore` on a FUSE connection with libfuse's low-level API (a worker's job; `FuseMount` is the
+/// supervisor's).
 ///
 /// This module only translates: inode numbers, replies and errno. Every decision is the core's.
 public final class FuseServer: Sendable {
@@ -22,13 +23,17 @@ public final class FuseServer: Sendable {
         return options.joined(separator: ",")
     }
 
-    /// Mounts, serves until a signal, unmounts. Calls `ready` once the mount is in place.
-    public func run(ready: @Sendable () -> Void = {}) throws(SecretsError) {
-        let mount = context.mount
-        try Self.prepareMountpoint(mount.path, logger: context.logger)
-
-        let argv = ["secretsfs", "-o", Self.mountOptions(mount)]
-        // fuse_args.argv must live in allocated memory for the whole session.
+    /// Serves a connection another process mounted: `fd` is the supervisor's `/dev/fuse` open file (shared, not a
+    /// clone), `initRequest` the FUSE_INIT the kernel sent once. libfuse is given that request as if it had read it,
+    /// so its session is initialized exactly as the first time; only the first worker's reply reaches the kernel, a
+    /// later one gets ENOENT, which libfuse ignores. Then every request an earlier worker had read but not answered
+    /// is put back in the queue (FUSE_NOTIFY_RESEND), and on a reload every cached name is looked up again
+    /// (FUSE_NOTIFY_INC_EPOCH). Returns when the connection ends.
+    public func serve(fd: Int32, initRequest: [UInt8], reload: Bool, serving: @Sendable () -> Void) throws(SecretsError) {
+        guard FuseProtocol.opcode(of: initRequest) == FuseProtocol.initOpcode else {
+            throw SecretsError(.invalidData, "the handed-over first request is not FUSE_INIT")
+        }
+        let argv = ["secretsfs"]
         let cArgv = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: argv.count + 1)
         for (index, argument) in argv.enumerated() { cArgv[index] = strdup(argument) }
         cArgv[argv.count] = nil
@@ -39,45 +44,41 @@ public final class FuseServer: Sendable {
         var args = fuse_args(argc: Int32(argv.count), argv: cArgv, allocated: 0)
         defer { fuse_opt_free_args(&args) }
 
-        var ops = FuseOperations.table(noOpen: mount.noOpen)
+        var ops = FuseOperations.table(noOpen: context.mount.noOpen)
         let userdata = Unmanaged.passRetained(context).toOpaque()
         guard let session = secretsfs_session_new(&args, &ops, userdata) else {
             Unmanaged<FuseContext>.fromOpaque(userdata).release()
-            throw SecretsError(.io, "fuse_session_new failed (bad mount options?)")
+            throw SecretsError(.io, "fuse_session_new failed")
         }
         context.session.withLock { $0 = SessionPointer(raw: session) }
         defer {
             context.core.setNotifier(nil)
             context.session.withLock { $0 = nil }
-            fuse_session_destroy(session)
             Unmanaged<FuseContext>.fromOpaque(userdata).release()
         }
-        // libfuse only handles signals whose disposition is the default; a job started with `&` by a shell has
-        // SIGINT ignored, and SIGINT must still unmount cleanly.
-        // A parent may also have left them blocked (Foundation's Process does): unblock them.
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
-            signal(signalNumber, SIG_DFL)
-            sigaddset(&stopSignals, signalNumber)
+        // "/dev/fd/N" tells libfuse the connection is already mounted and open on N.
+        guard fuse_session_mount(session, "/dev/fd/\(fd)") == 0 else {
+            throw SecretsError(.io, "cannot take over the FUSE connection on fd \(fd)")
         }
-        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
-        guard fuse_set_signal_handlers(session) == 0 else {
-            throw SecretsError(.io, "cannot install signal handlers")
+        initRequest.withUnsafeBytes { buffer in
+            secretsfs_process_raw(session, buffer.baseAddress, buffer.count)
         }
-        defer { fuse_remove_signal_handlers(session) }
-        guard fuse_session_mount(session, mount.path) == 0 else {
-            throw SecretsError(.io, "cannot mount at \(mount.path) (see the message above; is /dev/fuse usable?)")
+        if let failure = FuseProtocol.notify(fd: fd, code: FuseProtocol.notifyResend) {
+            context.logger.warning(
+                "the kernel refused FUSE_NOTIFY_RESEND (needs Linux 6.9+): requests a dead worker had read stay unanswered",
+                metadata: ["errno": "\(failure)"])
         }
-        context.logger.info(
-            "mounted", metadata: ["path": "\(mount.path)", "options": "\(Self.mountOptions(mount))"])
+        if reload, let failure = FuseProtocol.notify(fd: fd, code: FuseProtocol.notifyIncEpoch) {
+            context.logger.info(
+                "the kernel refused FUSE_NOTIFY_INC_EPOCH (needs Linux 6.16+): names keep their timeouts after a reload",
+                metadata: ["errno": "\(failure)"])
+        }
         context.core.setNotifier(context)
-        ready()
+        serving()
         let status = secretsfs_session_loop_mt(session, 16)
         context.core.setNotifier(nil)
-        fuse_session_unmount(session)
-        context.logger.info("unmounted", metadata: ["path": "\(mount.path)", "loop_status": "\(status)"])
-        if status < 0 {
+        context.logger.info("connection ended", metadata: ["loop_status": "\(status)"])
+        if status < 0 && status != -ENODEV {
             throw SecretsError(.io, "FUSE session loop failed: \(FileIO.errnoText(-status))")
         }
     }
@@ -140,7 +141,8 @@ final class FuseContext: Sendable, KernelNotifier {
         self.mount = mount
         self.logger = logger
         self.session = Mutex(nil)
-        self.directoryHandles = Mutex((1, [:]))
+        // Handles of one worker never collide with those of an earlier worker the kernel may still hold.
+        self.directoryHandles = Mutex((UInt64.random(in: 1...UInt64(1 << 31)) << 32, [:]))
     }
 
     func invalidateEntry(parent: UInt64, name: String) {

@@ -15,6 +15,9 @@ public struct SecretsError: Error, CustomStringConvertible, Sendable {
         case invalidArgument = "invalid argument"
         case io = "I/O error"
         case unsupported = "unsupported"
+        /// A node issued before a worker switch whose value has changed since: the open that holds it must fail
+        /// rather than read another value.
+        case stale = "stale"
     }
 
     public var code: Code
@@ -42,6 +45,7 @@ public struct SecretsError: Error, CustomStringConvertible, Sendable {
         case .readOnly: return EROFS
         case .invalidArgument: return EINVAL
         case .unsupported: return ENOSYS
+        case .stale: return ESTALE
         // A backend that is slow, down or broken is an I/O error to the reader (what `cat` and friends expect);
         // the log says which.
         case .timeout, .storeUnavailable, .decryptionFailed, .insecureFile, .invalidConfig, .invalidData, .io:

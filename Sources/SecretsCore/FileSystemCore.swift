@@ -44,6 +44,23 @@ public protocol KernelNotifier: Sendable {
     func invalidateEntry(parent: UInt64, name: String)
 }
 
+/// Where a worker reports every node id it issues and every file node the kernel forgets, so that the next worker
+/// on the same connection knows them. Called before the reply that hands the id to the kernel.
+public protocol NodeJournal: Sendable {
+    func record(_ message: HandoverMessage)
+}
+
+/// What a worker needs to hand its nodes on: the journal and the keyed digest of a value.
+public struct Handover: Sendable {
+    public var journal: any NodeJournal
+    public var digest: @Sendable (SecretBytes) -> [UInt8]
+
+    public init(journal: any NodeJournal, digest: @escaping @Sendable (SecretBytes) -> [UInt8]) {
+        self.journal = journal
+        self.digest = digest
+    }
+}
+
 /// The filesystem without FUSE: inode table, cache policy and resolution. Pure Swift, unit-tested without a mount.
 ///
 /// Every file inode is an immutable snapshot of one value. When a key's value changes, the name is given a *new*
@@ -80,9 +97,21 @@ public final class FileSystemCore: Sendable {
     struct FileNode {
         var path: FilePath
         var parent: UInt64
-        var bytes: SecretBytes
+        /// Nil for a node inherited from an earlier worker until its value has been fetched again and matched.
+        var bytes: SecretBytes?
+        var size: Int
+        var digest: [UInt8]
         var modified: (seconds: Int, nanoseconds: Int)
         var lookups: UInt64
+        /// Issued by an earlier worker: its lookup count is unknown, so the first forget releases it.
+        var inherited: Bool
+
+        /// Whether this node holds `value`: by its bytes, or for an inherited node by the digest.
+        func holds(_ value: SecretBytes?, digest: (SecretBytes) -> [UInt8]) -> Bool {
+            guard let value else { return false }
+            if let bytes { return bytes == value }
+            return value.count == size && constantTimeEqual(digest(value), self.digest)
+        }
     }
 
     struct CacheEntry {
@@ -98,6 +127,7 @@ public final class FileSystemCore: Sendable {
         var current: [FilePath: UInt64] = [:]
         var cache: [FilePath: CacheEntry] = [:]
         var lastWarning: [String: Double] = [:]
+        var handover: Handover?
 
         mutating func allocate() -> UInt64 {
             defer { nextInode += 1 }
@@ -109,8 +139,11 @@ public final class FileSystemCore: Sendable {
             let inode = allocate()
             directoryInodes[kind] = inode
             directories[inode] = kind
+            handover?.journal.record(.node(kind.record(inode)))
             return inode
         }
+
+        func digest(_ bytes: SecretBytes) -> [UInt8] { handover?.digest(bytes) ?? [] }
     }
 
     public init(
@@ -129,6 +162,36 @@ public final class FileSystemCore: Sendable {
 
     public func setNotifier(_ notifier: (any KernelNotifier)?) {
         self.notifier.withLock { $0 = notifier }
+    }
+
+    /// Takes over the nodes earlier workers issued on this connection and reports every new one to `handover`.
+    /// Directory ids stay what they were (a container's bind mount holds one); file nodes come back without their
+    /// bytes, which are fetched again when the kernel reads them and served only if they match the digest.
+    public func adopt(_ records: [NodeRecord], nextInode: UInt64, handover: Handover) {
+        state.withLock { state in
+            state.handover = handover
+            for record in records {
+                switch record {
+                case .directory(let inode, let top, let env):
+                    let kind: DirectoryKind
+                    switch (top, env) {
+                    case (let top?, let env?): kind = .env(top: top, env: env)
+                    case (let top?, nil): kind = .top(top)
+                    default: kind = .root
+                    }
+                    if kind == .root && inode != Self.rootInode { continue }
+                    state.directories[inode] = kind
+                    state.directoryInodes[kind] = inode
+                case .file(let file):
+                    let path = FilePath(top: file.top, env: file.env, key: file.key)
+                    state.files[file.inode] = FileNode(
+                        path: path, parent: file.parent, bytes: nil, size: file.size, digest: file.digest,
+                        modified: (file.modifiedSeconds, file.modifiedNanoseconds), lookups: 1, inherited: true)
+                    if (state.current[path] ?? 0) < file.inode { state.current[path] = file.inode }
+                }
+            }
+            state.nextInode = max(state.nextInode, nextInode)
+        }
     }
 
     /// How long the kernel may keep a directory's name and attributes.
@@ -179,15 +242,22 @@ public final class FileSystemCore: Sendable {
         let (bytes, entryTimeout) = try value(for: path, fresh: fresh, now: now)
         // One lock hold decides the inode and its snapshot together.
         let (inode, node): (UInt64, FileNode) = state.withLock { state in
-            if let inode = state.current[path], var node = state.files[inode], node.bytes == bytes {
+            // An inherited node is never handed out again: its lookup count is unknown here, so only a node whose
+            // every lookup this worker counted can be reused without racing the kernel's forget of the old one.
+            if let inode = state.current[path], var node = state.files[inode], !node.inherited,
+                node.holds(bytes, digest: state.digest)
+            {
                 node.lookups += 1
                 state.files[inode] = node
                 return (inode, node)
             }
             let inode = state.allocate()
-            let node = FileNode(path: path, parent: parent, bytes: bytes, modified: Self.wallClock(), lookups: 1)
+            let node = FileNode(
+                path: path, parent: parent, bytes: bytes, size: bytes.count, digest: state.digest(bytes),
+                modified: Self.wallClock(), lookups: 1, inherited: false)
             state.files[inode] = node
             state.current[path] = inode
+            state.handover?.journal.record(.node(node.record(inode)))
             return (inode, node)
         }
         return EntryReply(
@@ -254,7 +324,7 @@ public final class FileSystemCore: Sendable {
 
     private func fileAttributes(_ inode: UInt64, _ node: FileNode) -> NodeAttributes {
         NodeAttributes(
-            inode: inode, isDirectory: false, size: node.bytes.count, mode: mount.fileMode, uid: mount.uid,
+            inode: inode, isDirectory: false, size: node.size, mode: mount.fileMode, uid: mount.uid,
             gid: mount.gid, modified: node.modified)
     }
 
@@ -263,18 +333,36 @@ public final class FileSystemCore: Sendable {
         state.withLock { state in
             guard var node = state.files[inode] else { return }
             node.lookups = node.lookups > count ? node.lookups - count : 0
-            if node.lookups == 0 {
+            // The kernel forgets a node when it evicts it, with its whole count; an inherited node's count is
+            // unknown here, so its first forget is taken as that one.
+            if node.lookups == 0 || node.inherited {
                 state.files.removeValue(forKey: inode)
                 if state.current[node.path] == inode { state.current.removeValue(forKey: node.path) }
+                state.handover?.journal.record(.removed(inode))
             } else {
                 state.files[inode] = node
             }
         }
     }
 
-    /// The snapshot an inode was created with.
+    /// The snapshot an inode was created with. A node inherited from an earlier worker is fetched again and served
+    /// only when it still holds the same value; otherwise the read fails with ESTALE (one open, one value).
     public func contents(_ inode: UInt64) throws(SecretsError) -> SecretBytes {
-        if let node = state.withLock({ $0.files[inode] }) { return node.bytes }
+        if let node = state.withLock({ $0.files[inode] }) {
+            if let bytes = node.bytes { return bytes }
+            let fresh = resolver.isFresh(top: node.path.top, key: node.path.key)
+            let (bytes, _) = try value(for: node.path, fresh: fresh, now: clock())
+            let matched = state.withLock { state -> Bool in
+                guard var current = state.files[inode], current.holds(bytes, digest: state.digest) else { return false }
+                current.bytes = bytes
+                state.files[inode] = current
+                return true
+            }
+            guard matched else {
+                throw SecretsError(.stale, "'\(node.path.top)/\(node.path.env)/\(node.path.key)' changed since it was opened")
+            }
+            return bytes
+        }
         if state.withLock({ $0.directories[inode] }) != nil { throw SecretsError(.unsupported, "is a directory") }
         throw SecretsError(.notFound, "unknown inode \(inode)")
     }
@@ -348,7 +436,10 @@ public final class FileSystemCore: Sendable {
     public func storeChanged(_ storeName: String) {
         let tops = resolver.tops.values.filter { top in top.chain.contains { $0.store.name == storeName } }
             .map(\.name)
-        let paths = state.withLock { state in state.cache.keys.filter { tops.contains($0.top) } }
+        // Cached keys, and the names an earlier worker handed out that the kernel may still hold.
+        let paths = state.withLock { state in
+            Set(state.cache.keys).union(state.files.values.filter(\.inherited).map(\.path)).filter { tops.contains($0.top) }
+        }
         var stale: [(parent: UInt64, name: String)] = []
         for path in paths {
             let resolved: SecretValue?
@@ -366,7 +457,9 @@ public final class FileSystemCore: Sendable {
                 } else {
                     state.cache.removeValue(forKey: path)
                 }
-                if let inode = state.current[path], let node = state.files[inode], node.bytes != bytes {
+                if let inode = state.current[path], let node = state.files[inode],
+                    !node.holds(bytes, digest: state.digest)
+                {
                     stale.append((node.parent, path.key))
                 }
             }
@@ -382,6 +475,8 @@ public final class FileSystemCore: Sendable {
 
     // MARK: - Clocks
 
+    public static func currentWallClock() -> (seconds: Int, nanoseconds: Int) { wallClock() }
+
     public static func monotonicSeconds() -> Double {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
@@ -393,4 +488,31 @@ public final class FileSystemCore: Sendable {
         clock_gettime(CLOCK_REALTIME, &now)
         return (Int(now.tv_sec), Int(now.tv_nsec))
     }
+}
+
+extension FileSystemCore.DirectoryKind {
+    func record(_ inode: UInt64) -> NodeRecord {
+        switch self {
+        case .root: return .directory(inode: inode, top: nil, env: nil)
+        case .top(let top): return .directory(inode: inode, top: top, env: nil)
+        case .env(let top, let env): return .directory(inode: inode, top: top, env: env)
+        }
+    }
+}
+
+extension FileSystemCore.FileNode {
+    func record(_ inode: UInt64) -> NodeRecord {
+        .file(
+            FileRecord(
+                inode: inode, parent: parent, top: path.top, env: path.env, key: path.key, size: size,
+                modifiedSeconds: modified.seconds, modifiedNanoseconds: modified.nanoseconds, digest: digest))
+    }
+}
+
+/// Compares two digests in time independent of where they differ.
+func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+    guard lhs.count == rhs.count else { return false }
+    var difference: UInt8 = 0
+    for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
+    return difference == 0
 }

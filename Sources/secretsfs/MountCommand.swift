@@ -7,10 +7,16 @@ struct MountCommand: ParsableCommand {
         commandName: "mount",
         abstract: "Mount the secrets filesystem and serve it in the foreground.",
         discussion: """
-            Mounts [mount] path (default /secrets) read-only and serves it until SIGINT or SIGTERM, then unmounts \
-            and exits 0. With auto_unmount (the default) a killed daemon leaves no dead mount behind. A store that \
-            fails (bad identity, tampered file) answers EIO for its own paths; the others keep serving. Under \
-            systemd (NOTIFY_SOCKET set, Type=notify) it reports READY=1 once the mount is in place.
+            Mounts [mount] path (default /secrets) read-only and keeps it served until SIGINT or SIGTERM, then \
+            unmounts and exits 0. This process (the supervisor) holds the FUSE connection and never opens a store; \
+            a worker process (`secretsfs worker`) serves it. A worker that dies is replaced at once on the same \
+            connection, so readers, bind mounts in containers included, see a pause, never ENOTCONN. \
+            SIGHUP (systemctl reload) starts a worker from the binary and config now on disk and retires the old \
+            one once the new one is ready; a config that does not parse keeps the old worker. SIGUSR2 re-executes \
+            the supervisor itself in place (same PID, same connection). With auto_unmount (the default) a killed \
+            supervisor leaves no dead mount behind. A store that fails (bad identity, tampered file) answers EIO \
+            for its own paths; the others keep serving. Under systemd (NOTIFY_SOCKET set, Type=notify) it reports \
+            READY=1 once a worker serves, RELOADING=1 and READY=1 around a reload, STOPPING=1 on stop.
             """
     )
 
@@ -19,37 +25,56 @@ struct MountCommand: ParsableCommand {
     @Option(name: .long, help: "Mount here instead of [mount] path.")
     var mountpoint: String?
 
+    @Option(name: .long, help: .hidden)
+    var resumeState: Int32?
+
     func run() throws {
+        // Before any thread exists: the supervisor reads its signals from a signalfd.
+        Supervisor.blockSignals()
         let logger = Runtime.bootstrapLogging(level: options.logLevel)
-        var config = try Runtime.loadConfig(options.config)
-        if let mountpoint { config.mount.path = mountpoint }
-        let stores = try Runtime.buildStores(config, logger: logger)
-        let resolver = try Runtime.resolver(config, stores: stores)
-        let core = FileSystemCore(config: config, resolver: resolver, logger: logger)
-        for name in resolver.topNames {
-            // Say early which stores are broken; they still get their directory and answer EIO.
-            do {
-                let envs = try resolver.envs(top: name)
-                logger.info("ready", metadata: ["store": "\(name)", "envs": "\(envs.count)"])
-            } catch {
-                logger.error("store failing; its paths answer EIO", metadata: ["store": "\(name)", "error": "\(error)"])
+        let supervisor: Supervisor
+        if let resumeState {
+            supervisor = try Self.orFail { () throws(SecretsError) in
+                try Supervisor.resume(memfd: resumeState, logger: logger)
             }
+        } else {
+            let text: String
+            do {
+                text = try FileIO.readText(options.config)
+            } catch {
+                printError("\(options.config): cannot read config: \(error)")
+                throw ExitCode(ExitStatus.invalidConfig.rawValue)
+            }
+            var config: Config
+            do {
+                config = try Config.parse(text: text, file: options.config)
+            } catch {
+                printError("\(error)")
+                throw ExitCode(ExitStatus.invalidConfig.rawValue)
+            }
+            if let mountpoint { config.mount.path = mountpoint }
+            let mount = config.mount
+            let (connection, initRequest) = try Self.orFail { () throws(SecretsError) in
+                try FuseMount.mount(mount, logger: logger)
+            }
+            var generator = SystemRandomNumberGenerator()
+            let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let state = Supervisor.State(
+                connection: connection, initRequest: initRequest, digestKey: key, configPath: options.config,
+                configText: text, noOpen: config.mount.noOpen, logLevel: options.logLevel)
+            supervisor = try Self.orFail { () throws(SecretsError) in try Supervisor(state: state, logger: logger) }
         }
-        for (name, store) in stores {
-            let pushes = store.watch(locations: config.scopeLocations(of: name)) { core.storeChanged(name) }
-            logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
-        }
-        defer { stores.values.forEach { $0.close() } }
-        let server = FuseServer(core: core, mount: config.mount, logger: logger)
-        let path = config.mount.path
+        let status = supervisor.run()
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    static func orFail<T>(_ body: () throws(SecretsError) -> T) throws -> T {
         do {
-            // Under systemd (Type=notify) units ordered after this one start once the mount is in place.
-            try server.run(ready: { SystemdNotify.send("READY=1\nSTATUS=serving \(path)") })
+            return try body()
         } catch {
             SystemdNotify.send("STATUS=failed: \(error)")
             printError("\(error)")
             throw ExitCode(ExitStatus.failure.rawValue)
         }
-        SystemdNotify.send("STOPPING=1")
     }
 }

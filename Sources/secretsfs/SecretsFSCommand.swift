@@ -15,7 +15,7 @@ struct SecretsFSCommand: ParsableCommand {
             3 store, env or key not found.
             """,
         subcommands: [
-            MountCommand.self, GetCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
+            MountCommand.self, WorkerCommand.self, GetCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
             DecryptCommand.self, EditCommand.self, SetCommand.self, WriteCommand.self,
         ]
     )

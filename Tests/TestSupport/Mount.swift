@@ -181,3 +181,26 @@ public final class MountedSecretsFS: @unchecked Sendable {
         _ = try? run(["fusermount3", "-u", "-z", mountpoint], timeout: 10)
     }
 }
+
+extension MountedSecretsFS {
+    /// The pid of the worker serving the mount now (a child of the supervisor running `secretsfs worker`).
+    public func workerPID() -> pid_t? {
+        let supervisor = process.processIdentifier
+        guard let children = try? String(contentsOfFile: "/proc/\(supervisor)/task/\(supervisor)/children", encoding: .utf8)
+        else { return nil }
+        for child in children.split(separator: " ").compactMap({ pid_t($0) }) {
+            let command = (try? String(contentsOfFile: "/proc/\(child)/cmdline", encoding: .utf8)) ?? ""
+            if command.split(separator: "\0").dropFirst().first == "worker" { return child }
+        }
+        return nil
+    }
+
+    /// Waits until a worker other than `old` serves the mount (its "serving" line is in the log `count` times).
+    public func waitForLog(_ text: String, count: Int = 1, within seconds: Double = 20) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while log.components(separatedBy: text).count - 1 < count {
+            guard Date() < deadline else { throw TestFailure.message("'\(text)' not logged \(count)x within \(seconds)s") }
+            usleep(10_000)
+        }
+    }
+}

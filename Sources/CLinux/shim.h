@@ -1,0 +1,23 @@
+#ifndef SECRETSFS_CLINUX_SHIM_H
+#define SECRETSFS_CLINUX_SHIM_H
+
+// Linux calls Glibc's Swift module does not carry: the supervisor's signalfd and its state memfd.
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <signal.h>
+
+static inline int secretsfs_signalfd(const sigset_t *mask) { return signalfd(-1, mask, SFD_CLOEXEC); }
+
+// The signal number of one `struct signalfd_siginfo` read from a signalfd.
+static inline unsigned int secretsfs_signalfd_signo(const void *info) {
+    return ((const struct signalfd_siginfo *)info)->ssi_signo;
+}
+
+static inline unsigned long secretsfs_signalfd_siginfo_size(void) { return sizeof(struct signalfd_siginfo); }
+
+static inline int secretsfs_memfd(const char *name) { return memfd_create(name, 0); }
+
+#endif

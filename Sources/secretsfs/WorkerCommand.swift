@@ -1,0 +1,110 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import FuseBridge
+import Logging
+import SecretsCore
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Serve a FUSE connection handed over by `secretsfs mount` (started by the supervisor, not by hand).",
+        discussion: """
+            The supervisor (`secretsfs mount`) starts this with the mounted /dev/fuse descriptor and a control \
+            socket. The worker reads the config the supervisor hands it, opens the stores, says it is ready, \
+            receives the node table of earlier workers, then serves the connection until it ends. It exits when \
+            the supervisor goes away. Exit status 2: the config it was handed is not valid.
+            """,
+        shouldDisplay: false
+    )
+
+    @Option(name: .long, help: "The mounted /dev/fuse descriptor, inherited from the supervisor.")
+    var fuseFd: Int32
+
+    @Option(name: .long, help: "The control socket to the supervisor, inherited.")
+    var controlFd: Int32
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() throws {
+        // Ctrl-C and SIGHUP are the supervisor's; a terminal's SIGINT must not take the worker down with it.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        var logger = Runtime.bootstrapLogging(level: logLevel)
+        logger[metadataKey: "worker"] = "\(getpid())"
+        let channel = ControlChannel(fd: controlFd)
+        guard case .message(.hello(let hello)) = channel.receive() else {
+            printError("no hello from a supervisor: the worker is started by `secretsfs mount`")
+            throw ExitCode(ExitStatus.failure.rawValue)
+        }
+        var config: Config
+        do {
+            config = try Config.parse(text: hello.configText, file: hello.configPath)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+        if config.mount.noOpen != hello.noOpen {
+            logger.warning("no_open is fixed for the life of the mount; keeping \(hello.noOpen)")
+        }
+        config.mount.noOpen = hello.noOpen
+        let stores = try Runtime.buildStores(config, logger: logger)
+        let resolver = try Runtime.resolver(config, stores: stores)
+        let core = FileSystemCore(config: config, resolver: resolver, logger: logger)
+        for name in resolver.topNames {
+            // Say early which stores are broken; they still get their directory and answer EIO.
+            do {
+                let envs = try resolver.envs(top: name)
+                logger.info("ready", metadata: ["store": "\(name)", "envs": "\(envs.count)"])
+            } catch {
+                logger.error("store failing; its paths answer EIO", metadata: ["store": "\(name)", "error": "\(error)"])
+            }
+        }
+        channel.send(.ready)
+        var records: [NodeRecord] = []
+        var nextInode = FileSystemCore.rootInode + 1
+        receiving: while true {
+            switch channel.receive() {
+            case .message(.node(let record)): records.append(record)
+            case .message(.go(let next)):
+                nextInode = next
+                break receiving
+            case .message: continue
+            case .empty, .closed:
+                logger.info("the supervisor retired this worker before it served")
+                throw ExitCode(ExitStatus.success.rawValue)
+            }
+        }
+        let key = SymmetricKey(data: hello.digestKey)
+        let digest: @Sendable (SecretBytes) -> [UInt8] = { bytes in
+            bytes.withUnsafeBytes { Array(HMAC<SHA256>.authenticationCode(for: $0, using: key)) }
+        }
+        core.adopt(records, nextInode: nextInode, handover: Handover(journal: channel, digest: digest))
+        logger.debug("took over the node table", metadata: ["nodes": "\(records.count)", "next": "\(nextInode)"])
+        for (name, store) in stores {
+            let pushes = store.watch(locations: config.scopeLocations(of: name)) { core.storeChanged(name) }
+            logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
+        }
+        defer { stores.values.forEach { $0.close() } }
+        // The supervisor going away ends the worker: nothing would restart it, and the mount goes with them.
+        let watcher = Thread { [logger] in
+            while true {
+                if case .closed = channel.receive() { break }
+            }
+            logger.error("the supervisor is gone; the worker stops")
+            _exit(ExitStatus.failure.rawValue)
+        }
+        watcher.start()
+        let server = FuseServer(core: core, mount: config.mount, logger: logger)
+        do {
+            try server.serve(fd: fuseFd, initRequest: hello.initRequest, reload: hello.reload) {
+                channel.send(.serving)
+            }
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.failure.rawValue)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import Glibc
+import Logging
+import SecretsCore
+import Synchronization
+import Testing
+
+/// Records what a worker's core reports, as the supervisor would.
+final class RecordingJournal: NodeJournal {
+    let table = Mutex(NodeTable())
+    let messages = Mutex<[HandoverMessage]>([])
+    func record(_ message: HandoverMessage) {
+        messages.withLock { $0.append(message) }
+        table.withLock { $0.apply(message) }
+    }
+}
+
+/// A stand-in keyed digest for unit tests (the worker uses HMAC-SHA256): the bytes reversed plus a key byte.
+let testDigest: @Sendable (SecretBytes) -> [UInt8] = { bytes in [0x5a] + bytes.copyBytes().reversed() }
+
+@Suite("worker handover")
+struct HandoverTests {
+    let store = FakeStore(name: "fake", envs: ["production": ["CACHED": .string("v1"), "FRESH_X": .string("f1")]])
+    let clock = FakeClock()
+
+    func core() throws -> FileSystemCore {
+        let config = try makeConfig(ttl: "60s", stale: "30s")
+        let resolver = try Resolver(config: config, stores: ["fake": store])
+        return FileSystemCore(config: config, resolver: resolver, logger: Logger(label: "test"), clock: clock.function)
+    }
+
+    /// A first worker that has served the env directory and one file, and the table it reported.
+    func firstWorker() throws -> (FileSystemCore, RecordingJournal, env: UInt64, file: UInt64) {
+        let first = try core()
+        let journal = RecordingJournal()
+        first.adopt([], nextInode: 2, handover: Handover(journal: journal, digest: testDigest))
+        let top = try first.lookup(parent: FileSystemCore.rootInode, name: "fake").attributes.inode
+        let env = try first.lookup(parent: top, name: "production").attributes.inode
+        let file = try first.lookup(parent: env, name: "CACHED").attributes.inode
+        return (first, journal, env, file)
+    }
+
+    @Test("messages and tables survive encoding; truncated or padded input is an error, never a crash")
+    func codec() throws {
+        let hello = HandoverMessage.hello(
+            .init(
+                digestKey: [1, 2, 3], initRequest: Array(repeating: 7, count: 104), configPath: "/etc/c.toml",
+                configText: "[mount]\npath = \"/ü\"\n", reload: true, noOpen: false))
+        let file = NodeRecord.file(
+            FileRecord(
+                inode: 9, parent: 3, top: "local", env: "production", key: "A B/ü", size: 4, modifiedSeconds: -5,
+                modifiedNanoseconds: 999_999_999, digest: [9, 9]))
+        let messages: [HandoverMessage] = [
+            hello, .ready, .node(.directory(inode: 2, top: "local", env: nil)),
+            .node(.directory(inode: 3, top: "local", env: "production")), .node(file), .removed(9),
+            .go(nextInode: 10), .serving,
+        ]
+        for message in messages {
+            let bytes = message.encoded()
+            #expect(try HandoverMessage.decode(bytes) == message)
+            for cut in 0..<bytes.count {
+                #expect(throws: SecretsError.self) { try HandoverMessage.decode(Array(bytes[0..<cut])) }
+            }
+            #expect(throws: SecretsError.self) { try HandoverMessage.decode(bytes + [0]) }
+        }
+        var table = NodeTable()
+        for message in messages { table.apply(message) }
+        table.apply(.node(file))
+        #expect(table.highestInode == 9)
+        #expect(try NodeTable.decode(table.encoded()) == table)
+        #expect(table.records.map(\.inode) == [2, 3, 9])
+        table.apply(.removed(9))
+        table.apply(.removed(3))  // directories stay: a bind mount may hold one
+        #expect(table.records.map(\.inode) == [2, 3])
+        #expect(table.highestInode == 9, "ids are never reused on one connection")
+    }
+
+    @Test("a worker reports every id it issues before replying, and every file node the kernel forgets")
+    func journal() throws {
+        let (first, journal, env, file) = try firstWorker()
+        let table = journal.table.withLock { $0 }
+        #expect(table.records.map(\.inode) == [2, env, file])
+        guard case .file(let record)? = table.nodes[file] else {
+            Issue.record("no file record")
+            return
+        }
+        #expect(record.top == "fake" && record.env == "production" && record.key == "CACHED" && record.size == 2)
+        #expect(record.digest == testDigest(SecretBytes(string: "v1")), "the record carries a digest, not the value")
+        first.forget(file, count: 1)
+        #expect(journal.table.withLock { $0.nodes[file] } == nil)
+    }
+
+    @Test("a new worker keeps directory ids, serves old file ids whose value is unchanged, never reuses them")
+    func takeover() throws {
+        let (_, journal, env, file) = try firstWorker()
+        let table = journal.table.withLock { $0 }
+        let second = try core()
+        let secondJournal = RecordingJournal()
+        second.adopt(table.records, nextInode: table.highestInode + 1, handover: Handover(journal: secondJournal, digest: testDigest))
+        // The kernel asks about the ids it knows: a bind mount's directory, a file's attributes and pages.
+        #expect(second.isDirectory(env))
+        #expect(try second.attributes(file).0.size == 2)
+        #expect(try second.contents(file).copyBytes() == Array("v1".utf8))
+        let top = try second.lookup(parent: FileSystemCore.rootInode, name: "fake").attributes.inode
+        #expect(try second.lookup(parent: top, name: "production").attributes.inode == env)
+        // A new lookup of the same name gets a new id above every old one: the old id's count is unknown here.
+        let again = try second.lookup(parent: env, name: "CACHED").attributes.inode
+        #expect(again > table.highestInode)
+        // The kernel's forget of the old id, whatever its count, releases it.
+        second.forget(file, count: 3)
+        #expect(!second.isFile(file))
+        #expect(second.isFile(again))
+        #expect(secondJournal.messages.withLock { $0 }.contains(.removed(file)))
+    }
+
+    @Test("one open, one value: an old id whose value changed meanwhile fails with ESTALE, never reads the new one")
+    func staleAfterChange() throws {
+        let (_, journal, _, file) = try firstWorker()
+        let table = journal.table.withLock { $0 }
+        store.set("production", "CACHED", .string("v2"))
+        let second = try core()
+        second.adopt(table.records, nextInode: table.highestInode + 1, handover: Handover(journal: RecordingJournal(), digest: testDigest))
+        #expect(throws: SecretsError.self) { try second.contents(file) }
+        do {
+            _ = try second.contents(file)
+        } catch {
+            #expect(error.code == .stale && error.errno == ESTALE)
+            #expect(!error.description.contains("v2") && !error.description.contains("v1"))
+        }
+    }
+
+    @Test("a change notice after a takeover invalidates the old name when its value changed")
+    func invalidationOfInherited() throws {
+        let (_, journal, env, _) = try firstWorker()
+        let table = journal.table.withLock { $0 }
+        let second = try core()
+        second.adopt(table.records, nextInode: table.highestInode + 1, handover: Handover(journal: RecordingJournal(), digest: testDigest))
+        let notifier = RecordingNotifier()
+        second.setNotifier(notifier)
+        // The new worker has not read the key itself: the name the kernel holds is still watched.
+        store.set("production", "CACHED", .string("v3"))
+        second.storeChanged("fake")
+        #expect(notifier.invalidated.withLock { $0.map(\.1) } == ["CACHED"])
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+
+/// A simulated container: its own mount namespace (`unshare --mount`), one folder of the mount bound into it, and a
+/// non-root reader (`setpriv`, uid/gid 65534) that opens and reads files in a loop for a while, the way an
+/// application in a container would. It reports counts and errno names, never the values it read.
+public final class ContainerReader: @unchecked Sendable {
+    public struct Report: Sendable, Decodable {
+        /// Reads that returned one of the expected values.
+        public var ok: Int
+        /// Failed opens or reads, by errno name.
+        public var failures: [String: Int]
+        /// Reads that returned something not expected.
+        public var unexpected: Int
+        /// Per file, the indexes of the expected values in the order they were first seen (a rotation: [0, 1]).
+        public var seen: [String: [Int]]
+        /// The longest single open+read, in milliseconds.
+        public var longest_ms: Double
+    }
+
+    static let script = """
+        import errno, json, os, sys, time
+        root, spec_path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+        with open(spec_path) as f:
+            spec = json.load(f)
+        ok, unexpected, longest = 0, 0, 0.0
+        failures, seen = {}, {name: [] for name in spec}
+        print("started", flush=True)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for name, allowed in spec.items():
+                start = time.monotonic()
+                try:
+                    with open(os.path.join(root, name), "rb", buffering=0) as handle:
+                        text = handle.read().decode("utf-8", "replace")
+                    if text in allowed:
+                        ok += 1
+                        index = allowed.index(text)
+                        if index not in seen[name]:
+                            seen[name].append(index)
+                    else:
+                        unexpected += 1
+                except OSError as error:
+                    code = errno.errorcode.get(error.errno, str(error.errno))
+                    failures[code] = failures.get(code, 0) + 1
+                longest = max(longest, time.monotonic() - start)
+        print(json.dumps({"ok": ok, "failures": failures, "unexpected": unexpected, "seen": seen,
+                          "longest_ms": longest * 1000}), flush=True)
+        """
+
+    public let process: Process
+    let output: Pipe
+    let folder: String
+
+    /// Starts the reader: `source` (a folder in the mount) is bound at a private path inside a new mount namespace;
+    /// `files` maps a file name to the values it may hold, in the order they are expected to appear.
+    public init(source: String, files: [String: [String]], seconds: Double) throws {
+        folder = try TemporaryDirectory().path
+        chmod(folder, 0o755)
+        let spec = try JSONSerialization.data(withJSONObject: files)
+        try spec.write(to: URL(fileURLWithPath: folder + "/spec.json"))
+        try Data(Self.script.utf8).write(to: URL(fileURLWithPath: folder + "/reader.py"))
+        mkdir(folder + "/bind", 0o755)
+        for file in ["spec.json", "reader.py"] { chmod(folder + "/" + file, 0o644) }
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        process.arguments = [
+            "--mount", "--propagation", "private", "/bin/sh", "-c",
+            "mount --bind \"$1\" \"$2/bind\" && exec /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups "
+                + "/usr/bin/python3 \"$2/reader.py\" \"$2/bind\" \"$2/spec.json\" \"$3\"",
+            "container", source, folder, "\(seconds)",
+        ]
+        output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Wait until the bind is made and the loop runs.
+        let first = output.fileHandleForReading.availableData
+        guard String(decoding: first, as: UTF8.self).hasPrefix("started") else {
+            throw TestFailure.message("container reader did not start: \(String(decoding: first, as: UTF8.self))")
+        }
+    }
+
+    /// Waits for the loop to end (at most `timeout` seconds; then `onTimeout` runs, e.g. to abort the connection).
+    public func wait(timeout: Double, onTimeout: () -> Void) throws -> Report {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        if process.isRunning {
+            onTimeout()
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            throw TestFailure.message("the container's reader hung")
+        }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+        guard let report = try? JSONDecoder().decode(Report.self, from: Data(line.utf8)) else {
+            throw TestFailure.message("container reader failed (status \(process.terminationStatus))")
+        }
+        return report
+    }
+}

@@ -100,6 +100,8 @@ let package = Package(
             dependencies: ["SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "TestSupport"],
             swiftSettings: strict),
         .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "DeployTests", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -24,11 +24,14 @@ public enum HandoverMessage: Sendable, Equatable {
         public var reload: Bool
         /// Fixed at the first INIT (the kernel remembers an ENOSYS open per connection): every worker keeps it.
         public var noOpen: Bool
+        /// Where the connection is mounted (the config's path, or `--mountpoint`).
+        public var mountPath: String
 
         public init(
             digestKey: [UInt8], initRequest: [UInt8], configPath: String, configText: String, reload: Bool,
-            noOpen: Bool
+            noOpen: Bool, mountPath: String
         ) {
+            self.mountPath = mountPath
             self.digestKey = digestKey
             self.initRequest = initRequest
             self.configPath = configPath
@@ -49,6 +52,7 @@ public enum HandoverMessage: Sendable, Equatable {
             writer.string(hello.configText)
             writer.byte(hello.reload ? 1 : 0)
             writer.byte(hello.noOpen ? 1 : 0)
+            writer.string(hello.mountPath)
         case .ready:
             writer.byte(2)
         case .node(let record):
@@ -77,10 +81,11 @@ public enum HandoverMessage: Sendable, Equatable {
             let text = try reader.string()
             let reload = try reader.byte() == 1
             let noOpen = try reader.byte() == 1
+            let mountPath = try reader.string()
             message = .hello(
                 Hello(
                     digestKey: key, initRequest: request, configPath: path, configText: text, reload: reload,
-                    noOpen: noOpen))
+                    noOpen: noOpen, mountPath: mountPath))
         case 2: message = .ready
         case 3: message = .node(try NodeRecord.decode(from: &reader))
         case 4: message = .removed(try reader.u64())

@@ -137,7 +137,7 @@ struct Bench {
         }
         let binary = arguments[1]
         let seconds = arguments.count > 2 ? Double(arguments[2]) ?? 2 : 2
-        // BENCH_ONLY=local|redis|vault runs one part (for working on one store); unset runs everything.
+        // BENCH_ONLY=local|failover|redis|vault runs one part (for working on one store); unset runs everything.
         let only = ProcessInfo.processInfo.environment["BENCH_ONLY"]
         func wanted(_ part: String) -> Bool { only == nil || only == part }
 
@@ -263,6 +263,14 @@ struct Bench {
             print("  ls -l (readdir + stat each), first        \(fmt(lsLongFirst, 1)) ms")
             print("  ls -l again (names cached by the kernel)  \(fmt(lsLongWarm, 1)) ms")
             print("  daemon RSS after ls -l                    \(rssKiB(pid) / 1024) MiB")
+            unmount(mounted)
+        }
+
+        if wanted("local") || wanted("failover"), let mounted = mount(noOpen: true) {
+            print("")
+            FailoverBench.run(
+                supervisor: mounted.process.processIdentifier,
+                path: mounted.mountpoint + "/local/production/FRESH_PASSWORD", seconds: seconds)
             unmount(mounted)
         }
 

@@ -93,7 +93,10 @@ struct WorkerCommand: ParsableCommand {
             while true {
                 if case .closed = channel.receive() { break }
             }
-            logger.error("the supervisor is gone; the worker stops")
+            // Unmount before leaving: left to fusermount3 (auto_unmount), the order in which the last holders close
+            // the connection and its socket decides whether it unmounts.
+            logger.error("the supervisor is gone; the worker unmounts and stops")
+            FuseMount(fd: -1, path: hello.mountPath).unmount()
             _exit(ExitStatus.failure.rawValue)
         }
         watcher.start()

@@ -44,7 +44,8 @@ struct HandoverTests {
         let hello = HandoverMessage.hello(
             .init(
                 digestKey: [1, 2, 3], initRequest: Array(repeating: 7, count: 104), configPath: "/etc/c.toml",
-                configText: "[mount]\npath = \"/ü\"\n", reload: true, noOpen: false))
+                configText: "[mount]\npath = \"/ü\"\n", reload: true, noOpen: false,
+                mountPath: "/secrets"))
         let file = NodeRecord.file(
             FileRecord(
                 inode: 9, parent: 3, top: "local", env: "production", key: "A B/ü", size: 4, modifiedSeconds: -5,

@@ -400,7 +400,7 @@ final class Supervisor {
         }
         let hello = HandoverMessage.Hello(
             digestKey: state.digestKey, initRequest: state.initRequest, configPath: state.configPath,
-            configText: configText, reload: reload, noOpen: state.noOpen)
+            configText: configText, reload: reload, noOpen: state.noOpen, mountPath: state.connection.path)
         mine.send(.hello(hello))
         logger.debug("worker started", metadata: ["worker": "\(pid)", "reload": "\(reload)"])
         return Worker(

@@ -14,6 +14,23 @@ struct CLITests {
         #expect(result.stdoutText.count > 300, "help for \(command) is too thin")
     }
 
+    @Test("mount's help documents reload, re-exec and failover; the internal worker command is hidden and refuses to run alone")
+    func supervisorHelp() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let help = try fixture.cli(["mount", "--help"]).stdoutText
+        for word in ["SIGHUP", "SIGUSR2", "worker", "ENOTCONN", "READY=1"] {
+            #expect(help.contains(word), "mount --help does not mention \(word)")
+        }
+        #expect(!help.contains("resume-state"))
+        #expect(!(try fixture.cli(["--help"]).stdoutText.contains("worker")))
+        #expect(try fixture.cli(["worker", "--help"]).stdoutText.contains("USAGE: secretsfs worker"))
+        // By hand, with no supervisor on the other end of the control socket: a clear error, not a hang.
+        let alone = try fixture.cli(["worker", "--fuse-fd", "3", "--control-fd", "0"])
+        #expect(alone.status == 1)
+        #expect(alone.stderr.contains("started by `secretsfs mount`"), "stderr: \(alone.stderr)")
+    }
+
     @Test("keygen, encrypt and decrypt interoperate with the age CLI")
     func keysAndAge() throws {
         let age = try requireTool("age")

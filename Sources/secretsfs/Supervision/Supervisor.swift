@@ -44,8 +44,9 @@ final class Supervisor {
     var exitStatus: Int32?
     let signalFD: Int32
     static let handledSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGCHLD]
-    /// A worker that served this long before dying is not counted as crashing in a loop.
-    static let healthyAfter = 30.0
+    /// A worker that served this long before dying is not counted as crashing in a loop (one that dies at start,
+    /// or on the first request it is given again and again, is).
+    static let healthyAfter = 2.0
 
     init(state: State, logger: Logger) throws(SecretsError) {
         self.state = state

@@ -127,6 +127,8 @@ public final class FileSystemCore: Sendable {
         var current: [FilePath: UInt64] = [:]
         var cache: [FilePath: CacheEntry] = [:]
         var lastWarning: [String: Double] = [:]
+        /// Store/env pairs already warned about for names that cannot be entries (one warning each).
+        var warnedNames: Set<String> = []
         var handover: Handover?
 
         mutating func allocate() -> UInt64 {
@@ -208,6 +210,7 @@ public final class FileSystemCore: Sendable {
             guard resolver.tops[name] != nil else { throw SecretsError(.notFound, "no store or scope '\(name)'") }
             return directoryEntry(.top(name))
         case .top(let top):
+            guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no env with such a name") }
             let env: String?
             do {
                 env = try resolver.canonicalEnv(top: top, env: name)
@@ -226,8 +229,28 @@ public final class FileSystemCore: Sendable {
             guard let env else { throw SecretsError(.notFound, "no env '\(name)' in '\(top)'") }
             return directoryEntry(.env(top: top, env: env))
         case .env(let top, let env):
+            guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no key with such a name") }
             return try fileEntry(FilePath(top: top, env: env, key: name), parent: parent)
         }
+    }
+
+    /// Leaves out the names that cannot be entries, with one warning per store and env (lengths and positions only).
+    private func usableNames(_ names: [String], top: String, env: String?) -> [String] {
+        var problems: [String] = []
+        let usable = names.filter { name in
+            guard let problem = EntryName.problem(name) else { return true }
+            problems.append(problem)
+            return false
+        }
+        guard !problems.isEmpty else { return usable }
+        let place = env.map { "\(top)/\($0)" } ?? top
+        let first = state.withLock { $0.warnedNames.insert(place).inserted }
+        if first {
+            logger.warning(
+                "left out names that cannot be files or folders: \(problems.joined(separator: "; "))",
+                metadata: ["store": "\(top)", "env": "\(env ?? "(env names)")", "count": "\(problems.count)"])
+        }
+        return usable
     }
 
     private func directoryEntry(_ kind: DirectoryKind) -> EntryReply {
@@ -390,7 +413,7 @@ public final class FileSystemCore: Sendable {
         case .top(let top):
             let envs: [String]
             do {
-                envs = try resolver.envs(top: top)
+                envs = usableNames(try resolver.envs(top: top), top: top, env: nil)
             } catch {
                 warn(top: top, "listing envs of '\(top)' failed: \(error)")
                 throw error
@@ -404,7 +427,7 @@ public final class FileSystemCore: Sendable {
         case .env(let top, let env):
             let keys: [String]
             do {
-                keys = try resolver.keys(top: top, env: env)
+                keys = usableNames(try resolver.keys(top: top, env: env), top: top, env: env)
             } catch {
                 warn(top: top, "listing '\(top)/\(env)' failed: \(error)")
                 throw error

@@ -137,9 +137,11 @@ enum Assignments {
             }
             values.append((assignment, text))
         }
-        for (key, _) in values where key.isEmpty || key.contains("/") {
-            printError("'\(key)' is not a usable key name")
-            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        for (key, _) in values {
+            if let problem = EntryName.problem(key) {
+                printError("a key must be usable as a file name; this one is \(problem)")
+                throw ExitCode(ExitStatus.invalidConfig.rawValue)
+            }
         }
         return values
     }

@@ -143,3 +143,35 @@ struct HandoverTests {
         #expect(notifier.invalidated.withLock { $0.map(\.1) } == ["CACHED"])
     }
 }
+
+@Suite("entry names")
+struct EntryNameTests {
+    @Test("one rule: not empty, not . or .., no / or NUL, at most 255 bytes; problems never quote the name")
+    func rule() {
+        #expect(EntryName.problem("PASSWORD") == nil)
+        #expect(EntryName.problem("päss wörd ✓") == nil)
+        #expect(EntryName.problem(String(repeating: "a", count: 255)) == nil)
+        #expect(EntryName.problem("") == "an empty name")
+        #expect(EntryName.problem(".") != nil && EntryName.problem("..") != nil && EntryName.problem("...") == nil)
+        #expect(EntryName.problem("secret/name") == "a name of 11 bytes with '/' at byte 7")
+        #expect(EntryName.problem("ab\u{0}c") == "a name of 4 bytes with NUL at byte 3")
+        #expect(EntryName.problem(String(repeating: "ü", count: 128)) == "a name of 256 bytes (at most 255)")
+    }
+
+    @Test("a listing leaves bad names out with one warning per store and env; lookups of them are ENOENT")
+    func listing() throws {
+        let store = FakeStore(
+            name: "fake", envs: ["production": ["a/b": .string("x"), "": .string("y"), "OK": .string("z")],
+                                 "bad/env": ["K": .string("k")]])
+        let config = try makeConfig()
+        let resolver = try Resolver(config: config, stores: ["fake": store])
+        let core = FileSystemCore(config: config, resolver: resolver, logger: Logger(label: "test"))
+        let top = try core.lookup(parent: FileSystemCore.rootInode, name: "fake").attributes.inode
+        #expect(try core.list(top).map(\.name) == ["default", "global", "production"])
+        let env = try core.lookup(parent: top, name: "production").attributes.inode
+        #expect(try core.list(env).map(\.name) == ["OK"])
+        #expect(try core.list(env).map(\.name) == ["OK"])
+        #expect(throws: SecretsError.self) { try core.lookup(parent: env, name: "") }
+        #expect(throws: SecretsError.self) { try core.lookup(parent: top, name: "bad/env") }
+    }
+}

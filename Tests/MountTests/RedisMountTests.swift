@@ -44,6 +44,30 @@ struct RedisMountTests {
         #expect(try fs.readText("redis/production/DB_HOST") == "db2")
     }
 
+    @Test("hostile key names (/, empty, . and .., 300 bytes) are left out with one warning; ls never fails")
+    func hostileNames() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let long = String(repeating: "K", count: 300)
+        try server.hset("DYNACONF_DEFAULT", [("a/b", "slash-value"), ("", "empty-value"), ("OK_DEFAULT", "d")])
+        try server.hset("DYNACONF_PRODUCTION", [(".", "dot-value"), ("..", "dotdot-value"), (long, "long-value"), ("PORT", "@int 1")])
+        try server.hset("DYNACONF_BAD/ENV", [("X", "x")])
+        let fs = try fixture.mount(config: try config(fixture, server: server))
+        #expect(try fs.list("redis") == ["default", "global", "production"])
+        #expect(try fs.list("redis/production") == ["OK_DEFAULT", "PORT"])
+        #expect(try fs.list("redis/default") == ["OK_DEFAULT"])
+        #expect(try fs.readText("redis/production/PORT") == "1")
+        #expect(throws: FSError(code: ENOENT)) { try fs.read("redis/production/a") }
+        _ = try fs.list("redis/production")
+        let warnings = fs.log.components(separatedBy: "left out names that cannot be files or folders").count - 1
+        #expect(warnings == 3, "one warning per store and env listed: env names, production, default")
+        #expect(fs.log.contains("with '/' at byte 2") && fs.log.contains("an empty name"))
+        #expect(fs.log.contains("a name of 300 bytes"))
+        for value in ["slash-value", "empty-value", "dot-value", "long-value"] { #expect(!fs.log.contains(value)) }
+    }
+
     @Test("a cached key shows an HSET within 100 ms through keyspace notifications")
     func pushed() throws {
         let server = try RedisServer()

@@ -47,6 +47,21 @@ struct VaultMountTests {
         #expect(!fs.log.contains("root"), "the token must not be logged")
     }
 
+    @Test("hostile key names from bao kv put (/, empty, ..) are left out with a warning; ls of the env works")
+    func hostileNames() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let body = #"{"data": {"a/b": "slash-value", "": "empty-value", "..": "dots-value", "PORT": 5432}}"#
+        #expect(try server.http("POST", "/v1/secret/data/dynaconf/production", body: body).status == 200)
+        let fs = try fixture.mount(config: try config(fixture, server: server))
+        #expect(try fs.list("vault/production") == ["PORT"])
+        #expect(try fs.readText("vault/production/PORT") == "5432")
+        #expect(fs.log.contains("left out names that cannot be files or folders"))
+        for value in ["slash-value", "empty-value", "dots-value"] { #expect(!fs.log.contains(value)) }
+    }
+
     @Test("a cached key shows a change after ttl")
     func cachedAfterTTL() throws {
         let server = try BaoServer()

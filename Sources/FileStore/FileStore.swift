@@ -221,12 +221,16 @@ public final class FileStore: SecretStore {
 
     // MARK: Watching
 
-    public func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool {
-        var watched = settings.files
-        for path in locations.map({ FileIO.absolute($0, in: settings.directory) }) where !watched.contains(path) {
-            watched.append(path)
+    public func watch(locations: [String], _ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool {
+        // Each watched file and the location it is: the store's own files are nil, a scope's file its path.
+        var watched: [String: String?] = [:]
+        for file in settings.files { watched[file] = .some(nil) }
+        for location in locations {
+            let path = FileIO.absolute(location, in: settings.directory)
+            if watched[path] == nil { watched[path] = .some(location) }
         }
-        guard let created = FileWatcher(paths: watched, logger: logger, onChange: onChange) else { return false }
+        let created = FileWatcher(paths: watched, logger: logger, onChange: onChange)
+        guard let created else { return false }
         watcher.withLock { $0 = created }
         return true
     }
@@ -247,16 +251,17 @@ final class FileWatcher: Sendable {
     private let running: Mutex<Bool>
     private let done: Mutex<Bool>
 
-    init?(paths: [String], logger: Logger, onChange: @escaping @Sendable () -> Void) {
+    /// `paths`: each file to watch and the store location it is (nil: the store's own files).
+    init?(paths: [String: String?], logger: Logger, onChange: @escaping @Sendable ([StoreChange]) -> Void) {
         let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
         guard fd >= 0 else { return nil }
-        var watches: [Int32: Set<String>] = [:]
+        var watches: [Int32: [String: StoreChange]] = [:]
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB | IN_MOVED_FROM)
-        for path in paths {
+        for (path, location) in paths {
             let url = URL(fileURLWithPath: path)
             let directory = url.deletingLastPathComponent().path
             let wd = inotify_add_watch(fd, directory, mask)
-            if wd >= 0 { watches[wd, default: []].insert(url.lastPathComponent) }
+            if wd >= 0 { watches[wd, default: [:]][url.lastPathComponent] = .at(location: location, env: nil) }
         }
         guard !watches.isEmpty else {
             Glibc.close(fd)
@@ -274,16 +279,16 @@ final class FileWatcher: Sendable {
         logger.debug("watching secrets files with inotify", metadata: ["files": "\(paths.count)"])
     }
 
-    private func loop(names: [Int32: Set<String>], onChange: @escaping @Sendable () -> Void) {
+    private func loop(names: [Int32: [String: StoreChange]], onChange: @escaping @Sendable ([StoreChange]) -> Void) {
         var buffer = [UInt8](repeating: 0, count: 16384)
-        var pending = false
+        var pending: Set<StoreChange> = []
         while running.withLock({ $0 }) {
             var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&poller, 1, pending ? 50 : 200)
+            let ready = poll(&poller, 1, pending.isEmpty ? 200 : 50)
             if ready <= 0 {
-                if pending {
-                    pending = false
-                    onChange()
+                if !pending.isEmpty {
+                    onChange(Array(pending))
+                    pending = []
                 }
                 continue
             }
@@ -298,7 +303,7 @@ final class FileWatcher: Sendable {
                 let nameStart = offset + MemoryLayout<inotify_event>.size
                 let nameBytes = buffer[nameStart..<min(nameStart + length, count)].prefix { $0 != 0 }
                 let name = String(decoding: nameBytes, as: UTF8.self)
-                if names[wd]?.contains(name) == true { pending = true }
+                if let change = names[wd]?[name] { pending.insert(change) }
                 offset = nameStart + length
             }
         }

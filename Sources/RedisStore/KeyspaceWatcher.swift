@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import RedisClient
+import SecretsCore
 import Synchronization
 
 /// Subscribes to keyspace notifications for the store's hashes and reports changes (debounced). Reconnects with
@@ -12,7 +13,7 @@ final class KeyspaceWatcher: Sendable {
     /// Nil when the server says notifications are off: the store then relies on the cache ttl.
     init?(
         settings: RedisSettings, prefixes: [String], store: String, logger: Logger,
-        onChange: @escaping @Sendable () -> Void
+        describe: @escaping @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void
     ) {
         let db = settings.endpoint.database
         if let connection = try? RedisConnection(settings) {
@@ -47,7 +48,9 @@ final class KeyspaceWatcher: Sendable {
         running = Mutex(true)
         done = Mutex(false)
         let thread = Thread { [self] in
-            self.loop(settings: settings, patterns: patterns, store: store, logger: logger, onChange: onChange)
+            self.loop(
+                settings: settings, patterns: patterns, store: store, logger: logger, describe: describe,
+                onChange: onChange)
         }
         thread.name = "secretsfs-redis-keyspace"
         thread.start()
@@ -73,8 +76,9 @@ final class KeyspaceWatcher: Sendable {
 
     private func loop(
         settings: RedisSettings, patterns: [String], store: String, logger: Logger,
-        onChange: @escaping @Sendable () -> Void
+        describe: @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void
     ) {
+        let channelPrefix = "__keyspace@\(settings.endpoint.database)__:"
         var backoff = 0.1
         var first = true
         while running.withLock({ $0 }) {
@@ -89,24 +93,37 @@ final class KeyspaceWatcher: Sendable {
                 continue
             }
             logger.debug("subscribed to keyspace notifications", metadata: ["store": "\(store)"])
-            if !first { onChange() }
+            // Events may have been missed while disconnected.
+            if !first { onChange([.all]) }
             first = false
             backoff = 0.1
-            var pending = false
+            // Hashes changed since the last report; reported once the channel has been quiet for 10 ms.
+            var pending: Set<String> = []
+            var pendingSince = Date()
             var refused = false
             while running.withLock({ $0 }) {
-                let ready = connection.waitReadable(timeout: pending ? 0.01 : 0.25)
+                let ready = connection.waitReadable(timeout: pending.isEmpty ? 0.25 : 0.01)
                 if !ready {
-                    if pending {
-                        pending = false
-                        onChange()
+                    if !pending.isEmpty {
+                        onChange(pending.map(describe))
+                        pending = []
                     }
                     if connection.broken { break }
                     continue
                 }
                 do {
                     let message = try connection.readReply()
-                    if case .array(let parts?) = message, parts.first?.text == "pmessage" { pending = true }
+                    if case .array(let parts?) = message, parts.first?.text == "pmessage", parts.count >= 3,
+                        let channel = parts[2].text, channel.hasPrefix(channelPrefix)
+                    {
+                        if pending.isEmpty { pendingSince = Date() }
+                        pending.insert(String(channel.dropFirst(channelPrefix.count)))
+                        // A steady stream is reported at least every 50 ms.
+                        if Date().timeIntervalSince(pendingSince) > 0.05 {
+                            onChange(pending.map(describe))
+                            pending = []
+                        }
+                    }
                     if case .error(let text) = message {
                         // Refused after a reconnect (the user's ACL changed): say so, and ask again slowly.
                         logger.warning(
@@ -121,7 +138,7 @@ final class KeyspaceWatcher: Sendable {
                 }
             }
             connection.close()
-            if pending { onChange() }
+            if !pending.isEmpty { onChange(pending.map(describe)) }
             if refused { rest(30) }
         }
         done.withLock { $0 = true }

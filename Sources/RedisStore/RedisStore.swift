@@ -167,11 +167,22 @@ public final class RedisStore: SecretStore {
         }
     }
 
-    public func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool {
+    public func watch(locations: [String], _ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool {
         var prefixes = [configuration.prefix]
         for prefix in locations where !prefixes.contains(prefix) { prefixes.append(prefix) }
+        let own = configuration.prefix
+        // A changed hash `<PREFIX>_<ENV>` is that env at that location; the longest matching prefix names it.
+        let byLength = prefixes.sorted { $0.count > $1.count }
+        let describe: @Sendable (String) -> StoreChange = { hash in
+            for prefix in byLength where hash.hasPrefix(prefix + "_") {
+                let env = String(hash.dropFirst(prefix.count + 1)).lowercased()
+                return .at(location: prefix == own ? nil : prefix, env: env)
+            }
+            return .all
+        }
         let created = KeyspaceWatcher(
-            settings: configuration.settings, prefixes: prefixes, store: name, logger: logger, onChange: onChange)
+            settings: configuration.settings, prefixes: prefixes, store: name, logger: logger,
+            describe: describe, onChange: onChange)
         guard let created else { return false }
         watcher.withLock { $0 = created }
         return true

@@ -114,8 +114,14 @@ public final class FileSystemCore: Sendable {
         }
     }
 
-    struct CacheEntry {
-        var bytes: SecretBytes
+    struct EnvKey: Hashable {
+        var top: String
+        var env: String
+    }
+
+    /// One env's listing and values, fetched together and expiring together.
+    struct CachedView {
+        var view: EnvView
         var fetchedAt: Double
     }
 
@@ -125,7 +131,9 @@ public final class FileSystemCore: Sendable {
         var directoryInodes: [DirectoryKind: UInt64] = [.root: 1]
         var files: [UInt64: FileNode] = [:]
         var current: [FilePath: UInt64] = [:]
-        var cache: [FilePath: CacheEntry] = [:]
+        var views: [EnvKey: CachedView] = [:]
+        /// Change notices since the last summary line, and what they cost.
+        var noticeStats = (notices: 0, envs: 0, changed: 0, since: 0.0)
         var lastWarning: [String: Double] = [:]
         /// Store/env pairs already warned about for names that cannot be entries (one warning each).
         var warnedNames: Set<String> = []
@@ -288,35 +296,50 @@ public final class FileSystemCore: Sendable {
             attributeTimeout: Self.fileAttributeTimeout)
     }
 
-    /// The bytes of a path and how long the kernel may keep the name: fetched now for fresh keys, from the cache
-    /// while its ttl runs for the others, and a stale value for a while when the store fails.
+    /// The bytes of a path and how long the kernel may keep the name: fetched now for fresh keys; for the others
+    /// from the env's cached view (listing and values of one fetch) while its ttl runs, and a stale view for a
+    /// while when the store fails.
     private func value(for path: FilePath, fresh: Bool, now: Double) throws(SecretsError) -> (SecretBytes, Double) {
-        if !fresh, let entry = state.withLock({ $0.cache[path] }), now - entry.fetchedAt < cache.ttl {
-            return (entry.bytes, cache.ttl - (now - entry.fetchedAt))
-        }
         let resolved: SecretValue?
-        do {
-            resolved = try resolver.resolve(top: path.top, env: path.env, key: path.key)
-        } catch where error.code != .notFound {
-            if !fresh, let entry = state.withLock({ $0.cache[path] }),
-                now - entry.fetchedAt < cache.ttl + cache.staleIfError
-            {
-                warn(top: path.top, "'\(path.top)' failed, serving cached values for up to stale_if_error: \(error)")
-                return (entry.bytes, min(1, cache.ttl))
+        let timeout: Double
+        if fresh {
+            do {
+                resolved = try resolver.resolve(top: path.top, env: path.env, key: path.key)
+            } catch where error.code != .notFound {
+                warn(top: path.top, "reading '\(path.top)/\(path.env)' failed: \(error)")
+                throw error
             }
-            warn(top: path.top, "reading '\(path.top)/\(path.env)' failed: \(error)")
-            throw error
+            timeout = 0
+        } else {
+            let (view, remaining) = try cachedView(EnvKey(top: path.top, env: path.env), now: now)
+            resolved = view.value(of: path.key)
+            timeout = remaining
         }
         guard let resolved else {
-            _ = state.withLock { $0.cache.removeValue(forKey: path) }
             throw SecretsError(.notFound, "no key '\(path.key)' in '\(path.top)/\(path.env)'")
         }
-        let bytes = resolved.fileBytes()
-        if fresh {
-            return (bytes, 0)
+        return (resolved.fileBytes(), timeout)
+    }
+
+    /// The env's view and how long it stays valid: the cached one while its ttl runs, else fetched now; when the
+    /// store fails, the old one for up to `stale_if_error` (with a short timeout, so names are asked again soon).
+    private func cachedView(_ key: EnvKey, now: Double) throws(SecretsError) -> (EnvView, Double) {
+        let cached = state.withLock { $0.views[key] }
+        if let cached, now - cached.fetchedAt < cache.ttl {
+            return (cached.view, cache.ttl - (now - cached.fetchedAt))
         }
-        state.withLock { $0.cache[path] = CacheEntry(bytes: bytes, fetchedAt: now) }
-        return (bytes, cache.ttl)
+        do {
+            let view = try resolver.view(top: key.top, env: key.env)
+            state.withLock { $0.views[key] = CachedView(view: view, fetchedAt: now) }
+            return (view, cache.ttl)
+        } catch {
+            if error.code != .notFound, let cached, now - cached.fetchedAt < cache.ttl + cache.staleIfError {
+                warn(top: key.top, "'\(key.top)' failed, serving cached values for up to stale_if_error: \(error)")
+                return (cached.view, min(1, cache.ttl))
+            }
+            warn(top: key.top, "reading '\(key.top)/\(key.env)' failed: \(error)")
+            throw error
+        }
     }
 
     /// At most one warning a minute per top, so a failing fresh key read in a loop does not flood the log.
@@ -425,13 +448,8 @@ public final class FileSystemCore: Sendable {
                 }
             }
         case .env(let top, let env):
-            let keys: [String]
-            do {
-                keys = usableNames(try resolver.keys(top: top, env: env), top: top, env: env)
-            } catch {
-                warn(top: top, "listing '\(top)/\(env)' failed: \(error)")
-                throw error
-            }
+            // The listing is the cached view's, so names and cached values come from the same moment.
+            let keys = usableNames(try cachedView(EnvKey(top: top, env: env), now: clock()).0.keys, top: top, env: env)
             return state.withLock { state in
                 keys.enumerated().map { index, key in
                     // Names not looked up yet have no inode; readdir needs a non-zero placeholder.
@@ -454,42 +472,78 @@ public final class FileSystemCore: Sendable {
 
     // MARK: - Change propagation
 
-    /// A store reported a change: refetch the cached keys that depend on it now, and tell the kernel to drop the
-    /// names whose value changed, so the next open sees the new value without waiting for the ttl.
-    public func storeChanged(_ storeName: String) {
-        let tops = resolver.tops.values.filter { top in top.chain.contains { $0.store.name == storeName } }
-            .map(\.name)
-        // Cached keys, and the names an earlier worker handed out that the kernel may still hold.
-        let paths = state.withLock { state in
-            Set(state.cache.keys).union(state.files.values.filter(\.inherited).map(\.path)).filter { tops.contains($0.top) }
+    /// A store reported changes: refetch the cached env views that depend on what changed (one fetch per env,
+    /// whatever the number of keys or notices), and tell the kernel to drop the names whose value changed, so the
+    /// next open sees the new value without waiting for the ttl. A change in `default`, `dynaconf` or `global`
+    /// reaches every env of the tops that read that location.
+    public func storeChanged(_ storeName: String, _ changes: [StoreChange] = [.all]) {
+        let affectedTops = resolver.tops.values.compactMap { top -> (String, [String?])? in
+            let locations = top.chain.filter { $0.store.name == storeName }.map(\.location)
+            return locations.isEmpty ? nil : (top.name, locations)
         }
+        func affects(top: String, env: String) -> Bool {
+            guard let locations = affectedTops.first(where: { $0.0 == top })?.1 else { return false }
+            for change in changes {
+                switch change {
+                case .all: return true
+                case .at(let location, let changedEnv):
+                    guard locations.contains(location) else { continue }
+                    guard let changedEnv else { return true }
+                    if changedEnv == env || Resolver.layers(for: env).contains(changedEnv) { return true }
+                }
+            }
+            return false
+        }
+        // Views this worker holds, and the envs of names an earlier worker handed out that the kernel may hold.
+        let candidates = state.withLock { state in
+            Set(state.views.keys).union(
+                state.files.values.filter(\.inherited).map { EnvKey(top: $0.path.top, env: $0.path.env) })
+        }
+        let affected = candidates.filter { affects(top: $0.top, env: $0.env) }
         var stale: [(parent: UInt64, name: String)] = []
-        for path in paths {
-            let resolved: SecretValue?
+        for key in affected {
+            let view: EnvView
             do {
-                resolved = try resolver.resolve(top: path.top, env: path.env, key: path.key)
+                view = try resolver.view(top: key.top, env: key.env)
             } catch {
-                warn(top: path.top, "refreshing '\(path.top)/\(path.env)' after a change failed: \(error)")
+                warn(top: key.top, "refreshing '\(key.top)/\(key.env)' after a change failed: \(error)")
                 continue
             }
-            let bytes = resolved?.fileBytes()
             let now = clock()
             state.withLock { state in
-                if let bytes {
-                    state.cache[path] = CacheEntry(bytes: bytes, fetchedAt: now)
-                } else {
-                    state.cache.removeValue(forKey: path)
-                }
-                if let inode = state.current[path], let node = state.files[inode],
-                    !node.holds(bytes, digest: state.digest)
-                {
-                    stale.append((node.parent, path.key))
+                state.views[key] = CachedView(view: view, fetchedAt: now)
+                for (path, inode) in state.current where path.top == key.top && path.env == key.env {
+                    guard let node = state.files[inode], !resolver.isFresh(top: path.top, key: path.key) else {
+                        continue
+                    }
+                    if !node.holds(view.value(of: path.key)?.fileBytes(), digest: state.digest) {
+                        stale.append((node.parent, path.key))
+                        // The name leads elsewhere now; the node stays for the handles that hold it.
+                        state.current.removeValue(forKey: path)
+                    }
                 }
             }
         }
-        logger.info(
-            "store changed; refreshed cached keys",
-            metadata: ["store": "\(storeName)", "refreshed": "\(paths.count)", "changed": "\(stale.count)"])
+        let now = clock()
+        let summary = state.withLock { state -> (notices: Int, envs: Int, changed: Int)? in
+            state.noticeStats.notices += 1
+            state.noticeStats.envs += affected.count
+            state.noticeStats.changed += stale.count
+            guard now - state.noticeStats.since >= 60 else { return nil }
+            defer { state.noticeStats = (0, 0, 0, now) }
+            return (state.noticeStats.notices, state.noticeStats.envs, state.noticeStats.changed)
+        }
+        logger.debug(
+            "store changed; refetched the envs it affects",
+            metadata: ["store": "\(storeName)", "envs": "\(affected.count)", "changed": "\(stale.count)"])
+        if let summary {
+            logger.info(
+                "change notices since the last summary",
+                metadata: [
+                    "store": "\(storeName)", "notices": "\(summary.notices)", "envs_refetched": "\(summary.envs)",
+                    "names_changed": "\(summary.changed)",
+                ])
+        }
         guard let notifier = notifier.withLock({ $0 }) else { return }
         for entry in stale {
             notifier.invalidateEntry(parent: entry.parent, name: entry.name)

@@ -82,16 +82,21 @@ public final class Resolver: Sendable {
 
     /// Every key visible under `env`: the union over the chain and the env's layers, sorted.
     public func keys(top name: String, env: String) throws(SecretsError) -> [String] {
-        var seen: [String: String] = [:]  // lower-cased -> first spelling seen, highest priority first
+        try view(top: name, env: env).keys
+    }
+
+    /// One env of a top as fetched at one moment: every layer of every chain element, from one fetch each. Its
+    /// listing and its values belong together (the cache keeps and expires them as one).
+    public func view(top name: String, env: String) throws(SecretsError) -> EnvView {
+        var elements: [[[String: SecretValue]]] = []
         for element in try top(name).chain {
+            var layers: [[String: SecretValue]] = []
             for layer in Self.layers(for: env) {
-                guard let fields = try element.store.fields(of: layer, at: element.location) else { continue }
-                for key in fields.keys.sorted() where seen[key.lowercased()] == nil {
-                    seen[key.lowercased()] = key
-                }
+                layers.append(try element.store.fields(of: layer, at: element.location) ?? [:])
             }
+            elements.append(layers)
         }
-        return seen.values.sorted()
+        return EnvView(elements: elements)
     }
 
     /// The value of `key` under `env`: the first chain element that has it wins; inside it, global over the env
@@ -103,6 +108,48 @@ public final class Resolver: Sendable {
                 return value
             }
         }
+        return nil
+    }
+}
+
+/// The fields of one env under a top, element by element (chain order), layer by layer (highest priority first).
+public struct EnvView: Sendable {
+    let elements: [[[String: SecretValue]]]
+    /// Every key, first spelling by priority, sorted.
+    public let keys: [String]
+
+    init(elements: [[[String: SecretValue]]]) {
+        self.elements = elements
+        var seen: [String: String] = [:]  // lower-cased -> first spelling seen, highest priority first
+        for layers in elements {
+            for fields in layers {
+                for key in fields.keys.sorted() where seen[key.lowercased()] == nil { seen[key.lowercased()] = key }
+            }
+        }
+        keys = seen.values.sorted()
+    }
+
+    /// As `Resolver.resolve`: the first element that has the key wins; inside it, the key exactly in the highest
+    /// layer that has it, else the key ignoring case layer by layer.
+    public func value(of key: String) -> SecretValue? {
+        for layers in elements {
+            for fields in layers {
+                if let exact = fields[key] { return exact }
+            }
+            for fields in layers {
+                if let value = SecretStoreMatch.match(key, in: fields) { return value }
+            }
+        }
+        return nil
+    }
+}
+
+/// Case-insensitive matching as stores do it, without a store instance.
+enum SecretStoreMatch {
+    static func match(_ key: String, in fields: [String: SecretValue]) -> SecretValue? {
+        if let exact = fields[key] { return exact }
+        let folded = key.lowercased()
+        for candidate in fields.keys.sorted() where candidate.lowercased() == folded { return fields[candidate] }
         return nil
     }
 }

@@ -1,3 +1,11 @@
+/// What a store's change notice says changed, as precisely as the store can tell.
+public enum StoreChange: Sendable, Hashable {
+    /// Anything may have changed (a reconnect after which events may have been missed).
+    case all
+    /// Something at `location` (nil: the store's own) changed; in env `env`, or in any env there when nil.
+    case at(location: String?, env: String?)
+}
+
 /// A backend that holds secrets in Dynaconf's layout: envs, each a flat set of keys.
 ///
 /// A store answers raw data only; layering (default, env, global) and scope chains live in the `Resolver`, caching
@@ -20,8 +28,9 @@ public protocol SecretStore: AnyObject, Sendable {
 
     /// Starts pushing change notices (for example file watches, keyspace events) for the store's own location and
     /// `locations` (the paths scope chains read this store at). Returns false when the store cannot push, in which
-    /// case cached values refresh after their ttl only.
-    func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool
+    /// case cached values refresh after their ttl only. Bursts are coalesced: one call carries every change seen
+    /// within a few milliseconds.
+    func watch(locations: [String], _ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool
 
     /// Stops watches and releases connections.
     func close()
@@ -36,10 +45,10 @@ extension SecretStore {
         return nil
     }
 
-    public func watch(locations: [String], _ onChange: @escaping @Sendable () -> Void) -> Bool { false }
+    public func watch(locations: [String], _ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool { false }
 
     /// Watches the store's own location only.
-    public func watch(_ onChange: @escaping @Sendable () -> Void) -> Bool { watch(locations: [], onChange) }
+    public func watch(_ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool { watch(locations: [], onChange) }
 
     public func close() {}
 

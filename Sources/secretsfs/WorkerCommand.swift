@@ -84,7 +84,7 @@ struct WorkerCommand: ParsableCommand {
         core.adopt(records, nextInode: nextInode, handover: Handover(journal: channel, digest: digest))
         logger.debug("took over the node table", metadata: ["nodes": "\(records.count)", "next": "\(nextInode)"])
         for (name, store) in stores {
-            let pushes = store.watch(locations: config.scopeLocations(of: name)) { core.storeChanged(name) }
+            let pushes = store.watch(locations: config.scopeLocations(of: name)) { changes in core.storeChanged(name, changes) }
             logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
         }
         defer { stores.values.forEach { $0.close() } }

@@ -131,7 +131,7 @@ struct HandoverTests {
 
     @Test("a change notice after a takeover invalidates the old name when its value changed")
     func invalidationOfInherited() throws {
-        let (_, journal, env, _) = try firstWorker()
+        let (_, journal, _, _) = try firstWorker()
         let table = journal.table.withLock { $0 }
         let second = try core()
         second.adopt(table.records, nextInode: table.highestInode + 1, handover: Handover(journal: RecordingJournal(), digest: testDigest))
@@ -173,5 +173,71 @@ struct EntryNameTests {
         #expect(try core.list(env).map(\.name) == ["OK"])
         #expect(throws: SecretsError.self) { try core.lookup(parent: env, name: "") }
         #expect(throws: SecretsError.self) { try core.lookup(parent: top, name: "bad/env") }
+    }
+}
+
+@Suite("cached env views and change notices")
+struct EnvViewTests {
+    let store = FakeStore(
+        name: "fake",
+        envs: ["production": ["A": .string("a1")], "staging": ["S": .string("s1")], "default": ["D": .string("d1")]])
+    let clock = FakeClock()
+
+    func core() throws -> (FileSystemCore, env: UInt64, staging: UInt64) {
+        let config = try makeConfig(ttl: "60s")
+        let resolver = try Resolver(config: config, stores: ["fake": store])
+        let core = FileSystemCore(config: config, resolver: resolver, logger: Logger(label: "test"), clock: clock.function)
+        let top = try core.lookup(parent: FileSystemCore.rootInode, name: "fake").attributes.inode
+        let env = try core.lookup(parent: top, name: "production").attributes.inode
+        let staging = try core.lookup(parent: top, name: "staging").attributes.inode
+        return (core, env, staging)
+    }
+
+    @Test("a cached env's listing and values come from one fetch and expire together")
+    func consistent() throws {
+        let (core, env, _) = try core()
+        #expect(try core.list(env).map(\.name) == ["A", "D"])
+        let first = try core.lookup(parent: env, name: "A").attributes.inode
+        store.set("production", "A", .string("a2"))
+        store.set("production", "B", .string("b1"))
+        clock.advance(30)
+        // Within the ttl: the old listing with the old values, never the new names beside old values.
+        #expect(try core.list(env).map(\.name) == ["A", "D"])
+        #expect(try core.contents(try core.lookup(parent: env, name: "A").attributes.inode).copyBytes() == Array("a1".utf8))
+        #expect(throws: SecretsError.self) { try core.lookup(parent: env, name: "B") }
+        clock.advance(31)
+        #expect(try core.list(env).map(\.name) == ["A", "B", "D"])
+        let after = try core.lookup(parent: env, name: "A").attributes.inode
+        #expect(after != first)
+        #expect(try core.contents(after).copyBytes() == Array("a2".utf8))
+    }
+
+    @Test("a notice refetches only the envs it affects; default, dynaconf and global reach every env")
+    func onlyAffected() throws {
+        let (core, env, staging) = try core()
+        _ = try core.lookup(parent: env, name: "A")
+        _ = try core.lookup(parent: staging, name: "S")
+        let notifier = RecordingNotifier()
+        core.setNotifier(notifier)
+        var calls = store.calls.withLock { $0 }
+        // Another location of the store, or another store: nothing to do.
+        core.storeChanged("fake", [.at(location: "elsewhere", env: nil)])
+        core.storeChanged("other", [.all])
+        #expect(store.calls.withLock { $0 } == calls)
+        // staging changed: only staging is fetched again (4 layers: global, staging, dynaconf, default).
+        store.set("staging", "S", .string("s2"))
+        core.storeChanged("fake", [.at(location: nil, env: "staging"), .at(location: nil, env: "staging")])
+        #expect(store.calls.withLock { $0 } - calls == 4)
+        #expect(notifier.invalidated.withLock { $0.map(\.1) } == ["S"])
+        // default changed: both envs are fetched again; only names whose value changed are invalidated.
+        calls = store.calls.withLock { $0 }
+        store.set("default", "D", .string("d2"))
+        core.storeChanged("fake", [.at(location: nil, env: "default")])
+        #expect(store.calls.withLock { $0 } - calls == 8)
+        #expect(notifier.invalidated.withLock { $0.map(\.1) } == ["S"])
+        _ = try core.lookup(parent: env, name: "D")
+        store.set("default", "D", .string("d3"))
+        core.storeChanged("fake", [.at(location: nil, env: "default")])
+        #expect(notifier.invalidated.withLock { $0.map(\.1) } == ["S", "D"])
     }
 }

@@ -241,7 +241,7 @@ struct RedisStoreTests {
         }
         let recorder = RecordingLogHandler.Storage()
         let refused = try store(recorder)
-        #expect(!refused.watch {})
+        #expect(!refused.watch { _ in })
         refused.close()
         let logged = recorder.messages.withLock { $0.joined(separator: "\n") }
         #expect(logged.contains("NOPERM"))
@@ -252,7 +252,7 @@ struct RedisStoreTests {
         let granted = try store(RecordingLogHandler.Storage())
         defer { granted.close() }
         let changes = Mutex(0)
-        #expect(granted.watch { changes.withLock { $0 += 1 } })
+        #expect(granted.watch { _ in changes.withLock { $0 += 1 } })
         Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "pushed")])
         var seen = false
@@ -326,6 +326,32 @@ struct RedisStoreTests {
         #expect(try store.value(of: "KEY_9999", layers: ["many"], at: nil) == .string("value-9999"))
     }
 
+    @Test("a notice names what changed (env and location); a burst of 200 HSETs arrives as a few notices")
+    func noticesNameTheEnv() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let store = try redisStore(server.url)
+        defer { store.close() }
+        let notices = Mutex<[[StoreChange]]>([])
+        #expect(store.watch(locations: ["SVC"]) { changes in notices.withLock { $0.append(changes) } })
+        Thread.sleep(forTimeInterval: 0.3)
+        try server.hset("DYNACONF_STAGING", [("A", "1")])
+        try server.hset("SVC_PRODUCTION", [("B", "2")])
+        for _ in 0..<200 where notices.withLock({ Set($0.flatMap { $0 }).count }) < 2 { usleep(5000) }
+        #expect(Set(notices.withLock { $0.flatMap { $0 } }) == [
+            .at(location: nil, env: "staging"), .at(location: "SVC", env: "production"),
+        ])
+        notices.withLock { $0 = [] }
+        // One redis-cli run of 200 HSETs (a few ms apart at most): coalesced into far fewer notices.
+        var script = ""
+        for index in 0..<200 { script += "HSET DYNACONF_PRODUCTION K\(index) v\(index)\n" }
+        _ = try run(["redis-cli", "-p", "\(server.port)"], input: Array(script.utf8), timeout: 30)
+        Thread.sleep(forTimeInterval: 0.3)
+        let burst = notices.withLock { $0 }
+        #expect(!burst.isEmpty && burst.count < 50, "\(burst.count) notices for 200 HSETs")
+        #expect(Set(burst.flatMap { $0 }) == [.at(location: nil, env: "production")])
+    }
+
     @Test("keyspace notifications report a change within 100 ms; with notifications off, watch says so")
     func notifications() throws {
         let server = try RedisServer()
@@ -333,7 +359,7 @@ struct RedisStoreTests {
         let store = try redisStore(server.url)
         defer { store.close() }
         let changes = Mutex<[Date]>([])
-        #expect(store.watch { changes.withLock { $0.append(Date()) } })
+        #expect(store.watch { _ in changes.withLock { $0.append(Date()) } })
         Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
         let written = Date()
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "pushed")])
@@ -362,6 +388,6 @@ struct RedisStoreTests {
         defer { quiet.remove() }
         let polling = try redisStore(quiet.url)
         defer { polling.close() }
-        #expect(!polling.watch {})
+        #expect(!polling.watch { _ in })
     }
 }

@@ -8,7 +8,7 @@ RELEASE_BIN := $(CURDIR)/.build/release/secretsfs
 APT_PACKAGES := fuse3 libfuse3-dev libcurl4-openssl-dev age redis-server pkg-config python3-venv
 PREFIX ?= /usr/local
 
-.PHONY: all deps build test demo demo-stop bench install clean check-warnings
+.PHONY: all deps build test demo demo-stop bench install clean check-warnings fuzz test-sanitize soak
 
 all: build
 
@@ -68,6 +68,35 @@ bench: deps
 	$(SWIFT) build -c release --product secretsfs-bench
 	$(CURDIR)/.build/release/secretsfs-bench $(RELEASE_BIN) 2 $(VENV)/bin/python
 
+# libFuzzer on the parsers of untrusted bytes (Tests/Fuzz): each target for FUZZ_SECONDS, seeded from
+# Tests/Fuzz/Corpus/<target>. Fails on any crash, leak or timeout; the input is saved as
+# .build-fuzz/artifacts/<target>-*: copy it to Tests/Fuzz/Regressions/<target>/ so `make test` replays it.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config age armor identity resp json tokens vault
+fuzz: deps
+	cd Tests/Fuzz && $(SWIFT) build --sanitize=fuzzer --sanitize=address --scratch-path $(CURDIR)/.build-fuzz
+	@mkdir -p .build-fuzz/artifacts; failed=""; \
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p .build-fuzz/corpus/$$target; \
+		if FUZZ_TARGET=$$target .build-fuzz/debug/secretsfs-fuzz .build-fuzz/corpus/$$target Tests/Fuzz/Corpus/$$target \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			-artifact_prefix=.build-fuzz/artifacts/$$target- > .build-fuzz/$$target.log 2>&1; then \
+			echo "fuzz $$target: ok, $$(grep -o 'stat::number_of_executed_units: *[0-9]*' .build-fuzz/$$target.log | grep -o '[0-9]*$$') runs in $(FUZZ_SECONDS) s"; \
+		else \
+			echo "fuzz $$target: FAILED (log .build-fuzz/$$target.log)"; grep -E "ERROR|SUMMARY|artifact" .build-fuzz/$$target.log | head -5; \
+			failed="$$failed $$target"; \
+		fi; \
+	done; \
+	test -z "$$failed" || { echo "failed:$$failed"; exit 1; }
+
+# Unit, store and mount tests under ThreadSanitizer and AddressSanitizer (the daemon the mount tests start is the
+# sanitized build too). Each sanitizer builds in its own folder.
+test-sanitize: deps
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	TSAN_OPTIONS=halt_on_error=1 $(SWIFT) test --skip-build --no-parallel --sanitize=thread --scratch-path .build-tsan
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	ASAN_OPTIONS=detect_leaks=0 $(SWIFT) test --skip-build --no-parallel --sanitize=address --scratch-path .build-asan
+
 install: deps
 	$(SWIFT) build -c release --product secretsfs
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/secretsfs
@@ -75,4 +104,4 @@ install: deps
 	install -d -m 0700 $(DESTDIR)/etc/secretsfs
 
 clean:
-	rm -rf .build demo
+	rm -rf .build .build-fuzz .build-tsan .build-asan demo

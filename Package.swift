@@ -10,6 +10,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "secretsfs", targets: ["secretsfs"]),
+        // The parsers of untrusted bytes as fuzz targets, for the fuzzing package in Tests/Fuzz (`make fuzz`).
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -93,7 +95,10 @@ let package = Package(
         .executableTarget(name: "secretsfs-bench", dependencies: ["RedisClient", "VaultStore"], swiftSettings: strict),
         // Helpers shared by the test targets: subprocesses with timeouts, temporary folders, the built binary.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "CoreTests", dependencies: ["SecretsCore", "TestSupport"], swiftSettings: strict),
+        .target(
+            name: "FuzzTargets", dependencies: ["SecretsCore", "Age", "RedisClient", "RedisStore", "VaultStore"],
+            path: "Tests/Fuzz/Targets", swiftSettings: strict),
+        .testTarget(name: "CoreTests", dependencies: ["SecretsCore", "TestSupport", "FuzzTargets", "Age"], swiftSettings: strict),
         .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "StoreTests",

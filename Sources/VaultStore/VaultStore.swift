@@ -154,19 +154,34 @@ public final class VaultStore: SecretStore {
         if response.status >= 500 {
             throw SecretsError(.storeUnavailable, "store '\(name)': GET \(Self.plain(path)): HTTP \(response.status)")
         }
-        guard response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
-            case .table(let data)? = root["data"]
-        else {
+        guard response.status == 200, let decoded = Self.decodeSecretBody(response.body, v2: kvVersion() == .v2) else {
             throw SecretsError(.storeUnavailable, "store '\(name)': GET \(Self.plain(path)): HTTP \(response.status)")
         }
-        if kvVersion() == .v1 { return (data, nil) }
+        switch decoded {
+        case .deleted: return nil
+        case .fields(let fields, let version): return (fields, version)
+        }
+    }
+
+    public enum DecodedSecret: Sendable, Equatable {
+        case fields([String: SecretValue], version: Int64?)
+        /// A soft-deleted KV v2 secret: 200 with null data.
+        case deleted
+    }
+
+    /// The fields of a KV read response body (v1: `data`; v2: `data.data` and `data.metadata.version`); nil when
+    /// the body is not such a response. The body is untrusted input (and fuzzed).
+    public static func decodeSecretBody(_ body: [UInt8], v2: Bool) -> DecodedSecret? {
+        guard case .table(let root)? = SecretValue.parseJSON(body), case .table(let data)? = root["data"] else {
+            return nil
+        }
+        if !v2 { return .fields(data, version: nil) }
         var version: Int64?
         if case .table(let metadata)? = data["metadata"], case .int(let number)? = metadata["version"] {
             version = number
         }
-        // A deleted (soft) v2 secret answers 200 with null data.
-        guard case .table(let fields)? = data["data"] else { return nil }
-        return (fields, version)
+        guard case .table(let fields)? = data["data"] else { return .deleted }
+        return .fields(fields, version: version)
     }
 
     /// Which envs exist at a location, from a LIST at most `envListingMaxAge` old. Only env *existence* is cached:

@@ -89,6 +89,12 @@ fuzz: deps
 	done; \
 	test -z "$$failed" || { echo "failed:$$failed"; exit 1; }
 
+# The soak run (Tests/MountTests/SoakTests.swift) for SOAK_SECONDS; `make test` runs it for 20 s.
+SOAK_SECONDS ?= 120
+soak: deps build
+	$(SWIFT) build --build-tests 2>&1 | grep -E "error" && exit 1 || true
+	SOAK_SECONDS=$(SOAK_SECONDS) $(SWIFT) test --skip-build --filter SoakTests 2>&1 | grep -E "soak [0-9]|✘|passed|failed"
+
 # Unit, store and mount tests under ThreadSanitizer and AddressSanitizer (the daemon the mount tests start is the
 # sanitized build too). Each sanitizer builds in its own folder.
 test-sanitize: deps

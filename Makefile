@@ -93,7 +93,7 @@ fuzz: deps
 SOAK_SECONDS ?= 120
 soak: deps build
 	$(SWIFT) build --build-tests 2>&1 | grep -E "error" && exit 1 || true
-	SOAK_SECONDS=$(SOAK_SECONDS) $(SWIFT) test --skip-build --filter SoakTests 2>&1 | grep -E "soak [0-9]|✘|passed|failed"
+	set -o pipefail; SOAK_SECONDS=$(SOAK_SECONDS) $(SWIFT) test --skip-build --filter SoakTests 2>&1 | grep -E "soak [0-9]|✘|passed|failed"
 
 # Unit, store and mount tests under ThreadSanitizer and AddressSanitizer (the daemon the mount tests start is the
 # sanitized build too). Each sanitizer builds in its own folder.

@@ -63,7 +63,8 @@ demo-stop:
 	@rm -f $(DEMO)/mount.pid
 
 bench: deps
-	$(VENV)/bin/pip install -q "dynaconf[vault]>=3.2,<4" "redis>=5,<6"
+	# Unpinned, as a new user installs them; the bench prints the versions it ran with.
+	$(VENV)/bin/pip install -q -U "dynaconf[redis,vault]"
 	$(SWIFT) build -c release --product secretsfs
 	$(SWIFT) build -c release --product secretsfs-bench
 	$(CURDIR)/.build/release/secretsfs-bench $(RELEASE_BIN) 2 $(VENV)/bin/python
@@ -78,7 +79,7 @@ fuzz: deps
 	@mkdir -p .build-fuzz/artifacts; failed=""; \
 	for target in $(FUZZ_TARGETS); do \
 		mkdir -p .build-fuzz/corpus/$$target; \
-		if FUZZ_TARGET=$$target .build-fuzz/debug/secretsfs-fuzz .build-fuzz/corpus/$$target Tests/Fuzz/Corpus/$$target \
+		if LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/Fuzz/lsan.supp FUZZ_TARGET=$$target .build-fuzz/debug/secretsfs-fuzz .build-fuzz/corpus/$$target Tests/Fuzz/Corpus/$$target \
 			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
 			-artifact_prefix=.build-fuzz/artifacts/$$target- > .build-fuzz/$$target.log 2>&1; then \
 			echo "fuzz $$target: ok, $$(grep -o 'stat::number_of_executed_units: *[0-9]*' .build-fuzz/$$target.log | grep -o '[0-9]*$$') runs in $(FUZZ_SECONDS) s"; \

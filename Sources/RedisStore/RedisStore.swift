@@ -198,6 +198,15 @@ public final class RedisStore: SecretStore {
     }
 }
 
+/// Leading and trailing whitespace off, without Foundation: `trimmingCharacters(in: .whitespaces)` goes through
+/// `CharacterSet`, which crashed (abort in the runtime's metadata lookup) when several threads decoded tokens at
+/// once (found by the fuzz regression tests running targets in parallel). Reads decode tokens on many threads.
+func trimmed(_ text: Substring) -> Substring {
+    let start = text.firstIndex { !$0.isWhitespace } ?? text.endIndex
+    let end = text[start...].lastIndex { !$0.isWhitespace }.map { text.index(after: $0) } ?? start
+    return text[start..<end]
+}
+
 /// Dynaconf's Redis type tokens: `@int 1234`, `@float 1.5`, `@bool True`, `@json {...}`, `@none `, `@str 007`.
 /// Untagged values and other `@tokens` (`@format`, `@jinja`, `@merge`, ...) are served exactly as stored, and so is a
 /// token whose payload does not parse (Dynaconf would drop the whole hash).
@@ -218,11 +227,11 @@ public enum DynaconfTokens {
         }
         switch token {
         case "@int":
-            return Int64(payload.trimmingCharacters(in: .whitespaces)).map(SecretValue.int) ?? .string(text)
+            return Int64(trimmed(payload)).map(SecretValue.int) ?? .string(text)
         case "@float":
-            return Double(payload.trimmingCharacters(in: .whitespaces)).map(SecretValue.float) ?? .string(text)
+            return Double(trimmed(payload)).map(SecretValue.float) ?? .string(text)
         case "@bool":
-            switch payload.trimmingCharacters(in: .whitespaces).lowercased() {
+            switch trimmed(payload).lowercased() {
             case "true", "1", "yes", "on": return .bool(true)
             case "false", "0", "no", "off", "": return .bool(false)
             default: return .string(text)

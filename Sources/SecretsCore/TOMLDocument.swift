@@ -1,3 +1,5 @@
+import CTOML
+import Glibc
 import TOMLKit
 
 /// A position in a text file, 1-based.
@@ -39,6 +41,7 @@ public struct TOMLDocument: Sendable {
     public init(file: String, text: String) throws(LocatedError) {
         self.file = file
         self.locator = KeyLocator(text: text)
+        try Self.checkTableHeaders(text, file: file)
         do {
             let table = try TOMLTable(string: text)
             self.root = Self.convert(table)
@@ -49,6 +52,58 @@ public struct TOMLDocument: Sendable {
         } catch {
             throw LocatedError(SourceLocation(file: file, line: 1, column: 1), "TOML syntax error")
         }
+    }
+
+    /// toml++ (under TOMLKit) aborts the process on a table header whose unquoted name holds a non-ASCII character
+    /// (`[ünt]`: an assertion in its bare-key code; found by `make fuzz`). Such headers are invalid TOML anyway, so
+    /// they are refused here first, with the same kind of error.
+    static func checkTableHeaders(_ text: String, file: String) throws(LocatedError) {
+        var inMultiline: String?  // the delimiter of a multi-line string that is open, whose lines are not headers
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let wasInside = inMultiline != nil
+            for delimiter in ["\"\"\"", "\'\'\'"] where inMultiline == nil || inMultiline == delimiter {
+                if occurrences(of: delimiter, in: line) % 2 == 1 {
+                    inMultiline = inMultiline == nil ? delimiter : nil
+                }
+            }
+            if wasInside { continue }
+            let bytes = Array(line.utf8)
+            guard let first = bytes.firstIndex(where: { $0 != 0x20 && $0 != 0x09 }), bytes[first] == UInt8(ascii: "[")
+            else { continue }
+            var quote: UInt8?
+            var column = first
+            while column < bytes.count {
+                let byte = bytes[column]
+                if let open = quote {
+                    if byte == open { quote = nil }
+                } else if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "'") {
+                    quote = byte
+                } else if byte == UInt8(ascii: "]") || byte == UInt8(ascii: "#") {
+                    if byte == UInt8(ascii: "#") { break }
+                } else if byte >= 0x80 {
+                    throw LocatedError(
+                        SourceLocation(file: file, line: index + 1, column: column + 1),
+                        "TOML syntax error: a table name outside quotes may only hold A-Z a-z 0-9 - _ (quote other names)")
+                }
+                column += 1
+            }
+        }
+    }
+
+    static func occurrences(of needle: String, in line: Substring) -> Int {
+        let bytes = Array(line.utf8)
+        let pattern = Array(needle.utf8)
+        var count = 0
+        var index = 0
+        while index + pattern.count <= bytes.count {
+            if Array(bytes[index..<index + pattern.count]) == pattern {
+                count += 1
+                index += pattern.count
+            } else {
+                index += 1
+            }
+        }
+        return count
     }
 
     /// Like `init`, but a syntax error says only where, not what the parser quoted (secret files).
@@ -74,12 +129,61 @@ public struct TOMLDocument: Sendable {
 
     static func convert(_ table: TOMLTable) -> [String: SecretValue] {
         var out: [String: SecretValue] = [:]
-        for key in table.keys {
+        for key in keys(of: table) {
             if let value = table[key] {
                 out[key] = convert(value)
             }
         }
         return out
+    }
+
+    /// The keys of a table. TOMLKit 0.6's `TOMLTable.keys` (and its iterator) never free the C array and strings it
+    /// gets from toml++, so every parse leaked them (found by `make fuzz`, LeakSanitizer). Here they are read from
+    /// the same C call and freed. The table's pointer is TOMLKit's internal stored property, read by reflection;
+    /// should that ever change, this falls back to TOMLKit's leaking `keys`.
+    static func keys(of table: TOMLTable) -> [String] {
+        guard let pointer = tablePointer(table) else { return table.keys }
+        let count = tableSize(pointer)
+        let raw = tableGetKeys(pointer)
+        var keys: [String] = []
+        keys.reserveCapacity(count)
+        for index in 0..<count {
+            keys.append(String(cString: raw[index]))
+            free(UnsafeMutableRawPointer(mutating: raw[index]))
+        }
+        free(UnsafeMutableRawPointer(mutating: raw))
+        return keys
+    }
+
+    static func tablePointer(_ table: TOMLTable) -> OpaquePointer? {
+        Mirror(reflecting: table).children.first { $0.label == "tablePointer" }?.value as? OpaquePointer
+    }
+
+    /// A string value. TOMLKit's `.string` leaks the copy toml++ makes of it; read and free it here (falling back to
+    /// TOMLKit when its internals are not as expected).
+    static func string(of value: any TOMLValueConvertible) -> String? {
+        guard let pointer = nodePointer(value) else { return value.string }
+        guard let copy = nodeAsString(pointer) else { return nil }
+        defer { free(UnsafeMutableRawPointer(mutating: copy)) }
+        return String(cString: copy)
+    }
+
+    /// Scalars: TOMLKit's `.int`, `.double` and `.bool` leak the heap copy toml++ hands them; read and free it.
+    static func scalar<T>(_ value: any TOMLValueConvertible, _ read: (OpaquePointer) -> UnsafePointer<T>?) -> T? {
+        guard let pointer = nodePointer(value), let copy = read(pointer) else { return nil }
+        defer { free(UnsafeMutableRawPointer(mutating: copy)) }
+        return copy.pointee
+    }
+
+    static func nodePointer(_ value: any TOMLValueConvertible) -> OpaquePointer? {
+        Mirror(reflecting: value.tomlValue).children.first { $0.label == "tomlValuePointer" }?.value as? OpaquePointer
+    }
+
+    /// Whether keys are read without TOMLKit's leak (tested, so a TOMLKit update that breaks it is noticed).
+    public static var readsKeysWithoutLeaking: Bool {
+        let value = TOMLValue(stringLiteral: "x")
+        return tablePointer(TOMLTable()) != nil
+            && Mirror(reflecting: value).children.contains { $0.label == "tomlValuePointer" && $0.value is OpaquePointer }
     }
 
     static func convert(_ value: any TOMLValueConvertible) -> SecretValue {
@@ -89,13 +193,13 @@ public struct TOMLDocument: Sendable {
         case .array:
             if let array = value.array { return .array(array.map { convert($0) }) }
         case .string:
-            if let text = value.string { return .string(text) }
+            if let text = string(of: value) { return .string(text) }
         case .int:
-            if let number = value.int { return .int(Int64(number)) }
+            if let number = scalar(value, { nodeAsInt($0) }) { return .int(number) }
         case .double:
-            if let number = value.double { return .float(number) }
+            if let number = scalar(value, { nodeAsDouble($0) }) { return .float(number) }
         case .bool:
-            if let flag = value.bool { return .bool(flag) }
+            if let flag = scalar(value, { nodeAsBool($0) }) { return .bool(flag) }
         case .date, .time, .dateTime:
             return .datetime(value.debugDescription)
         }

@@ -167,5 +167,10 @@ final class TokenManager: Sendable {
 }
 
 extension String {
-    func trimmingWhitespaceAndNewlines() -> String { trimmingCharacters(in: .whitespacesAndNewlines) }
+    /// Without Foundation's `CharacterSet` (not safe to use from several threads at once here).
+    func trimmingWhitespaceAndNewlines() -> String {
+        let start = firstIndex { !$0.isWhitespace } ?? endIndex
+        let end = self[start...].lastIndex { !$0.isWhitespace }.map { index(after: $0) } ?? start
+        return String(self[start..<end])
+    }
 }

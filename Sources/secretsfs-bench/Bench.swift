@@ -281,6 +281,9 @@ struct Bench {
         }
         print("")
         let python = arguments.count > 3 ? arguments[3] : nil
+        if let python, wanted("redis") || wanted("vault") {
+            print("python comparison with: \(FreshBench.pythonVersions(python)) (installed unpinned)")
+        }
         if wanted("redis") { RedisBench.run(binary: binary, root: root, seconds: seconds, python: python) }
         print("")
         if wanted("vault") { VaultBench.run(binary: binary, root: root, seconds: seconds, python: python) }

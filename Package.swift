@@ -33,6 +33,7 @@ let package = Package(
         .target(
             name: "SecretsCore",
             dependencies: [
+                "CLinux",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
@@ -106,7 +107,8 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
-            name: "DeployTests", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
+            name: "DeployTests", dependencies: ["TestSupport", .product(name: "Yams", package: "Yams")],
+            swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

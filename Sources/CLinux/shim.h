@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #endif
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <signal.h>
 
@@ -19,5 +20,18 @@ static inline unsigned int secretsfs_signalfd_signo(const void *info) {
 static inline unsigned long secretsfs_signalfd_siginfo_size(void) { return sizeof(struct signalfd_siginfo); }
 
 static inline int secretsfs_memfd(const char *name) { return memfd_create(name, 0); }
+
+// prctl is variadic: no process of the same user may ptrace this one or read its /proc/<pid>/mem, environ or maps.
+static inline int secretsfs_set_undumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }
+static inline int secretsfs_is_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0); }
+
+// Every page, now and later, locked in memory once touched (never swapped out).
+static inline int secretsfs_lock_all_memory(void) {
+#ifdef MCL_ONFAULT
+    return mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT);
+#else
+    return mlockall(MCL_CURRENT | MCL_FUTURE);
+#endif
+}
 
 #endif

@@ -23,7 +23,9 @@ public struct FileStoreSettings: Sendable {
         guard let files = try section.stringArray("files"), !files.isEmpty else {
             throw section.error("files", "store '\(config.name)' needs files = [\"/path/to/secrets.toml.age\"]")
         }
-        self.files = files.map(section.absolutePath)
+        var expanded: [String] = []
+        for file in files { expanded.append(section.absolutePath(try section.expand(file, key: "files"))) }
+        self.files = expanded
         directory = section.directory
         identity = try section.path("identity")
         passphraseFile = try section.path("passphrase_file")

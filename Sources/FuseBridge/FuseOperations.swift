@@ -20,8 +20,10 @@ enum FuseOperations {
             guard let req, let name else { return }
             let context = FuseOperations.context(req)
             let key = String(cString: name)
+            // Who walks the path: the kernel's record of the calling process.
+            let caller = fuse_req_ctx(req).map { Caller(uid: $0.pointee.uid, gid: $0.pointee.gid, pid: $0.pointee.pid) }
             do {
-                let entry = try context.core.lookup(parent: parent, name: key)
+                let entry = try context.core.lookup(parent: parent, name: key, caller: caller)
                 var param = fuse_entry_param()
                 param.ino = entry.attributes.inode
                 param.generation = 0

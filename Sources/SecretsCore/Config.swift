@@ -7,6 +7,9 @@ public struct Config: Sendable {
     public var cache: CacheConfig
     public var stores: [StoreConfig]
     public var scopes: [ScopeConfig]
+    /// `[[access]]` rules, in order.
+    public var access: [AccessRule] = []
+    public var audit = AuditConfig()
 
     /// Reads and validates a config file. Every problem names file, line, column and what is wrong.
     public static func load(path: String) throws(LocatedError) -> Config {
@@ -22,7 +25,7 @@ public struct Config: Sendable {
     public static func parse(text: String, file: String) throws(LocatedError) -> Config {
         let document = try TOMLDocument(file: file, text: text)
         let root = ConfigSection(document: document, path: [], values: document.root)
-        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes"])
+        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit"])
 
         let mount = try MountConfig(root.section("mount"))
         let cache = try CacheConfig(root.section("cache"))
@@ -52,7 +55,24 @@ public struct Config: Sendable {
         if stores.isEmpty {
             throw root.error("stores", "no stores configured: add a [stores.<name>] table")
         }
-        return Config(file: file, mount: mount, cache: cache, stores: stores, scopes: scopes)
+        var access: [AccessRule] = []
+        switch root.values["access"] {
+        case nil: break
+        case .array(let items)?:
+            for (index, item) in items.enumerated() {
+                guard case .table(let fields) = item else {
+                    throw root.error("access", "access rules are [[access]] tables")
+                }
+                access.append(
+                    try AccessRule(ConfigSection(document: root.document, path: ["access"], values: fields), index: index))
+            }
+        default:
+            throw root.error("access", "access rules are [[access]] tables")
+        }
+        var config = Config(file: file, mount: mount, cache: cache, stores: stores, scopes: scopes)
+        config.access = access
+        config.audit = try AuditConfig(root.section("audit"))
+        return config
     }
 
     static func checkName(_ name: String, in section: ConfigSection) throws(LocatedError) {
@@ -239,9 +259,30 @@ public struct ConfigSection: Sendable {
         }
     }
 
-    /// A file path; relative paths are taken relative to the config file's folder.
+    /// A file path; `${VAR}` is replaced by the environment variable (systemd's `${CREDENTIALS_DIRECTORY}`, say;
+    /// an unset one is an error here), and relative paths are taken relative to the config file's folder.
     public func path(_ key: String) throws(LocatedError) -> String? {
-        try string(key).map(absolutePath)
+        guard let raw = try string(key) else { return nil }
+        return absolutePath(try expand(raw, key: key))
+    }
+
+    /// `${NAME}` replaced by the environment's value; `$` alone stays.
+    public func expand(_ text: String, key: String) throws(LocatedError) -> String {
+        var out = ""
+        var rest = Substring(text)
+        while let dollar = rest.range(of: "${") {
+            out += rest[..<dollar.lowerBound]
+            guard let close = rest[dollar.upperBound...].firstIndex(of: "}") else {
+                throw error(key, "'\(name(key))': '${' without a closing '}'")
+            }
+            let variable = String(rest[dollar.upperBound..<close])
+            guard !variable.isEmpty, let value = getenv(variable) else {
+                throw error(key, "'\(name(key))' uses ${\(variable)}, which is not set in the environment")
+            }
+            out += String(cString: value)
+            rest = rest[rest.index(after: close)...]
+        }
+        return out + rest
     }
 
     public func absolutePath(_ path: String) -> String { FileIO.absolute(path, in: directory) }

@@ -81,6 +81,10 @@ public final class FileSystemCore: Sendable {
     let state: Mutex<State>
     let notifier: Mutex<(any KernelNotifier)?>
     let mountedAt: (seconds: Int, nanoseconds: Int)
+    /// `[[access]]` and `[audit]`: owners, modes, who may open what, what is recorded.
+    public let policy: AccessPolicy
+    let audit: AuditLog?
+    let callerDetails: @Sendable (Int32) -> CallerDetails
 
     enum DirectoryKind: Hashable {
         case root
@@ -158,8 +162,12 @@ public final class FileSystemCore: Sendable {
 
     public init(
         config: Config, resolver: Resolver, logger: Logger,
-        clock: @escaping @Sendable () -> Double = FileSystemCore.monotonicSeconds
+        clock: @escaping @Sendable () -> Double = FileSystemCore.monotonicSeconds, audit: AuditLog? = nil,
+        callerDetails: @escaping @Sendable (Int32) -> CallerDetails = CallerDetails.read(pid:)
     ) {
+        self.policy = AccessPolicy(config: config)
+        self.audit = audit
+        self.callerDetails = callerDetails
         self.resolver = resolver
         self.mount = config.mount
         self.cache = config.cache
@@ -209,7 +217,8 @@ public final class FileSystemCore: Sendable {
 
     // MARK: - Lookup
 
-    public func lookup(parent: UInt64, name: String) throws(SecretsError) -> EntryReply {
+    /// `caller` is who walks the path (nil: the daemon itself, no access rules apply).
+    public func lookup(parent: UInt64, name: String, caller: Caller? = nil) throws(SecretsError) -> EntryReply {
         guard let kind = state.withLock({ $0.directories[parent] }) else {
             throw SecretsError(.notFound, "unknown directory inode \(parent)")
         }
@@ -238,7 +247,7 @@ public final class FileSystemCore: Sendable {
             return directoryEntry(.env(top: top, env: env))
         case .env(let top, let env):
             guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no key with such a name") }
-            return try fileEntry(FilePath(top: top, env: env, key: name), parent: parent)
+            return try fileLookup(FilePath(top: top, env: env, key: name), parent: parent, caller: caller)
         }
     }
 
@@ -267,10 +276,43 @@ public final class FileSystemCore: Sendable {
             attributes: directoryAttributes(inode), entryTimeout: directoryTimeout, attributeTimeout: directoryTimeout)
     }
 
-    private func fileEntry(_ path: FilePath, parent: UInt64) throws(SecretsError) -> EntryReply {
+    /// A file lookup with the access rules and the audit: a caller the path's `allow` list does not name gets EACCES;
+    /// paths with such a list or audited get entry timeout 0, so every open is checked and recorded.
+    private func fileLookup(_ path: FilePath, parent: UInt64, caller: Caller?) throws(SecretsError) -> EntryReply {
+        let audited = policy.isAudited(top: path.top, env: path.env, key: path.key)
+        var details: CallerDetails?
+        func known(_ caller: Caller) -> CallerDetails {
+            if let details { return details }
+            let read = callerDetails(caller.pid)
+            details = read
+            return read
+        }
+        func record(_ decision: AuditEntry.Decision, _ cache: String?) {
+            guard audited, let audit, let caller else { return }
+            audit.record(
+                AuditEntry(
+                    via: "mount", path: "\(path.top)/\(path.env)/\(path.key)", decision: decision, caller: caller,
+                    details: known(caller), cache: cache))
+        }
+        if let caller, !policy.allows(caller, top: path.top, env: path.env, key: path.key, details: { known(caller) }) {
+            record(.denied, nil)
+            throw SecretsError(.permissionDenied, "access rule: caller uid \(caller.uid) pid \(caller.pid) may not open '\(path.top)/\(path.env)/\(path.key)'")
+        }
+        do {
+            var (reply, cache) = try fileEntry(path, parent: parent)
+            if policy.needsEveryOpen(top: path.top, env: path.env, key: path.key) { reply.entryTimeout = 0 }
+            record(.allowed, cache)
+            return reply
+        } catch {
+            record(error.code == .notFound ? .notFound : .error, nil)
+            throw error
+        }
+    }
+
+    private func fileEntry(_ path: FilePath, parent: UInt64) throws(SecretsError) -> (EntryReply, String) {
         let fresh = resolver.isFresh(top: path.top, key: path.key)
         let now = clock()
-        let (bytes, entryTimeout) = try value(for: path, fresh: fresh, now: now)
+        let (bytes, entryTimeout, cacheState) = try value(for: path, fresh: fresh, now: now)
         // One lock hold decides the inode and its snapshot together.
         let (inode, node): (UInt64, FileNode) = state.withLock { state in
             // An inherited node is never handed out again: its lookup count is unknown here, so only a node whose
@@ -291,17 +333,21 @@ public final class FileSystemCore: Sendable {
             state.handover?.journal.record(.node(node.record(inode)))
             return (inode, node)
         }
-        return EntryReply(
+        let reply = EntryReply(
             attributes: fileAttributes(inode, node), entryTimeout: entryTimeout,
             attributeTimeout: Self.fileAttributeTimeout)
+        return (reply, cacheState)
     }
 
     /// The bytes of a path and how long the kernel may keep the name: fetched now for fresh keys; for the others
     /// from the env's cached view (listing and values of one fetch) while its ttl runs, and a stale view for a
     /// while when the store fails.
-    private func value(for path: FilePath, fresh: Bool, now: Double) throws(SecretsError) -> (SecretBytes, Double) {
+    private func value(for path: FilePath, fresh: Bool, now: Double) throws(SecretsError)
+        -> (SecretBytes, Double, String)
+    {
         let resolved: SecretValue?
         let timeout: Double
+        var cacheState = fresh ? "fresh" : "cached"
         if fresh {
             do {
                 resolved = try resolver.resolve(top: path.top, env: path.env, key: path.key)
@@ -311,31 +357,33 @@ public final class FileSystemCore: Sendable {
             }
             timeout = 0
         } else {
-            let (view, remaining) = try cachedView(EnvKey(top: path.top, env: path.env), now: now)
+            let (view, remaining, stale) = try cachedView(EnvKey(top: path.top, env: path.env), now: now)
             resolved = view.value(of: path.key)
             timeout = remaining
+            if stale { cacheState = "stale" }
         }
         guard let resolved else {
             throw SecretsError(.notFound, "no key '\(path.key)' in '\(path.top)/\(path.env)'")
         }
-        return (resolved.fileBytes(), timeout)
+        return (resolved.fileBytes(), timeout, cacheState)
     }
 
     /// The env's view and how long it stays valid: the cached one while its ttl runs, else fetched now; when the
     /// store fails, the old one for up to `stale_if_error` (with a short timeout, so names are asked again soon).
-    private func cachedView(_ key: EnvKey, now: Double) throws(SecretsError) -> (EnvView, Double) {
+    /// Also says whether the view is stale (served past its ttl because the store failed).
+    private func cachedView(_ key: EnvKey, now: Double) throws(SecretsError) -> (EnvView, Double, Bool) {
         let cached = state.withLock { $0.views[key] }
         if let cached, now - cached.fetchedAt < cache.ttl {
-            return (cached.view, cache.ttl - (now - cached.fetchedAt))
+            return (cached.view, cache.ttl - (now - cached.fetchedAt), false)
         }
         do {
             let view = try resolver.view(top: key.top, env: key.env)
             state.withLock { $0.views[key] = CachedView(view: view, fetchedAt: now) }
-            return (view, cache.ttl)
+            return (view, cache.ttl, false)
         } catch {
             if error.code != .notFound, let cached, now - cached.fetchedAt < cache.ttl + cache.staleIfError {
                 warn(top: key.top, "'\(key.top)' failed, serving cached values for up to stale_if_error: \(error)")
-                return (cached.view, min(1, cache.ttl))
+                return (cached.view, min(1, cache.ttl), true)
             }
             warn(top: key.top, "reading '\(key.top)/\(key.env)' failed: \(error)")
             throw error
@@ -363,15 +411,22 @@ public final class FileSystemCore: Sendable {
     }
 
     private func directoryAttributes(_ inode: UInt64) -> NodeAttributes {
-        NodeAttributes(
-            inode: inode, isDirectory: true, size: 0, mode: mount.dirMode, uid: mount.uid, gid: mount.gid,
+        let owner: AccessPolicy.Attributes
+        switch state.withLock({ $0.directories[inode] }) {
+        case .top(let top)?: owner = policy.directory(top: top, env: nil)
+        case .env(let top, let env)?: owner = policy.directory(top: top, env: env)
+        default: owner = policy.directory(top: nil, env: nil)
+        }
+        return NodeAttributes(
+            inode: inode, isDirectory: true, size: 0, mode: owner.mode, uid: owner.uid, gid: owner.gid,
             modified: mountedAt)
     }
 
     private func fileAttributes(_ inode: UInt64, _ node: FileNode) -> NodeAttributes {
-        NodeAttributes(
-            inode: inode, isDirectory: false, size: node.size, mode: mount.fileMode, uid: mount.uid,
-            gid: mount.gid, modified: node.modified)
+        let owner = policy.file(top: node.path.top, env: node.path.env, key: node.path.key)
+        return NodeAttributes(
+            inode: inode, isDirectory: false, size: node.size, mode: owner.mode, uid: owner.uid, gid: owner.gid,
+            modified: node.modified)
     }
 
     /// The kernel dropped `count` references; a file inode with none left is released (and its bytes wiped).
@@ -397,7 +452,7 @@ public final class FileSystemCore: Sendable {
         if let node = state.withLock({ $0.files[inode] }) {
             if let bytes = node.bytes { return bytes }
             let fresh = resolver.isFresh(top: node.path.top, key: node.path.key)
-            let (bytes, _) = try value(for: node.path, fresh: fresh, now: clock())
+            let (bytes, _, _) = try value(for: node.path, fresh: fresh, now: clock())
             let matched = state.withLock { state -> Bool in
                 guard var current = state.files[inode], current.holds(bytes, digest: state.digest) else { return false }
                 current.bytes = bytes

@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 
 /// What a process holding secrets does to itself first.
@@ -8,5 +9,26 @@ public enum ProcessHardening {
     public static func disableCoreDumps() -> Bool {
         var limit = rlimit(rlim_cur: 0, rlim_max: 0)
         return setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &limit) == 0
+    }
+
+    /// Not dumpable: no core file, and no other process of the same user can ptrace this one or read its memory,
+    /// environment or maps through /proc (only root can). False if the kernel refused.
+    @discardableResult
+    public static func disableDumping() -> Bool {
+        secretsfs_set_undumpable() == 0 && secretsfs_is_dumpable() == 0
+    }
+
+    /// Locks the process's memory (mlockall, current and future pages, on fault) so values never reach swap. When
+    /// the kernel refuses (RLIMIT_MEMLOCK too low for a non-root daemon), each `SecretBytes` locks its own pages
+    /// instead and the returned message says how to allow the whole process (LimitMEMLOCK= in the unit).
+    public static func lockMemory() -> String? {
+        if secretsfs_lock_all_memory() == 0 { return nil }
+        let failure = errno
+        SecretBytes.lockEach.store(true, ordering: .relaxed)
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &limit)
+        let soft = limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur / 1024) KiB"
+        return "mlockall failed (\(FileIO.errnoText(failure)); RLIMIT_MEMLOCK is \(soft)): each secret's pages are "
+            + "locked instead; allow more with LimitMEMLOCK=infinity in the unit or run as root"
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// The bytes of one secret value.
 ///
@@ -8,10 +9,14 @@ public final class SecretBytes: Sendable, CustomStringConvertible, CustomDebugSt
     // Owned exclusively by this immutable object; written only in init and deinit.
     private nonisolated(unsafe) let allocation: UnsafeMutableRawPointer
     public let count: Int
+    /// Set when the process could not lock all its memory: each value then locks its own pages (best effort).
+    public static let lockEach = Atomic<Bool>(false)
+    private let locked: Bool
 
     public init<C: Collection>(_ bytes: C) where C.Element == UInt8 {
         let count = bytes.count
         let allocation = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 1)
+        locked = Self.lockEach.load(ordering: .relaxed) && mlock(allocation, max(count, 1)) == 0
         UnsafeMutableRawBufferPointer(start: allocation, count: count).copyBytes(from: bytes)
         self.allocation = allocation
         self.count = count
@@ -24,6 +29,7 @@ public final class SecretBytes: Sendable, CustomStringConvertible, CustomDebugSt
     deinit {
         // explicit_bzero is not elided by the optimiser, unlike a plain memset before free.
         explicit_bzero(allocation, max(count, 1))
+        if locked { munlock(allocation, max(count, 1)) }
         allocation.deallocate()
     }
 

@@ -137,7 +137,7 @@ struct Bench {
         }
         let binary = arguments[1]
         let seconds = arguments.count > 2 ? Double(arguments[2]) ?? 2 : 2
-        // BENCH_ONLY=local|failover|redis|vault|notices runs one part (for working on one store); unset runs everything.
+        // BENCH_ONLY=local|failover|audit|redis|vault|notices runs one part (for working on one store); unset runs everything.
         let only = ProcessInfo.processInfo.environment["BENCH_ONLY"]
         func wanted(_ part: String) -> Bool { only == nil || only == part }
 
@@ -149,12 +149,12 @@ struct Bench {
 
         let (_, recipientOutput) = shell([binary, "keygen", "-o", root + "/identity.txt"])
         let recipient = recipientOutput.trimmingCharacters(in: .whitespacesAndNewlines)
-        var secrets = "[production]\nPASSWORD = \"\(value)\"\nFRESH_PASSWORD = \"\(value)\"\n\n[big]\n"
+        var secrets = "[production]\nPASSWORD = \"\(value)\"\nFRESH_PASSWORD = \"\(value)\"\nAUDITED_PASSWORD = \"\(value)\"\n\n[big]\n"
         for index in 0..<10_000 { secrets += "KEY_\(index) = \"value-\(index)\"\n" }
         shell([binary, "encrypt", "-r", recipient, "-o", root + "/secrets.toml.age"], input: secrets)
 
-        func writeConfig(noOpen: Bool, mountpoint: String) -> String {
-            let path = root + "/config-\(noOpen).toml"
+        func writeConfig(noOpen: Bool, mountpoint: String, extra: String = "") -> String {
+            let path = root + "/config-\(noOpen)\(extra.isEmpty ? "" : "-extra").toml"
             let text = """
                 [mount]
                 path = "\(mountpoint)"
@@ -166,18 +166,22 @@ struct Bench {
                 type = "file"
                 files = ["secrets.toml.age"]
                 identity = "identity.txt"
+                \(extra)
                 """
             try? text.write(toFile: path, atomically: true, encoding: .utf8)
             return path
         }
 
 
-        func mount(noOpen: Bool) -> Mounted? {
-            let mountpoint = root + "/mnt-\(noOpen)"
+        func mount(noOpen: Bool, extra: String = "") -> Mounted? {
+            let mountpoint = root + "/mnt-\(noOpen)\(extra.isEmpty ? "" : "-extra")"
             try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["mount", "--config", writeConfig(noOpen: noOpen, mountpoint: mountpoint), "--log-level", "warning"]
+            process.arguments = [
+                "mount", "--config", writeConfig(noOpen: noOpen, mountpoint: mountpoint, extra: extra), "--log-level",
+                "warning",
+            ]
             process.standardInput = FileHandle.nullDevice
             let begin = nanoseconds()
             guard (try? process.run()) != nil else { return nil }
@@ -271,6 +275,25 @@ struct Bench {
             FailoverBench.run(
                 supervisor: mounted.process.processIdentifier,
                 path: mounted.mountpoint + "/local/production/FRESH_PASSWORD", seconds: seconds)
+            unmount(mounted)
+        }
+
+        // The audit's cost: an audited cached key asks the daemon on every open (entry timeout 0) and writes a line.
+        if wanted("local") || wanted("audit"),
+            let mounted = mount(noOpen: true, extra: "[audit]\npath = \"\(root)/audit.jsonl\"\npaths = [\"local/production/AUDITED_*\"]")
+        {
+            print("")
+            print("audit (1 thread, cached keys, one mount):")
+            let tmpfs = results["tmpfs 1t"] ?? measure("tmpfs 1t", path: tmpfsDir + "/PASSWORD", threads: 1, duration: seconds)
+            let plain = mounted.mountpoint + "/local/production/PASSWORD"
+            let audited = mounted.mountpoint + "/local/production/AUDITED_PASSWORD"
+            _ = measure("warm", path: plain, threads: 1, duration: 0.2)
+            _ = measure("warm", path: audited, threads: 1, duration: 0.2)
+            let unauditedResult = measure("secretsfs cached, not audited", path: plain, threads: 1, duration: seconds)
+            report(unauditedResult, baseline: tmpfs)
+            let auditedResult = measure("secretsfs cached, audited", path: audited, threads: 1, duration: seconds)
+            report(auditedResult, baseline: tmpfs)
+            print("  an audited open costs \(fmt(auditedResult.p50 - unauditedResult.p50, 1)) us more at p50 (\(fmt(unauditedResult.opsPerSecond / auditedResult.opsPerSecond, 1))x the time): one LOOKUP and one audit line per open")
             unmount(mounted)
         }
 

@@ -31,11 +31,28 @@ struct CheckCommand: ParsableCommand {
             } else {
                 print("store \(name) (\(config.store(named: name)?.type ?? "?"))")
             }
+            let policy = AccessPolicy(config: config)
+            func owner(_ attributes: AccessPolicy.Attributes) -> String {
+                "\(attributes.uid):\(attributes.gid) \(String(attributes.mode, radix: 8))"
+            }
             do {
+                print("  owner and mode of /\(name): \(owner(policy.directory(top: name, env: nil)))")
                 for env in try resolver.envs(top: name) {
                     let keys = try resolver.keys(top: name, env: env)
-                    let marked = keys.map { resolver.isFresh(top: name, key: $0) ? $0 + " (fresh)" : $0 }
-                    print("  \(env): \(marked.isEmpty ? "-" : marked.joined(separator: ", "))")
+                    let marked = keys.map { key -> String in
+                        var notes: [String] = []
+                        if resolver.isFresh(top: name, key: key) { notes.append("fresh") }
+                        if let allow = policy.allowList(top: name, env: env, key: key) {
+                            notes.append("allow " + allow.map(\.description).joined(separator: " "))
+                        }
+                        if policy.isAudited(top: name, env: env, key: key) { notes.append("audited") }
+                        let file = policy.file(top: name, env: env, key: key)
+                        let defaultFile = AccessPolicy.Attributes(
+                            uid: config.mount.uid, gid: config.mount.gid, mode: config.mount.fileMode)
+                        if file != defaultFile { notes.append(owner(file)) }
+                        return notes.isEmpty ? key : key + " (" + notes.joined(separator: ", ") + ")"
+                    }
+                    print("  \(env) [\(owner(policy.directory(top: name, env: env)))]: \(marked.isEmpty ? "-" : marked.joined(separator: ", "))")
                 }
             } catch {
                 failed = true

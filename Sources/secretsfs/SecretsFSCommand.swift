@@ -23,6 +23,7 @@ struct SecretsFSCommand: ParsableCommand {
     static func main() {
         // Every command may hold decrypted values: a crash must not leave them in a core file.
         ProcessHardening.disableCoreDumps()
+        ProcessHardening.disableDumping()
         main(nil)
     }
 }

@@ -27,6 +27,24 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    /// Runs `body` on a thread of its own each time `signal` arrives (blocked everywhere else; threads started
+    /// after this inherit the mask).
+    static func onSignal(_ signal: Int32, _ body: @escaping @Sendable () -> Void) {
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, signal)
+        pthread_sigmask(SIG_BLOCK, &mask, nil)
+        Thread {
+            var received: Int32 = 0
+            var wanted = sigset_t()
+            sigemptyset(&wanted)
+            sigaddset(&wanted, signal)
+            while true {
+                if sigwait(&wanted, &received) == 0 { body() }
+            }
+        }.start()
+    }
+
     func run() throws {
         // Ctrl-C and SIGHUP are the supervisor's; a terminal's SIGINT must not take the worker down with it.
         signal(SIGINT, SIG_IGN)
@@ -34,6 +52,8 @@ struct WorkerCommand: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         var logger = Runtime.bootstrapLogging(level: logLevel)
         logger[metadataKey: "worker"] = "\(getpid())"
+        // The worker holds decrypted values for as long as it runs: keep them out of swap.
+        if let problem = ProcessHardening.lockMemory() { logger.warning("\(problem)") }
         let channel = ControlChannel(fd: controlFd)
         guard case .message(.hello(let hello)) = channel.receive() else {
             printError("no hello from a supervisor: the worker is started by `secretsfs mount`")
@@ -52,7 +72,21 @@ struct WorkerCommand: ParsableCommand {
         config.mount.noOpen = hello.noOpen
         let stores = try Runtime.buildStores(config, logger: logger)
         let resolver = try Runtime.resolver(config, stores: stores)
-        let core = FileSystemCore(config: config, resolver: resolver, logger: logger)
+        let audit: AuditLog?
+        do {
+            audit = config.audit.enabled ? try AuditLog(config: config.audit, logger: logger) : nil
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+        for rule in AccessPolicy(config: config).unmatchedRules(tops: resolver.topNames) {
+            logger.warning(
+                "access rule matches no store or scope (a typo?)",
+                metadata: ["rule": "\(rule.path)", "at": "\(rule.location.file):\(rule.location.line):\(rule.location.column)"])
+        }
+        let core = FileSystemCore(config: config, resolver: resolver, logger: logger, audit: audit)
+        // logrotate: SIGUSR1 (forwarded by the supervisor) reopens the audit log.
+        Self.onSignal(SIGUSR1) { audit?.reopen() }
         for name in resolver.topNames {
             // Say early which stores are broken; they still get their directory and answer EIO.
             do {

@@ -241,3 +241,28 @@ struct EnvViewTests {
         #expect(notifier.invalidated.withLock { $0.map(\.1) } == ["S", "D"])
     }
 }
+
+@Suite("environment in config paths")
+struct ConfigEnvironmentTests {
+    @Test("${VAR} in path values comes from the environment; an unset one is an error with its location")
+    func expansion() throws {
+        setenv("SECRETSFS_TEST_CREDENTIALS", "/run/credentials/secretsfs.service", 1)
+        let text = """
+            [stores.local]
+            type = "file"
+            files = ["${SECRETSFS_TEST_CREDENTIALS}/secrets.toml.age"]
+            identity = "${SECRETSFS_TEST_CREDENTIALS}/identity"
+            """
+        let config = try Config.parse(text: text, file: "/etc/secretsfs/config.toml")
+        let section = try #require(config.store(named: "local")?.section)
+        #expect(try section.path("identity") == "/run/credentials/secretsfs.service/identity")
+        unsetenv("SECRETSFS_TEST_UNSET")
+        do {
+            _ = try Config.parse(text: "[mount]\npath = \"${SECRETSFS_TEST_UNSET}/mnt\"\n[stores.a]\ntype = \"file\"\n", file: "c.toml")
+            Issue.record("an unset variable was accepted")
+        } catch {
+            #expect(error.location.line == 2)
+            #expect(error.description.contains("${SECRETSFS_TEST_UNSET}"))
+        }
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import Yams
 
 /// No cluster and no Docker engine run in CI: these tests parse the deployment files and check the fields that
@@ -75,13 +76,29 @@ struct DeployTests {
         #expect(text.contains("ENTRYPOINT [\"/usr/local/bin/secretsfs\"]"))
     }
 
-    @Test("the systemd unit reloads in place and reports readiness")
+    @Test("the systemd unit reloads in place, reports readiness, passes systemd-analyze verify and scores <= 4.0")
     func systemdUnit() throws {
+        let analyze = try requireTool("systemd-analyze")
         let text = try String(
             contentsOf: Self.root.appendingPathComponent("systemd/secretsfs.service"), encoding: .utf8)
         let lines = Set(text.split(separator: "\n").map(String.init))
         #expect(lines.contains("Type=notify"))
         #expect(lines.contains("ExecReload=/bin/kill -HUP $MAINPID"))
         #expect(lines.contains("LimitCORE=0"))
+        #expect(lines.contains("MountFlags=shared"), "the mount must reach the host from the unit's namespace")
+        // verify checks the binaries exist: point the unit at the one just built.
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let unit = try folder.write(
+            "secretsfs.service", text.replacingOccurrences(of: "/usr/local/bin/secretsfs", with: try secretsfsBinary()))
+        let verify = try run([analyze, "verify", unit], timeout: 60)
+        #expect(verify.status == 0, "systemd-analyze verify: \(verify.stderr)")
+        let security = try run([analyze, "security", "--offline=true", unit], timeout: 60)
+        let overall = (security.stdoutText + security.stderr).split(separator: "\n")
+            .first { $0.contains("Overall exposure level") }
+        let score = overall.flatMap { line in
+            line.split(separator: ":").last?.split(separator: " ").first.flatMap { Double($0) }
+        }
+        #expect(score != nil && score! <= 4.0, "exposure: \(overall ?? "none")")
     }
 }

@@ -141,7 +141,8 @@ struct CLITests {
         try fixture.writeEncrypted("secrets.toml.age", baseSecrets)
         let good = try fixture.cli(["check", "--config", try fixture.writeConfig(fresh: ["DB_*"])])
         #expect(good.status == 0)
-        #expect(good.stdoutText.contains("production: DB_HOST (fresh), ENABLED"))
+        // Each env with the owner and mode of its directory, then its keys.
+        #expect(good.stdoutText.contains("production [\(getuid()):\(getgid()) 500]: DB_HOST (fresh), ENABLED"))
         for secret in ["0x1F", "default-password", "db.prod", "päss"] {
             #expect(!good.stdoutText.contains(secret) && !good.stderr.contains(secret))
         }

@@ -38,8 +38,10 @@ public final class MountedSecretsFS: @unchecked Sendable {
     private let device: UInt64
 
     /// Starts the daemon with `config` and waits until the mount shows in /proc/mounts.
+    /// `launcher`: a command that starts the daemon (for example setpriv to run it as another user).
     public init(
-        binary: String, config: String, mountpoint: String, logPath: String, environment: [String: String] = [:]
+        binary: String, config: String, mountpoint: String, logPath: String, environment: [String: String] = [:],
+        launcher: [String] = []
     ) throws {
         self.mountpoint = mountpoint
         self.logPath = logPath
@@ -47,8 +49,14 @@ public final class MountedSecretsFS: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["mount", "--config", config, "--log-level", "debug"]
+        let arguments = ["mount", "--config", config, "--log-level", "debug"]
+        if let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(launcher.dropFirst()) + [binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = arguments
+        }
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
@@ -185,6 +193,7 @@ public final class MountedSecretsFS: @unchecked Sendable {
 extension MountedSecretsFS {
     /// The pid of the worker serving the mount now (a child of the supervisor running `secretsfs worker`).
     public func workerPID() -> pid_t? {
+        // A launcher such as setpriv execs the daemon: the process's pid is the supervisor's.
         let supervisor = process.processIdentifier
         guard let children = try? String(contentsOfFile: "/proc/\(supervisor)/task/\(supervisor)/children", encoding: .utf8)
         else { return nil }

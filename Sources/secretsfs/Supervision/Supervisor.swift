@@ -43,7 +43,7 @@ final class Supervisor {
     var failures = 0
     var exitStatus: Int32?
     let signalFD: Int32
-    static let handledSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGCHLD]
+    static let handledSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD]
     /// A worker that served this long before dying is not counted as crashing in a loop (one that dies at start,
     /// or on the first request it is given again and again, is).
     static let healthyAfter = 2.0
@@ -102,6 +102,9 @@ final class Supervisor {
             case SIGCHLD: reapChildren()
             case SIGHUP: reload()
             case SIGUSR2: reexecute()
+            case SIGUSR1:
+                // logrotate: the worker reopens its audit log.
+                if let worker = current { kill(worker.pid, SIGUSR1) }
             case SIGTERM, SIGINT: stop()
             default: break
             }

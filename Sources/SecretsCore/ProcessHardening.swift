@@ -18,17 +18,17 @@ public enum ProcessHardening {
         secretsfs_set_undumpable() == 0 && secretsfs_is_dumpable() == 0
     }
 
-    /// Locks the process's memory (mlockall, current and future pages, on fault) so values never reach swap. When
-    /// the kernel refuses (RLIMIT_MEMLOCK too low for a non-root daemon), each `SecretBytes` locks its own pages
-    /// instead and the returned message says how to allow the whole process (LimitMEMLOCK= in the unit).
+    /// Locks the process's memory (mlockall, current and future pages, on fault) so nothing derived from a value
+    /// (buffers, decrypted files) reaches swap. Values themselves always live in locked pages of their own
+    /// (`SecretArena`); when the kernel refuses mlockall (RLIMIT_MEMLOCK too low for a non-root daemon) the
+    /// returned message says how to allow the whole process (LimitMEMLOCK= in the unit).
     public static func lockMemory() -> String? {
         if secretsfs_lock_all_memory() == 0 { return nil }
         let failure = errno
-        SecretBytes.lockEach.store(true, ordering: .relaxed)
         var limit = rlimit()
         getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &limit)
         let soft = limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur / 1024) KiB"
-        return "mlockall failed (\(FileIO.errnoText(failure)); RLIMIT_MEMLOCK is \(soft)): each secret's pages are "
-            + "locked instead; allow more with LimitMEMLOCK=infinity in the unit or run as root"
+        return "mlockall failed (\(FileIO.errnoText(failure)); RLIMIT_MEMLOCK is \(soft)): only the pages that hold "
+            + "values are locked; allow more with LimitMEMLOCK=infinity in the unit or run as root"
     }
 }

@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// The bytes of one secret value.
 ///
@@ -9,14 +8,11 @@ public final class SecretBytes: Sendable, CustomStringConvertible, CustomDebugSt
     // Owned exclusively by this immutable object; written only in init and deinit.
     private nonisolated(unsafe) let allocation: UnsafeMutableRawPointer
     public let count: Int
-    /// Set when the process could not lock all its memory: each value then locks its own pages (best effort).
-    public static let lockEach = Atomic<Bool>(false)
-    private let locked: Bool
 
     public init<C: Collection>(_ bytes: C) where C.Element == UInt8 {
         let count = bytes.count
-        let allocation = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 1)
-        locked = Self.lockEach.load(ordering: .relaxed) && mlock(allocation, max(count, 1)) == 0
+        // Pages of their own: locked in memory and left out of core dumps (SecretArena).
+        let allocation = SecretArena.shared.allocate(count)
         UnsafeMutableRawBufferPointer(start: allocation, count: count).copyBytes(from: bytes)
         self.allocation = allocation
         self.count = count
@@ -29,8 +25,7 @@ public final class SecretBytes: Sendable, CustomStringConvertible, CustomDebugSt
     deinit {
         // explicit_bzero is not elided by the optimiser, unlike a plain memset before free.
         explicit_bzero(allocation, max(count, 1))
-        if locked { munlock(allocation, max(count, 1)) }
-        allocation.deallocate()
+        SecretArena.shared.release(allocation, count: count)
     }
 
     private var storage: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: allocation, count: count) }
@@ -48,6 +43,9 @@ public final class SecretBytes: Sendable, CustomStringConvertible, CustomDebugSt
     public func utf8String() -> String? {
         String(validating: storage, as: UTF8.self)
     }
+
+    /// Bytes mapped for secret values and how many of their pages are locked in memory.
+    public static var arenaUsage: (mappedBytes: Int, lockedPages: Int) { SecretArena.shared.usage }
 
     public var description: String { "<redacted>" }
     public var debugDescription: String { "SecretBytes(<redacted>, \(count) bytes)" }

@@ -266,3 +266,42 @@ struct ConfigEnvironmentTests {
         }
     }
 }
+
+@Suite("secret memory")
+struct SecretMemoryTests {
+    /// The VmFlags of the mapping that holds `address`, from /proc/self/smaps.
+    static func flags(of address: UInt) throws -> [String] {
+        let smaps = try FileIO.readText("/proc/self/smaps")
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            if let range = fields.first, range.contains("-"), !line.hasPrefix("VmFlags") {
+                let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                inside = bounds.count == 2 && bounds[0] <= address && address < bounds[1]
+            } else if inside && line.hasPrefix("VmFlags:") {
+                return fields.dropFirst().map(String.init)
+            }
+        }
+        return []
+    }
+
+    @Test("values live in pages of their own: left out of core dumps (dd) and locked (lo), small and large")
+    func pages() throws {
+        for size in [5, 100, 70_000] {
+            let value = SecretBytes(Array(repeating: UInt8(ascii: "s"), count: size))
+            let address = value.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) }
+            let flags = try Self.flags(of: address)
+            #expect(flags.contains("dd"), "size \(size): \(flags)")
+            #expect(flags.contains("lo"), "size \(size): \(flags) (tests run as root: mlock is allowed)")
+            #expect(value.copyBytes().count == size)
+        }
+        #expect(SecretBytes.arenaUsage.lockedPages > 0)
+        // Freed blocks are reused and wiped.
+        var addresses: Set<UInt> = []
+        for round in 0..<100 {
+            let value = SecretBytes(string: "value-\(round)")
+            addresses.insert(value.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) })
+        }
+        #expect(addresses.count < 100)
+    }
+}

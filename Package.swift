@@ -65,6 +65,8 @@ let package = Package(
             dependencies: ["COpenSSL"],
             swiftSettings: strict
         ),
+        // Backend: the daemon's environment (Prefect-style secrets).
+        .target(name: "EnvStore", dependencies: ["SecretsCore"], swiftSettings: strict),
         // Backend: Redis hashes in Dynaconf's layout.
         .target(
             name: "RedisStore",
@@ -86,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "secretsfs",
             dependencies: [
-                "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "FuseBridge", "CLinux",
+                "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "EnvStore", "FuseBridge", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -103,7 +105,9 @@ let package = Package(
         .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "StoreTests",
-            dependencies: ["SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "TestSupport"],
+            dependencies: [
+                "SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "EnvStore", "TestSupport",
+            ],
             swiftSettings: strict),
         .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(

@@ -9,6 +9,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <signal.h>
+#include <unistd.h>
 
 static inline int secretsfs_signalfd(const sigset_t *mask) { return signalfd(-1, mask, SFD_CLOEXEC); }
 
@@ -20,6 +21,11 @@ static inline unsigned int secretsfs_signalfd_signo(const void *info) {
 static inline unsigned long secretsfs_signalfd_siginfo_size(void) { return sizeof(struct signalfd_siginfo); }
 
 static inline int secretsfs_memfd(const char *name) { return memfd_create(name, 0); }
+
+// execvpe is a GNU extension Glibc's module does not carry: exec with PATH search and a given environment.
+static inline int secretsfs_execvpe(const char *file, char *const argv[], char *const envp[]) {
+    return execvpe(file, argv, envp);
+}
 
 // prctl is variadic: no process of the same user may ptrace this one or read its /proc/<pid>/mem, environ or maps.
 static inline int secretsfs_set_undumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }

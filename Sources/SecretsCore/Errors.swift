@@ -68,4 +68,8 @@ public enum ExitStatus: Int32, Sendable {
     case invalidConfig = 2
     /// The requested store, env or key does not exist.
     case notFound = 3
+    /// `run`: the command exists but cannot be executed (as shells do).
+    case commandNotExecutable = 126
+    /// `run`: the command was not found (as shells do).
+    case commandNotFound = 127
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EnvStore
 import FileStore
 import RedisStore
 import VaultStore
@@ -43,6 +44,7 @@ enum Runtime {
             "file": { config throws(LocatedError) in try FileStore(config: config, logger: logger) },
             "redis": { config throws(LocatedError) in try RedisStore(config: config, logger: logger) },
             "vault": { config throws(LocatedError) in try VaultStore(config: config, logger: logger) },
+            "env": { config throws(LocatedError) in try EnvStore(config: config) },
         ]
     }
 

@@ -12,10 +12,10 @@ struct SecretsFSCommand: ParsableCommand {
             unless the env overrides them, and [global] overrides both.
 
             Exit status: 0 success, 1 runtime failure, 2 bad usage or malformed config (nothing mounted), \
-            3 store, env or key not found.
+            3 store, env or key not found; `run` exits with its command's status (126/127 when it cannot start it).
             """,
         subcommands: [
-            MountCommand.self, WorkerCommand.self, GetCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
+            MountCommand.self, WorkerCommand.self, GetCommand.self, RunCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
             DecryptCommand.self, EditCommand.self, SetCommand.self, WriteCommand.self,
         ]
     )

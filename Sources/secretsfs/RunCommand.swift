@@ -1,0 +1,203 @@
+import ArgumentParser
+import CLinux
+import Glibc
+import Logging
+import SecretsCore
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a command with secrets in its environment (no mount needed).",
+        discussion: """
+            Resolves every --secret NAME=<store-or-scope>/<env>/<key> (and, with --all <store-or-scope>/<env>, every \
+            key of that env as a variable, prefixed with --prefix) from the stores, as `get` does, then replaces \
+            itself with COMMAND (execvp: no shell, PATH is searched) with those variables added to its environment, \
+            after --env NAME=VALUE ones. All or nothing: a missing secret exits 3 naming it, before the command \
+            starts. Variable names must be POSIX names (letters, digits, _, not starting with a digit); references \
+            follow the mount's name rule. Nothing is printed and no value is put in argv. The exit status is the \
+            command's (127 when it cannot be run). Audited paths are recorded with via "run".
+
+            Prefer the mount when a value may change while the program runs (files are read when opened; an \
+            environment is fixed at start) or when many programs share secrets; prefer `run` for one-shot jobs, \
+            programs that only read environment variables, and hosts without FUSE.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(name: .customLong("secret"), help: "NAME=<store-or-scope>/<env>/<key>; repeatable.")
+    var secrets: [String] = []
+
+    @Option(name: .customLong("env"), help: "NAME=VALUE, a plain variable; repeatable.")
+    var plain: [String] = []
+
+    @Option(name: .long, help: "Every key of <store-or-scope>/<env> as a variable of the same name.")
+    var all: String?
+
+    @Option(name: .long, help: "With --all: put this before every variable name.")
+    var prefix: String = ""
+
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
+    var command: [String] = []
+
+    static func isVariableName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, first == "_" || (first.isASCII && first.properties.isAlphabetic)
+        else { return false }
+        return name.unicodeScalars.allSatisfy { $0 == "_" || ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) }
+    }
+
+    static func fail(_ message: String, _ status: ExitStatus) -> ExitCode {
+        printError(message)
+        return ExitCode(status.rawValue)
+    }
+
+    /// `<top>/<env>/<key>` or `<top>/<env>`, each part a usable entry name.
+    static func reference(_ text: String, parts count: Int) throws -> [String] {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == count else {
+            throw fail("'\(text)' is not <store-or-scope>/<env>\(count == 3 ? "/<key>" : "")", .invalidConfig)
+        }
+        for part in parts {
+            if let problem = EntryName.problem(part) {
+                throw fail("'\(text)' cannot name a secret: one part is \(problem)", .invalidConfig)
+            }
+        }
+        return parts
+    }
+
+    func run() throws {
+        guard !command.isEmpty else { throw Self.fail("no command: give it after --", .invalidConfig) }
+        // Check every name before reading any secret.
+        var wanted: [(name: String, parts: [String])] = []
+        for assignment in secrets {
+            guard let equals = assignment.firstIndex(of: "=") else {
+                throw Self.fail("--secret takes NAME=<store-or-scope>/<env>/<key>", .invalidConfig)
+            }
+            let name = String(assignment[..<equals])
+            guard Self.isVariableName(name) else {
+                throw Self.fail("'\(name)' is not a variable name (letters, digits, _, not starting with a digit)", .invalidConfig)
+            }
+            wanted.append((name, try Self.reference(String(assignment[assignment.index(after: equals)...]), parts: 3)))
+        }
+        var environment: [(String, [UInt8])] = []
+        for assignment in plain {
+            guard let equals = assignment.firstIndex(of: "="), Self.isVariableName(String(assignment[..<equals])) else {
+                throw Self.fail("--env takes NAME=VALUE with a POSIX variable name", .invalidConfig)
+            }
+            environment.append((String(assignment[..<equals]), Array(assignment[assignment.index(after: equals)...].utf8)))
+        }
+        let allParts = try all.map { try Self.reference($0, parts: 2) }
+
+        let logger = Runtime.bootstrapLogging(level: options.logLevel == "info" ? "warning" : options.logLevel)
+        let config = try Runtime.loadConfig(options.config)
+        let stores = try Runtime.buildStores(config, logger: logger)
+        let resolver = try Runtime.resolver(config, stores: stores)
+        let reader = try AuditedReader(config: config, resolver: resolver, logger: logger, via: "run")
+        var values: [(String, SecretBytes)] = []
+        do throws(SecretsError) {
+            if let allParts {
+                let env = try reader.env(top: allParts[0], env: allParts[1])
+                for key in try resolver.keys(top: allParts[0], env: env) {
+                    let name = prefix + key
+                    guard Self.isVariableName(name) else {
+                        throw SecretsError(.invalidArgument, "key '\(key)' of \(allParts[0])/\(env) is not usable as a variable name '\(name)'")
+                    }
+                    values.append((name, try reader.read(top: allParts[0], env: env, key: key)))
+                }
+            }
+            for (name, parts) in wanted {
+                let env = try reader.env(top: parts[0], env: parts[1])
+                values.append((name, try reader.read(top: parts[0], env: env, key: parts[2])))
+            }
+        } catch {
+            printError(error.description)
+            throw Runtime.exitCode(for: error)
+        }
+        for (name, bytes) in values where bytes.withUnsafeBytes({ $0.contains(0) }) {
+            throw Self.fail("the value for \(name) holds a NUL byte, which an environment variable cannot carry", .invalidConfig)
+        }
+        stores.values.forEach { $0.close() }
+
+        // The environment: ours, then --env, then the secrets (later ones win).
+        var names: [String] = []
+        var entries: [String: [UInt8]] = [:]
+        func set(_ name: String, _ value: [UInt8]) {
+            if entries[name] == nil { names.append(name) }
+            entries[name] = value
+        }
+        var cursor = Glibc.environ
+        while let entry = cursor.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") { set(String(text[..<equals]), Array(text[text.index(after: equals)...].utf8)) }
+            cursor += 1
+        }
+        for (name, value) in environment { set(name, value) }
+        for (name, bytes) in values { set(name, bytes.copyBytes()) }
+        var cEnvironment: [UnsafeMutablePointer<CChar>?] = names.map { name in
+            let bytes = Array(name.utf8) + [UInt8(ascii: "=")] + (entries[name] ?? []) + [0]
+            let pointer = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count)
+            for (index, byte) in bytes.enumerated() { pointer[index] = CChar(bitPattern: byte) }
+            return pointer
+        }
+        cEnvironment.append(nil)
+        let cArguments = command.map { strdup($0) } + [nil]
+        secretsfs_execvpe(command[0], cArguments, cEnvironment)
+        let failure = errno
+        // Not reached when the command started: wipe what was copied.
+        for pointer in cEnvironment.compactMap({ $0 }) {
+            explicit_bzero(pointer, strlen(pointer))
+            pointer.deallocate()
+        }
+        throw Self.fail("cannot run \(command[0]): \(FileIO.errnoText(failure))", failure == ENOENT ? .commandNotFound : .commandNotExecutable)
+    }
+}
+
+/// Reads secrets for `get` and `run` with the mount's rules: access `allow` lists and the audit.
+struct AuditedReader {
+    let resolver: Resolver
+    let policy: AccessPolicy
+    let audit: AuditLog?
+    let via: String
+
+    init(config: Config, resolver: Resolver, logger: Logger, via: String) throws {
+        self.resolver = resolver
+        policy = AccessPolicy(config: config)
+        do {
+            audit = config.audit.enabled ? try AuditLog(config: config.audit, logger: logger) : nil
+        } catch {
+            printError("\(error)")
+            throw ExitCode(ExitStatus.invalidConfig.rawValue)
+        }
+        self.via = via
+    }
+
+    func env(top: String, env: String) throws(SecretsError) -> String {
+        guard resolver.tops[top] != nil else { throw SecretsError(.notFound, "no store or scope named '\(top)'") }
+        guard let canonical = try resolver.canonicalEnv(top: top, env: env) else {
+            throw SecretsError(.notFound, "no env '\(env)' in '\(top)'")
+        }
+        return canonical
+    }
+
+    func read(top: String, env: String, key: String) throws(SecretsError) -> SecretBytes {
+        let caller = Caller.current
+        let details = CallerDetails.read(pid: caller.pid)
+        func record(_ decision: AuditEntry.Decision) {
+            guard let audit, policy.isAudited(top: top, env: env, key: key) else { return }
+            audit.record(
+                AuditEntry(
+                    via: via, path: "\(top)/\(env)/\(key)", decision: decision, caller: caller, details: details,
+                    cache: decision == .allowed ? "fresh" : nil))
+        }
+        guard policy.allows(caller, top: top, env: env, key: key, details: { details }) else {
+            record(.denied)
+            throw SecretsError(.permissionDenied, "an access rule does not allow this caller to read '\(top)/\(env)/\(key)'")
+        }
+        guard let value = try resolver.resolve(top: top, env: env, key: key) else {
+            record(.notFound)
+            throw SecretsError(.notFound, "no key '\(key)' in '\(top)/\(env)'")
+        }
+        record(.allowed)
+        return value.fileBytes()
+    }
+}

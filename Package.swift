@@ -19,6 +19,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // C edge: only FuseBridge imports this module.
@@ -34,6 +37,7 @@ let package = Package(
             name: "SecretsCore",
             dependencies: [
                 "CLinux",
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
@@ -79,6 +83,18 @@ let package = Package(
             dependencies: ["SecretsCore", "CCurl", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
+        // [metrics]: /metrics (Prometheus text), /healthz and /status over Hummingbird, for the worker.
+        .target(
+            name: "StatusServer",
+            dependencies: [
+                "SecretsCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // Translates FUSE low-level requests to the core.
         .target(
             name: "FuseBridge",
@@ -89,6 +105,7 @@ let package = Package(
             name: "secretsfs",
             dependencies: [
                 "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "EnvStore", "FuseBridge", "CLinux",
+                "StatusServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

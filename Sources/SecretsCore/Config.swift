@@ -10,6 +10,8 @@ public struct Config: Sendable {
     /// `[[access]]` rules, in order.
     public var access: [AccessRule] = []
     public var audit = AuditConfig()
+    /// `[metrics]`: where /metrics, /healthz and /status are served; nil: nowhere.
+    public var metrics: MetricsListen?
 
     /// Reads and validates a config file. Every problem names file, line, column and what is wrong.
     public static func load(path: String) throws(LocatedError) -> Config {
@@ -25,7 +27,7 @@ public struct Config: Sendable {
     public static func parse(text: String, file: String) throws(LocatedError) -> Config {
         let document = try TOMLDocument(file: file, text: text)
         let root = ConfigSection(document: document, path: [], values: document.root)
-        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit"])
+        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit", "metrics"])
 
         let mount = try MountConfig(root.section("mount"))
         let cache = try CacheConfig(root.section("cache"))
@@ -72,6 +74,14 @@ public struct Config: Sendable {
         var config = Config(file: file, mount: mount, cache: cache, stores: stores, scopes: scopes)
         config.access = access
         config.audit = try AuditConfig(root.section("audit"))
+        let metrics = try root.section("metrics")
+        try metrics.rejectUnknown(allowed: ["listen"])
+        if let listen = try metrics.string("listen") {
+            guard let parsed = MetricsListen(listen, directory: metrics.directory) else {
+                throw metrics.error("listen", "listen must be \"host:port\" (127.0.0.1:9464, [::1]:9464) or \"unix:/path\"")
+            }
+            config.metrics = parsed
+        }
         return config
     }
 
@@ -112,6 +122,28 @@ public struct MountConfig: Sendable {
         dirMode = try section.mode("dir_mode") ?? 0o500
         noOpen = try section.bool("no_open") ?? true
         autoUnmount = try section.bool("auto_unmount") ?? true
+    }
+}
+
+/// Where the status server listens.
+public enum MetricsListen: Sendable, Equatable {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    public init?(_ text: String, directory: String) {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            guard !path.isEmpty else { return nil }
+            self = .unix(path: FileIO.absolute(path, in: directory))
+            return
+        }
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (1...65535).contains(port)
+        else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self = .tcp(host: host, port: port)
     }
 }
 

@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import Synchronization
 
 import Glibc
@@ -138,6 +139,10 @@ public final class FileSystemCore: Sendable {
         var views: [EnvKey: CachedView] = [:]
         /// Change notices since the last summary line, and what they cost.
         var noticeStats = (notices: 0, envs: 0, changed: 0, since: 0.0)
+        /// Per top: did its last backend call answer, since when (wall clock), and the error if not.
+        var health: [String: StoreHealth] = [:]
+        var notices = 0
+        var lastNotice: (seconds: Int, nanoseconds: Int)?
         var lastWarning: [String: Double] = [:]
         /// Store/env pairs already warned about for names that cannot be entries (one warning each).
         var warnedNames: Set<String> = []
@@ -288,6 +293,14 @@ public final class FileSystemCore: Sendable {
             return read
         }
         func record(_ decision: AuditEntry.Decision, _ cache: String?) {
+            let kind: String
+            switch decision {
+            case .allowed: kind = cache ?? "cached"
+            case .denied: kind = "denied"
+            case .notFound: kind = "not_found"
+            case .error: kind = "error"
+            }
+            Counter(label: "secretsfs_reads_total", dimensions: [("top", path.top), ("kind", kind)]).increment()
             guard audited, let audit, let caller else { return }
             audit.record(
                 AuditEntry(
@@ -350,7 +363,9 @@ public final class FileSystemCore: Sendable {
         var cacheState = fresh ? "fresh" : "cached"
         if fresh {
             do {
-                resolved = try resolver.resolve(top: path.top, env: path.env, key: path.key)
+                resolved = try backend(path.top) { () throws(SecretsError) in
+                    try resolver.resolve(top: path.top, env: path.env, key: path.key)
+                }
             } catch where error.code != .notFound {
                 warn(top: path.top, "reading '\(path.top)/\(path.env)' failed: \(error)")
                 throw error
@@ -377,7 +392,7 @@ public final class FileSystemCore: Sendable {
             return (cached.view, cache.ttl - (now - cached.fetchedAt), false)
         }
         do {
-            let view = try resolver.view(top: key.top, env: key.env)
+            let view = try backend(key.top) { () throws(SecretsError) in try resolver.view(top: key.top, env: key.env) }
             state.withLock { $0.views[key] = CachedView(view: view, fetchedAt: now) }
             return (view, cache.ttl, false)
         } catch {
@@ -491,7 +506,7 @@ public final class FileSystemCore: Sendable {
         case .top(let top):
             let envs: [String]
             do {
-                envs = usableNames(try resolver.envs(top: top), top: top, env: nil)
+                envs = usableNames(try probe(top), top: top, env: nil)
             } catch {
                 warn(top: top, "listing envs of '\(top)' failed: \(error)")
                 throw error
@@ -580,7 +595,11 @@ public final class FileSystemCore: Sendable {
             }
         }
         let now = clock()
+        Counter(label: "secretsfs_change_notices_total", dimensions: [("store", storeName)]).increment()
+        let noticeTime = Self.wallClock()
         let summary = state.withLock { state -> (notices: Int, envs: Int, changed: Int)? in
+            state.notices += 1
+            state.lastNotice = noticeTime
             state.noticeStats.notices += 1
             state.noticeStats.envs += affected.count
             state.noticeStats.changed += stale.count
@@ -603,6 +622,53 @@ public final class FileSystemCore: Sendable {
         for entry in stale {
             notifier.invalidateEntry(parent: entry.parent, name: entry.name)
         }
+    }
+
+    // MARK: - Health and metrics
+
+    /// Times a backend call for the top, counts its errors and notes whether the store answered (not found is an
+    /// answer). Metric labels are top names and kinds from the config, never anything from a value.
+    func backend<T>(_ top: String, _ body: () throws(SecretsError) -> T) throws(SecretsError) -> T {
+        let started = Self.monotonicSeconds()
+        let result: Result<T, SecretsError>
+        do {
+            result = .success(try body())
+        } catch {
+            result = .failure(error)
+        }
+        Timer(label: "secretsfs_backend_seconds", dimensions: [("top", top)])
+            .recordNanoseconds(Int64((Self.monotonicSeconds() - started) * 1e9))
+        var failure: SecretsError?
+        if case .failure(let error) = result, error.code != .notFound { failure = error }
+        if failure != nil { Counter(label: "secretsfs_backend_errors_total", dimensions: [("top", top)]).increment() }
+        let now = Self.wallClock()
+        state.withLock { state in
+            let ok = failure == nil
+            if state.health[top]?.ok != ok {
+                state.health[top] = StoreHealth(ok: ok, since: now, error: failure.map { "\($0)" })
+            } else if let failure {
+                state.health[top]?.error = "\(failure)"
+            }
+        }
+        return try result.get()
+    }
+
+    /// Asks the top's stores for their envs once, so health is known before the first read.
+    public func probe(_ top: String) throws(SecretsError) -> [String] {
+        try backend(top) { () throws(SecretsError) in try resolver.envs(top: top) }
+    }
+
+    /// Every top's health, counts for /status and gauges for /metrics.
+    public func status() -> CoreStatus {
+        let snapshot = state.withLock { state in
+            (state.health, state.files.count, state.views.count, state.notices, state.lastNotice)
+        }
+        Gauge(label: "secretsfs_live_inodes").record(snapshot.1)
+        Gauge(label: "secretsfs_cached_envs").record(snapshot.2)
+        return CoreStatus(
+            stores: resolver.topNames.map { name in
+                (name, snapshot.0[name] ?? StoreHealth(ok: true, since: mountedAt, error: nil))
+            }, liveInodes: snapshot.1, cachedEnvs: snapshot.2, notices: snapshot.3, lastNotice: snapshot.4)
     }
 
     // MARK: - Clocks
@@ -647,4 +713,22 @@ func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
     var difference: UInt8 = 0
     for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
     return difference == 0
+}
+
+/// Whether a top's last backend call was answered, since when (wall clock), and what failed.
+public struct StoreHealth: Sendable {
+    public var ok: Bool
+    public var since: (seconds: Int, nanoseconds: Int)
+    public var error: String?
+}
+
+/// What /status shows and /healthz decides from.
+public struct CoreStatus: Sendable {
+    public var stores: [(name: String, health: StoreHealth)]
+    public var liveInodes: Int
+    public var cachedEnvs: Int
+    public var notices: Int
+    public var lastNotice: (seconds: Int, nanoseconds: Int)?
+
+    public var failing: [String] { stores.filter { !$0.health.ok }.map(\.name) }
 }

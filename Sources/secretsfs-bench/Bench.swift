@@ -293,6 +293,16 @@ struct Bench {
             report(unauditedResult, baseline: tmpfs)
             let auditedResult = measure("secretsfs cached, audited", path: audited, threads: 1, duration: seconds)
             report(auditedResult, baseline: tmpfs)
+            // Metrics: the same cached read with a [metrics] listener (counters on the daemon's path only).
+            if let metered = mount(noOpen: true, extra: "[metrics]\nlisten = \"unix:\(root)/metrics.sock\"") {
+                let path = metered.mountpoint + "/local/production/PASSWORD"
+                _ = measure("warm", path: path, threads: 1, duration: 0.2)
+                let withMetrics = measure("secretsfs cached, [metrics] on", path: path, threads: 1, duration: seconds)
+                report(withMetrics, baseline: tmpfs)
+                let ratio = withMetrics.opsPerSecond / unauditedResult.opsPerSecond
+                print("  target: cached reads with metrics within 5% of without: \(fmt(ratio * 100, 1))% -> \(ratio >= 0.95 ? "met" : "NOT met")")
+                unmount(metered)
+            }
             print("  an audited open costs \(fmt(auditedResult.p50 - unauditedResult.p50, 1)) us more at p50 (\(fmt(unauditedResult.opsPerSecond / auditedResult.opsPerSecond, 1))x the time): one LOOKUP and one audit line per open")
             unmount(mounted)
         }

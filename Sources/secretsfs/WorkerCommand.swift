@@ -3,7 +3,9 @@ import Crypto
 import Foundation
 import FuseBridge
 import Logging
+import Prometheus
 import SecretsCore
+import StatusServer
 
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -84,13 +86,15 @@ struct WorkerCommand: ParsableCommand {
                 "access rule matches no store or scope (a typo?)",
                 metadata: ["rule": "\(rule.path)", "at": "\(rule.location.file):\(rule.location.line):\(rule.location.column)"])
         }
+        // Metrics must report somewhere before the first one is made.
+        let registry: PrometheusCollectorRegistry? = config.metrics.map { _ in StatusServer.bootstrapMetrics() }
         let core = FileSystemCore(config: config, resolver: resolver, logger: logger, audit: audit)
         // logrotate: SIGUSR1 (forwarded by the supervisor) reopens the audit log.
         Self.onSignal(SIGUSR1) { audit?.reopen() }
         for name in resolver.topNames {
             // Say early which stores are broken; they still get their directory and answer EIO.
             do {
-                let envs = try resolver.envs(top: name)
+                let envs = try core.probe(name)
                 logger.info("ready", metadata: ["store": "\(name)", "envs": "\(envs.count)"])
             } catch {
                 logger.error("store failing; its paths answer EIO", metadata: ["store": "\(name)", "error": "\(error)"])
@@ -122,6 +126,10 @@ struct WorkerCommand: ParsableCommand {
             logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
         }
         defer { stores.values.forEach { $0.close() } }
+        // Only now, with the previous worker gone: it held the listening address until then.
+        if let listen = config.metrics, let registry {
+            StatusServer.start(listen: listen, core: core, registry: registry, logger: logger)
+        }
         // The supervisor going away ends the worker: nothing would restart it, and the mount goes with them.
         let watcher = Thread { [logger] in
             while true {

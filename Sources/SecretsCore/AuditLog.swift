@@ -42,7 +42,8 @@ public struct AuditEntry: Sendable {
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }
 
-    static func quoted(_ text: String) -> String {
+    /// A JSON string literal (for the audit and /status).
+    public static func quoted(_ text: String) -> String {
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

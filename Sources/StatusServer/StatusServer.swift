@@ -77,19 +77,7 @@ public enum StatusServer {
     }
 
     static func statusJSON(_ status: CoreStatus) -> String {
-        func quoted(_ text: String) -> String {
-            var out = "\""
-            for scalar in text.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                default:
-                    if scalar.value < 0x20 { out += " " } else { out.unicodeScalars.append(scalar) }
-                }
-            }
-            return out + "\""
-        }
+        let quoted = AuditEntry.quoted
         let stores = status.stores.map { store in
             var fields = [
                 "\"name\":\(quoted(store.name))", "\"ok\":\(store.health.ok)",

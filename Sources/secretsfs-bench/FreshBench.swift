@@ -5,7 +5,7 @@ import Foundation
 enum FreshBench {
     /// Mounts one store `name` (its `[stores.<name>]` keys in `storeKeys`) with PASSWORD fresh, runs `body` with the
     /// path of that fresh file while the daemon is up, then stops it.
-    static func withMount(binary: String, root: String, name: String, storeKeys: String, _ body: (String) -> Void) {
+    static func withMount(binary: String, root: String, name: String, storeKeys: String, _ body: (String, Int32) -> Void) {
         let mountpoint = root + "/mnt-" + name
         try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let config = root + "/\(name).toml"
@@ -31,7 +31,7 @@ enum FreshBench {
         }
         let path = mountpoint + "/\(name)/production/PASSWORD"
         for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
-        body(path)
+        body(path, daemon.processIdentifier)
     }
 
     /// The raw round trip and fresh reads on one thread, measured in alternating slices so that both see the same

@@ -33,61 +33,31 @@ enum NoticeBench {
     }
 
     static func run(binary: String, root: String, seconds: Double) {
-        guard let serverPath = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: {
-            FileManager.default.isExecutableFile(atPath: $0)
-        }), let port = RedisBench.freePort() else {
-            print("notices: redis-server is not installed (make deps); skipped")
+        guard let (server, port, connection) = RedisBench.startServer(root: root) else {
+            print("notices: redis-server is not installed (make deps) or did not start; skipped")
             return
         }
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: serverPath)
-        server.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                            "--notify-keyspace-events", "Kh", "--dir", root]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        guard (try? server.run()) != nil else { return }
         defer {
             kill(server.processIdentifier, SIGKILL)
             server.waitUntilExit()
         }
-        let settings = RedisSettings(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeout: 5)
-        var connection: RedisConnection?
-        for _ in 0..<500 where connection == nil {
-            connection = try? RedisConnection(settings)
-            if connection == nil { usleep(10_000) }
-        }
-        guard let connection else { return }
         let keys = 10_000
         var batch: [String] = ["HSET", "DYNACONF_PRODUCTION"]
         for index in 0..<keys { batch += ["KEY_\(index)", "value-\(index)"] }
         _ = try? connection.command(batch.map { Array($0.utf8) })
         _ = try? connection.command("HSET", "DYNACONF_STAGING", "OTHER", "0")
 
-        let mountpoint = root + "/mnt-notices"
-        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        let config = root + "/notices.toml"
-        try? """
-            [mount]
-            path = "\(mountpoint)"
-            [cache]
-            ttl = "10m"
-            [stores.redis]
-            type = "redis"
-            url = "redis://127.0.0.1:\(port)/0"
-            timeout = "5s"
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
-        daemon.standardInput = FileHandle.nullDevice
-        guard (try? daemon.run()) != nil else { return }
-        defer {
-            daemon.terminate()
-            daemon.waitUntilExit()
-            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
+        _ = try? connection.command("HSET", "DYNACONF_PRODUCTION", "PASSWORD", "ready")
+        let storeKeys = "url = \"redis://127.0.0.1:\(port)/0\"\ntimeout = \"5s\""
+        FreshBench.withMount(binary: binary, root: root, name: "redis", storeKeys: storeKeys) { path, daemon in
+            measure(
+                directory: String(path.dropLast("/PASSWORD".count)), daemon: daemon, connection: connection,
+                seconds: seconds, keys: keys)
         }
-        let directory = mountpoint + "/redis/production"
-        for _ in 0..<1000 where access(directory + "/KEY_0", R_OK) != 0 { usleep(10_000) }
+    }
+
+    /// The HSET loops against a mounted env of `keys` cached names.
+    static func measure(directory: String, daemon: Int32, connection: RedisConnection, seconds: Double, keys: Int) {
         // Every key looked up once: 10,000 cached names the kernel holds.
         var buffer = [UInt8](repeating: 0, count: 64)
         for index in 0..<keys {
@@ -101,7 +71,7 @@ enum NoticeBench {
         print("change notices (10,000 cached keys in one Redis env, 100 HSETs/s for \(fmt(seconds * 5, 0)) s):")
         for (label, hash) in [("HSETs to another env", "DYNACONF_STAGING"), ("HSETs to the cached env", "DYNACONF_PRODUCTION")] {
             let writes = Int(seconds * 5 * 100)
-            let cpuBefore = cpuSeconds(daemon.processIdentifier)
+            let cpuBefore = cpuSeconds(daemon)
             let commandsBefore = processedCommands(connection)
             let begin = nanoseconds()
             for index in 0..<writes {
@@ -111,7 +81,7 @@ enum NoticeBench {
                 if due > now { usleep(useconds_t((due - now) / 1000)) }
             }
             usleep(1_000_000)  // let the last notices be handled
-            let cpu = cpuSeconds(daemon.processIdentifier) - cpuBefore
+            let cpu = cpuSeconds(daemon) - cpuBefore
             // Ours: the HSETs and the two INFO calls.
             let daemonCommands = processedCommands(connection) - commandsBefore - writes - 1
             print("  \(label.padding(toLength: 26, withPad: " ", startingAt: 0)) daemon CPU \(fmt(cpu * 1000 / Double(writes), 2).leftPad(7)) ms/HSET, \(fmt(Double(daemonCommands) / Double(writes), 1).leftPad(7)) Redis commands/HSET")

@@ -5,33 +5,13 @@ import RedisClient
 /// mount (1 and 4 threads), then Python: open(path).read() against Dynaconf's get_fresh on the same server.
 enum RedisBench {
     static func run(binary: String, root: String, seconds: Double, python: String?) {
-        guard let serverPath = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: {
-            FileManager.default.isExecutableFile(atPath: $0)
-        }) else {
-            print("redis: redis-server is not installed (make deps); skipped")
+        guard let (server, port, connection) = startServer(root: root) else {
+            print("redis: redis-server is not installed (make deps) or did not start; skipped")
             return
         }
-        guard let port = freePort() else { return }
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: serverPath)
-        server.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                            "--notify-keyspace-events", "Kh", "--dir", root]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        guard (try? server.run()) != nil else { return }
         defer {
             kill(server.processIdentifier, SIGKILL)
             server.waitUntilExit()
-        }
-        let settings = RedisSettings(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeout: 2)
-        var connection: RedisConnection?
-        for _ in 0..<500 where connection == nil {
-            connection = try? RedisConnection(settings)
-            if connection == nil { usleep(10_000) }
-        }
-        guard let connection else {
-            print("redis: server did not start")
-            return
         }
         let value = "not-a-real-password-0123456789"
         _ = try? connection.command("HSET", "DYNACONF_PRODUCTION", "PASSWORD", value, "PORT", "@int 1234")
@@ -44,7 +24,7 @@ enum RedisBench {
             return nanoseconds() - begin
         }
 
-        FreshBench.withMount(binary: binary, root: root, name: "redis", storeKeys: "url = \"redis://127.0.0.1:\(port)/0\"") { path in
+        FreshBench.withMount(binary: binary, root: root, name: "redis", storeKeys: "url = \"redis://127.0.0.1:\(port)/0\"") { path, _ in
             guard let (raw, one, four) = FreshBench.measureFresh(
                 "redis", path: path, seconds: seconds, raw: "raw HGET round trip, 1 connection", rawTrip: rawTrip)
             else { return }
@@ -77,6 +57,28 @@ enum RedisBench {
             FreshBench.printPythonRatio(
                 files: numbers[0], getFresh: numbers[1], rawPerSecond: raw.opsPerSecond, target: 10)
         }
+    }
+
+    /// A redis-server on a free port with keyspace notifications on, and a connection to it; nil when missing.
+    static func startServer(root: String) -> (server: Process, port: Int, connection: RedisConnection)? {
+        guard let serverPath = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].first(where: {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }), let port = freePort() else { return nil }
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: serverPath)
+        server.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                            "--notify-keyspace-events", "Kh", "--dir", root]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        guard (try? server.run()) != nil else { return nil }
+        let settings = RedisSettings(endpoint: RedisEndpoint(address: .tcp(host: "127.0.0.1", port: port)), timeout: 5)
+        for _ in 0..<500 {
+            if let connection = try? RedisConnection(settings) { return (server, port, connection) }
+            usleep(10_000)
+        }
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+        return nil
     }
 
     static func freePort() -> Int? {

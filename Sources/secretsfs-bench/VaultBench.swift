@@ -45,7 +45,7 @@ enum VaultBench {
         try? "root\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
         chmod(tokenFile, 0o600)
         let storeKeys = "address = \"\(address)\"\ntoken_file = \"\(tokenFile)\""
-        FreshBench.withMount(binary: binary, root: root, name: "vault", storeKeys: storeKeys) { path in
+        FreshBench.withMount(binary: binary, root: root, name: "vault", storeKeys: storeKeys) { path, _ in
             guard let (raw, _, _) = FreshBench.measureFresh(
                 "vault", path: path, seconds: seconds, raw: "raw libcurl keep-alive GET round trip",
                 rawTrip: probe.roundTrip)

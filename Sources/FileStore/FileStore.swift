@@ -18,7 +18,7 @@ public struct FileStoreSettings: Sendable {
     public init(config: StoreConfig) throws(LocatedError) {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "files", "identity", "passphrase_file", "recipients", "max_work_factor",
+            "type", "fresh", "fresh_max_age", "files", "identity", "passphrase_file", "recipients", "max_work_factor",
         ])
         guard let files = try section.stringArray("files"), !files.isEmpty else {
             throw section.error("files", "store '\(config.name)' needs files = [\"/path/to/secrets.toml.age\"]")

@@ -14,7 +14,7 @@ public struct RedisStoreSettings: Sendable {
     {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "url", "password_file", "username", "ca_cert", "prefix", "timeout",
+            "type", "fresh", "fresh_max_age", "url", "password_file", "username", "ca_cert", "prefix", "timeout",
         ])
         let url = try section.string("url") ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
         var endpoint: RedisEndpoint

@@ -154,12 +154,15 @@ public struct CacheConfig: Sendable {
     public var fresh: [String]
     /// Seconds a cached value may still be served when its store fails; 0 turns this off.
     public var staleIfError: Double
+    /// Seconds a fetched fresh value may serve later opens (0: every open waits for a fetch that began after it).
+    public var freshMaxAge: Double
 
     init(_ section: ConfigSection) throws(LocatedError) {
-        try section.rejectUnknown(allowed: ["ttl", "fresh", "stale_if_error"])
+        try section.rejectUnknown(allowed: ["ttl", "fresh", "stale_if_error", "fresh_max_age"])
         ttl = try section.duration("ttl") ?? 300
         fresh = try section.stringArray("fresh") ?? []
         staleIfError = try section.duration("stale_if_error") ?? 600
+        freshMaxAge = try section.duration("fresh_max_age") ?? 0
     }
 }
 
@@ -169,6 +172,7 @@ public struct StoreConfig: Sendable {
     public var name: String
     public var type: String
     public var fresh: [String]
+    public var freshMaxAge: Double?
     public var section: ConfigSection
 
     init(name: String, section: ConfigSection) throws(LocatedError) {
@@ -178,6 +182,7 @@ public struct StoreConfig: Sendable {
         }
         self.type = type
         self.fresh = try section.stringArray("fresh") ?? []
+        self.freshMaxAge = try section.duration("fresh_max_age")
         self.section = section
     }
 }
@@ -211,10 +216,11 @@ public struct ScopeConfig: Sendable {
     public var name: String
     public var chain: [ChainElement]
     public var fresh: [String]
+    public var freshMaxAge: Double?
 
     init(name: String, section: ConfigSection) throws(LocatedError) {
         self.name = name
-        try section.rejectUnknown(allowed: ["chain", "fresh"])
+        try section.rejectUnknown(allowed: ["chain", "fresh", "fresh_max_age"])
         guard case .array(let items)? = section.values["chain"], !items.isEmpty else {
             throw section.error("chain", "scope '\(name)' needs a non-empty chain = [\"store\", ...]")
         }
@@ -244,6 +250,7 @@ public struct ScopeConfig: Sendable {
         }
         self.chain = chain
         self.fresh = try section.stringArray("fresh") ?? []
+        self.freshMaxAge = try section.duration("fresh_max_age")
     }
 }
 

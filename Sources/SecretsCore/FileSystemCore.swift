@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import Metrics
 import Synchronization
@@ -119,6 +120,21 @@ public final class FileSystemCore: Sendable {
         }
     }
 
+    /// One fetch of a fresh key: when it started; completion is signalled through `done`.
+    final class Flight: Sendable {
+        let startedAt: Double
+        let done = DispatchGroup()
+        init(startedAt: Double) {
+            self.startedAt = startedAt
+            done.enter()
+        }
+    }
+
+    struct FreshFetches {
+        var inFlight: Flight?
+        var last: (startedAt: Double, result: Result<SecretValue?, SecretsError>)?
+    }
+
     struct EnvKey: Hashable {
         var top: String
         var env: String
@@ -139,6 +155,8 @@ public final class FileSystemCore: Sendable {
         var views: [EnvKey: CachedView] = [:]
         /// Change notices since the last summary line, and what they cost.
         var noticeStats = (notices: 0, envs: 0, changed: 0, since: 0.0)
+        /// Fresh keys: the fetch in flight and the last one completed, so opens can share fetches.
+        var fresh: [FilePath: FreshFetches] = [:]
         /// Per top: did its last backend call answer, since when (wall clock), and the error if not.
         var health: [String: StoreHealth] = [:]
         var notices = 0
@@ -363,9 +381,7 @@ public final class FileSystemCore: Sendable {
         var cacheState = fresh ? "fresh" : "cached"
         if fresh {
             do {
-                resolved = try backend(path.top) { () throws(SecretsError) in
-                    try resolver.resolve(top: path.top, env: path.env, key: path.key)
-                }
+                resolved = try sharedFetch(path, openedAt: now)
             } catch where error.code != .notFound {
                 warn(top: path.top, "reading '\(path.top)/\(path.env)' failed: \(error)")
                 throw error
@@ -385,6 +401,55 @@ public final class FileSystemCore: Sendable {
 
     /// The env's view and how long it stays valid: the cached one while its ttl runs, else fetched now; when the
     /// store fails, the old one for up to `stale_if_error` (with a short timeout, so names are asked again soon).
+    /// A fresh key's value for an open that began at `openedAt`: from a fetch that *started* at or after that moment
+    /// (concurrent opens share it; a fetch already under way when the open began is waited out, never used), or,
+    /// with `fresh_max_age`, from one that started at most that long ago. So a fresh read never returns a value older
+    /// than its open (or than the bound), and many readers cost one fetch per round, not one each.
+    func sharedFetch(_ path: FilePath, openedAt: Double) throws(SecretsError) -> SecretValue? {
+        let maxAge = resolver.freshMaxAge(top: path.top)
+        while true {
+            enum Next {
+                case use(Result<SecretValue?, SecretsError>)
+                case wait(Flight)
+                case fetch(Flight)
+            }
+            let next: Next = state.withLock { state in
+                let entry = state.fresh[path] ?? FreshFetches()
+                if let last = entry.last,
+                    last.startedAt >= openedAt || (maxAge > 0 && clock() - last.startedAt <= maxAge)
+                {
+                    return .use(last.result)
+                }
+                if let flight = entry.inFlight { return .wait(flight) }
+                let flight = Flight(startedAt: clock())
+                state.fresh[path, default: FreshFetches()].inFlight = flight
+                return .fetch(flight)
+            }
+            switch next {
+            case .use(let result):
+                return try result.get()
+            case .wait(let flight):
+                flight.done.wait()
+            case .fetch(let flight):
+                let result: Result<SecretValue?, SecretsError>
+                do {
+                    result = .success(
+                        try backend(path.top) { () throws(SecretsError) in
+                            try resolver.resolve(top: path.top, env: path.env, key: path.key)
+                        })
+                } catch {
+                    result = .failure(error)
+                }
+                state.withLock { state in
+                    state.fresh[path]?.inFlight = nil
+                    state.fresh[path]?.last = (flight.startedAt, result)
+                }
+                flight.done.leave()
+                return try result.get()
+            }
+        }
+    }
+
     /// Also says whether the view is stale (served past its ttl because the store failed).
     private func cachedView(_ key: EnvKey, now: Double) throws(SecretsError) -> (EnvView, Double, Bool) {
         let cached = state.withLock { $0.views[key] }

@@ -6,6 +6,8 @@ public final class Resolver: Sendable {
         public var chain: [(store: any SecretStore, location: String?)]
         public var fresh: [Glob]
         public var isScope: Bool
+        /// `fresh_max_age` of the store or scope, when it sets one.
+        public var freshMaxAge: Double? = nil
     }
 
     public static let defaultEnv = "default"
@@ -16,6 +18,10 @@ public final class Resolver: Sendable {
     public let tops: [String: Top]
     public let topNames: [String]
     private let globalFresh: [Glob]
+    private let globalFreshMaxAge: Double
+
+    /// How old a fetched fresh value may be and still serve an open of the top's keys (0: strict).
+    public func freshMaxAge(top name: String) -> Double { tops[name]?.freshMaxAge ?? globalFreshMaxAge }
 
     public init(config: Config, stores: [String: any SecretStore]) throws(SecretsError) {
         var tops: [String: Top] = [:]
@@ -24,7 +30,8 @@ public final class Resolver: Sendable {
                 throw SecretsError(.invalidConfig, "store '\(storeConfig.name)' was not built")
             }
             tops[storeConfig.name] = Top(
-                name: storeConfig.name, chain: [(store, nil)], fresh: storeConfig.fresh.map(Glob.init), isScope: false)
+                name: storeConfig.name, chain: [(store, nil)], fresh: storeConfig.fresh.map(Glob.init), isScope: false,
+                freshMaxAge: storeConfig.freshMaxAge)
         }
         for scope in config.scopes {
             var chain: [(store: any SecretStore, location: String?)] = []
@@ -36,11 +43,13 @@ public final class Resolver: Sendable {
                 chain.append((store, element.path))
                 fresh += storeConfig.fresh.map(Glob.init)
             }
-            tops[scope.name] = Top(name: scope.name, chain: chain, fresh: fresh, isScope: true)
+            tops[scope.name] = Top(
+                name: scope.name, chain: chain, fresh: fresh, isScope: true, freshMaxAge: scope.freshMaxAge)
         }
         self.tops = tops
         self.topNames = tops.keys.sorted()
         self.globalFresh = config.cache.fresh.map(Glob.init)
+        self.globalFreshMaxAge = config.cache.freshMaxAge
     }
 
     func top(_ name: String) throws(SecretsError) -> Top {

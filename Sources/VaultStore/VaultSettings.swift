@@ -29,7 +29,7 @@ public struct VaultSettings: Sendable {
     {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "address", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout",
+            "type", "fresh", "fresh_max_age", "address", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout",
             "token_file", "role_id", "secret_id_file", "username", "password_file", "role", "jwt_file", "auth_mount",
         ])
         guard let address = try section.string("address") ?? environment["VAULT_ADDR"] ?? environment["BAO_ADDR"]

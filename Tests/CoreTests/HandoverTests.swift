@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import Glibc
 import Logging
 import SecretsCore
@@ -303,5 +305,86 @@ struct SecretMemoryTests {
             addresses.insert(value.withUnsafeBytes { UInt(bitPattern: $0.baseAddress) })
         }
         #expect(addresses.count < 100)
+    }
+}
+
+/// A store whose every read takes 20 ms and returns the current version, and counts reads.
+final class SlowStore: SecretStore {
+    let name = "slow"
+    let version = Mutex(0)
+    let calls = Mutex(0)
+    func envs(at location: String?) throws(SecretsError) -> [String] { ["production"] }
+    func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
+        env == "production" ? ["FRESH_V": .string("\(version.withLock { $0 })")] : nil
+    }
+    func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
+        calls.withLock { $0 += 1 }
+        let current = version.withLock { $0 }
+        usleep(20_000)
+        return .string("\(current)")
+    }
+}
+
+@Suite("shared fresh fetches and fresh_max_age")
+struct SharedFetchTests {
+    func core(_ store: SlowStore, maxAge: String) throws -> (FileSystemCore, UInt64) {
+        let config = try Config.parse(
+            text: "[cache]\nfresh = [\"FRESH_*\"]\nfresh_max_age = \"\(maxAge)\"\n[stores.slow]\ntype = \"file\"\n", file: "c.toml")
+        let resolver = try Resolver(config: config, stores: ["slow": store])
+        let core = FileSystemCore(config: config, resolver: resolver, logger: Logger(label: "test"))
+        let top = try core.lookup(parent: FileSystemCore.rootInode, name: "slow").attributes.inode
+        return (core, try core.lookup(parent: top, name: "production").attributes.inode)
+    }
+
+    /// `count` real threads at once (concurrentPerform would use only as many as there are cores).
+    static func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+        let group = DispatchGroup()
+        for index in 0..<count {
+            group.enter()
+            Thread {
+                body(index)
+                group.leave()
+            }.start()
+        }
+        group.wait()
+    }
+
+    func read(_ core: FileSystemCore, _ env: UInt64) throws -> Int {
+        let inode = try core.lookup(parent: env, name: "FRESH_V").attributes.inode
+        return Int(try core.contents(inode).utf8String() ?? "") ?? -1
+    }
+
+    @Test("strict: concurrent opens share fetches, none returns a value older than its open; one reader, one fetch each")
+    func strict() throws {
+        let store = SlowStore()
+        let (core, env) = try core(store, maxAge: "0")
+        let stale = Mutex(0)
+        let reads = Mutex(0)
+        Self.onThreads(16) { index in
+            for _ in 0..<10 {
+                if index == 0 { store.version.withLock { $0 += 1 } }
+                let before = store.version.withLock { $0 }
+                let value = (try? read(core, env)) ?? -1
+                reads.withLock { $0 += 1 }
+                if value < before { stale.withLock { $0 += 1 } }
+            }
+        }
+        #expect(stale.withLock { $0 } == 0, "a read returned a value written before its open was fetched")
+        #expect(store.calls.withLock { $0 } < reads.withLock { $0 } / 2, "\(store.calls.withLock { $0 }) fetches for 160 reads")
+        let before = store.calls.withLock { $0 }
+        for _ in 0..<5 { _ = try read(core, env) }
+        #expect(store.calls.withLock { $0 } - before == 5, "a sequential reader fetches on every open")
+    }
+
+    @Test("fresh_max_age bounds the backend calls per key, whatever the readers")
+    func bounded() throws {
+        let store = SlowStore()
+        let (core, env) = try core(store, maxAge: "200ms")
+        let end = Date().addingTimeInterval(1)
+        Self.onThreads(8) { _ in
+            while Date() < end { _ = try? read(core, env) }
+        }
+        // About one fetch per 200 ms (plus the first), not one per read.
+        #expect(store.calls.withLock { $0 } <= 8, "\(store.calls.withLock { $0 }) fetches in 1 s")
     }
 }

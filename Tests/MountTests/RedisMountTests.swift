@@ -1,4 +1,6 @@
 import Foundation
+import RedisClient
+import Synchronization
 import Testing
 import TestSupport
 
@@ -66,6 +68,66 @@ struct RedisMountTests {
         #expect(fs.log.contains("with '/' at byte 2") && fs.log.contains("an empty name"))
         #expect(fs.log.contains("a name of 300 bytes"))
         for value in ["slash-value", "empty-value", "dot-value", "long-value"] { #expect(!fs.log.contains(value)) }
+    }
+
+    @Test("16 readers of a fresh key: strict sharing never returns a value older than the open; fresh_max_age bounds HGETs")
+    func sharedFreshFetches() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let settings = RedisSettings(endpoint: try RedisEndpoint(url: server.url), timeout: 5)
+        let writer = try RedisConnection(settings)
+        defer { writer.close() }
+        _ = try writer.command("HSET", "DYNACONF_PRODUCTION", "COUNTER", "0")
+        func hgets() throws -> Int {
+            guard case .bulk(let raw?) = try writer.command("INFO", "commandstats") else { return -1 }
+            let line = String(decoding: raw, as: UTF8.self).split(whereSeparator: \.isNewline)
+                .first { $0.hasPrefix("cmdstat_hget:") } ?? ""
+            return Int(line.split(separator: ",").first?.split(separator: "=").last ?? "") ?? 0
+        }
+        for maxAge in ["0", "100ms"] {
+            let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["COUNTER"], extra: "fresh_max_age = \"\(maxAge)\""))
+            let written = Mutex(0)
+            let stop = Mutex(false)
+            let stale = Mutex(0)
+            let reads = Mutex(0)
+            let path = fs.path("redis/production/COUNTER")
+            let before = try hgets()
+            let group = DispatchGroup()
+            for _ in 0..<16 {
+                group.enter()
+                Thread {
+                    while !stop.withLock({ $0 }) {
+                        let floor = written.withLock { $0 }
+                        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let value = Int(text) else { continue }
+                        reads.withLock { $0 += 1 }
+                        if maxAge == "0" && value < floor { stale.withLock { $0 += 1 } }
+                    }
+                    group.leave()
+                }.start()
+            }
+            let started = Date()
+            var version = 0
+            while Date().timeIntervalSince(started) < 2 {
+                version += 1
+                _ = try writer.command("HSET", "DYNACONF_PRODUCTION", "COUNTER", "\(version)")
+                written.withLock { $0 = version }
+                usleep(5000)
+            }
+            stop.withLock { $0 = true }
+            #expect(group.wait(timeout: .now() + 30) == .success)
+            // One fetch is one pipelined round of HGETs, one per layer (global, production, dynaconf, default).
+            let fetches = (try hgets() - before) / 4
+            let total = reads.withLock { $0 }
+            if maxAge == "0" {
+                #expect(stale.withLock { $0 } == 0, "a read older than its open")
+                #expect(fetches < total, "\(fetches) fetches for \(total) reads")
+            } else {
+                #expect(fetches <= 2 * 12, "\(fetches) fetches in 2 s at fresh_max_age 100ms")
+            }
+            fs.stop()
+        }
     }
 
     @Test("a cached key shows an HSET within 100 ms through keyspace notifications")

@@ -23,13 +23,15 @@ public struct VaultSettings: Sendable {
     public var skipVerify: Bool
     public var timeout: Double
     public var auth: VaultAuth
+    /// `watch`: how often each env's KV v2 metadata is polled for a new version (nil: no polling, ttl only).
+    public var watch: Double?
 
     public init(config: StoreConfig, environment: [String: String] = ProcessInfo.processInfo.environment)
         throws(LocatedError)
     {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "fresh_max_age", "address", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout",
+            "type", "fresh", "fresh_max_age", "address", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout", "watch",
             "token_file", "role_id", "secret_id_file", "username", "password_file", "role", "jwt_file", "auth_mount",
         ])
         guard let address = try section.string("address") ?? environment["VAULT_ADDR"] ?? environment["BAO_ADDR"]
@@ -59,6 +61,8 @@ public struct VaultSettings: Sendable {
         skipVerify = try section.bool("skip_verify") ?? skipFromEnvironment
         timeout = try section.duration("timeout") ?? 5
         guard timeout > 0 else { throw section.error("timeout", "timeout must be more than 0") }
+        watch = try section.duration("watch")
+        if let watch, watch < 0.1 { throw section.error("watch", "watch must be at least 100ms") }
 
         let authMount = try section.string("auth_mount")
         if let roleID = try section.string("role_id") {

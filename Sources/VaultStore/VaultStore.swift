@@ -12,6 +12,8 @@ public final class VaultStore: SecretStore {
     let tokens: TokenManager
     private let detectedVersion: Mutex<VaultSettings.KVVersion?>
     private let envListing: Mutex<[String: (envs: Set<String>, at: Double)]>
+    /// The metadata watch's running flag, when one runs.
+    private let watcher = Mutex<RunningFlag?>(nil)
 
     /// `environment` supplies VAULT_ADDR, VAULT_TOKEN and the other defaults (the process's own by default).
     public init(
@@ -254,7 +256,78 @@ public final class VaultStore: SecretStore {
         throw SecretsError(.storeUnavailable, "store '\(name)': \(Self.plain(path)) kept changing; not written")
     }
 
+    /// With `watch = "2s"` (KV v2): every interval, one LIST of each watched location and one metadata GET per env
+    /// there; an env whose `current_version` changed, or that appeared or went, is reported. KV v1 has no versions:
+    /// no watch, ttl only.
+    public func watch(locations: [String], _ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool {
+        guard let interval = settings.watch, kvVersion() == .v2 else { return false }
+        let watched: [String?] = [nil] + locations.map { Optional($0) }
+        let flag = RunningFlag()
+        watcher.withLock { $0 = flag }
+        let thread = Thread { [self] in
+            var versions: [String: Int64] = [:]  // "<location>\u{0}<env>" -> current_version
+            var first = true
+            while flag.running.withLock({ $0 }) {
+                var changes: [StoreChange] = []
+                var seen: Set<String> = []
+                for location in watched {
+                    guard let envs = try? listEnvs(at: location) else { continue }
+                    for env in envs {
+                        let key = (location ?? "") + "\u{0}" + env
+                        seen.insert(key)
+                        guard let version = try? currentVersion(env, at: location) else { continue }
+                        if versions[key] != version {
+                            if !first { changes.append(.at(location: location, env: env)) }
+                            versions[key] = version
+                        }
+                    }
+                }
+                for gone in versions.keys where !seen.contains(gone) {
+                    versions.removeValue(forKey: gone)
+                    let parts = gone.split(separator: "\u{0}", omittingEmptySubsequences: false)
+                    let location = parts.first.map(String.init).flatMap { $0.isEmpty ? nil : $0 }
+                    changes.append(.at(location: location, env: parts.count > 1 ? String(parts[1]) : nil))
+                }
+                first = false
+                if !changes.isEmpty { onChange(changes) }
+                let end = FileSystemCore.monotonicSeconds() + interval
+                while flag.running.withLock({ $0 }) && FileSystemCore.monotonicSeconds() < end { usleep(20_000) }
+            }
+        }
+        thread.name = "secretsfs-vault-watch"
+        thread.start()
+        logger.debug("watching Vault metadata", metadata: ["store": "\(name)", "interval": "\(interval)"])
+        return true
+    }
+
+    /// The env names at a location, straight from a LIST (no listing cache: the watch must see new and gone envs).
+    func listEnvs(at location: String?) throws(SecretsError) -> [String] {
+        let listPath = "/v1/\(Self.escape(settings.mount))/metadata/\(Self.escape(location ?? settings.path))"
+        let response = try send("LIST", listPath)
+        if response.status == 404 { return [] }
+        guard response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
+            case .table(let data)? = root["data"], case .array(let keys)? = data["keys"]
+        else { throw SecretsError(.storeUnavailable, "store '\(name)': LIST: HTTP \(response.status)") }
+        return keys.compactMap { if case .string(let key) = $0, !key.hasSuffix("/") { key.lowercased() } else { nil } }
+    }
+
+    /// A KV v2 secret's `current_version` from its metadata.
+    func currentVersion(_ env: String, at location: String?) throws(SecretsError) -> Int64? {
+        let path = "/v1/\(Self.escape(settings.mount))/metadata/\(Self.escape(location ?? settings.path))/\(Self.escape(env))"
+        let response = try send("GET", path)
+        guard response.status == 200, case .table(let root)? = SecretValue.parseJSON(response.body),
+            case .table(let data)? = root["data"], case .int(let version)? = data["current_version"]
+        else { return nil }
+        return version
+    }
+
     public func close() {
+        watcher.withLock { $0?.running.withLock { $0 = false } }
         http.close()
     }
+}
+
+/// A background loop's "keep going" flag, shared between the loop and `close`.
+final class RunningFlag: Sendable {
+    let running = Mutex(true)
 }

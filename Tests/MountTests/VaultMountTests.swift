@@ -62,6 +62,32 @@ struct VaultMountTests {
         for value in ["slash-value", "empty-value", "dots-value"] { #expect(!fs.log.contains(value)) }
     }
 
+    @Test("watch = 1s: a cached key follows bao kv put within two intervals, long before ttl; a deleted env's keys go")
+    func watchMetadata() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.cli(["kv", "put", "secret/dynaconf/production", "PASSWORD=watched-1"])
+        try server.cli(["kv", "put", "secret/dynaconf/staging", "TOKEN=staging-1"])
+        let fs = try fixture.mount(config: try config(fixture, server: server, ttl: "5m", extra: "watch = \"1s\""))
+        #expect(try fs.readText("vault/production/PASSWORD") == "watched-1")
+        #expect(try fs.readText("vault/staging/TOKEN") == "staging-1")
+        usleep(1_200_000)  // one poll has recorded the versions
+        try server.cli(["kv", "put", "secret/dynaconf/production", "PASSWORD=watched-2"])
+        let written = Date()
+        #expect(try fs.readText("vault/production/PASSWORD", until: "watched-2", within: 4) == "watched-2")
+        let delay = Date().timeIntervalSince(written)
+        #expect(delay < 2.5, "seen after \(delay) s")
+        try server.cli(["kv", "metadata", "delete", "secret/dynaconf/staging"])
+        var gone = false
+        for _ in 0..<40 where !gone {
+            gone = (try? fs.readText("vault/staging/TOKEN")) == nil
+            if !gone { usleep(100_000) }
+        }
+        #expect(gone, "a deleted env's keys stay readable")
+    }
+
     @Test("a cached key shows a change after ttl")
     func cachedAfterTTL() throws {
         let server = try BaoServer()

@@ -24,6 +24,7 @@ enum RedisBench {
             return nanoseconds() - begin
         }
 
+        defer { sharedFetches(binary: binary, root: root, port: port, connection: connection, seconds: seconds) }
         FreshBench.withMount(binary: binary, root: root, name: "redis", storeKeys: "url = \"redis://127.0.0.1:\(port)/0\"") { path, _ in
             guard let (raw, one, four) = FreshBench.measureFresh(
                 "redis", path: path, seconds: seconds, raw: "raw HGET round trip, 1 connection", rawTrip: rawTrip)
@@ -57,6 +58,29 @@ enum RedisBench {
             FreshBench.printPythonRatio(
                 files: numbers[0], getFresh: numbers[1], rawPerSecond: raw.opsPerSecond, target: 10)
         }
+    }
+
+    /// 16 readers of one fresh key for `seconds`, at fresh_max_age 0 (strict, shared fetches) and 100ms: reads/s
+    /// and backend fetches/s (HGET rounds from `INFO commandstats`: one round is one HGET per layer, 4 here).
+    static func sharedFetches(binary: String, root: String, port: Int, connection: RedisConnection, seconds: Double) {
+        func hgets() -> Int {
+            guard case .bulk(let raw?)? = try? connection.command("INFO", "commandstats") else { return 0 }
+            let line = String(decoding: raw, as: UTF8.self).split(whereSeparator: \.isNewline)
+                .first { $0.hasPrefix("cmdstat_hget:") } ?? ""
+            return Int(line.split(separator: ",").first?.split(separator: "=").last ?? "") ?? 0
+        }
+        print("shared fetches (redis, 16 readers of one fresh key):")
+        for maxAge in ["0", "100ms"] {
+            let keys = "url = \"redis://127.0.0.1:\(port)/0\"\nfresh_max_age = \"\(maxAge)\""
+            FreshBench.withMount(binary: binary, root: root, name: "redis", storeKeys: keys) { path, _ in
+                let before = hgets()
+                let (samples, elapsed) = measureSamples("16 readers", path: path, threads: 16, duration: seconds)
+                let fetches = Double(hgets() - before) / 4
+                let reads = Double(samples.count)
+                print("  fresh_max_age = \(maxAge.padding(toLength: 5, withPad: " ", startingAt: 0)) \(fmt(reads / elapsed, 0).leftPad(8)) reads/s, \(fmt(fetches / elapsed, 0).leftPad(6)) fetches/s, \(fmt(fetches / max(reads, 1), 3)) fetches per read")
+            }
+        }
+        print("  (before shared fetches every read was one fetch: 1.000 per read)")
     }
 
     /// A redis-server on a free port with keyspace notifications on, and a connection to it; nil when missing.

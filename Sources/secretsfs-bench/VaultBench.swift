@@ -13,8 +13,12 @@ enum VaultBench {
         let address = "http://127.0.0.1:\(port)"
         let server = Process()
         server.executableURL = URL(fileURLWithPath: bao)
+        // A file audit device counts the server's requests (for the shared-fetch figures).
+        let auditLog = root + "/bao-audit.log"
+        try? "audit \"file\" \"count\" {\n  options {\n    file_path = \"\(auditLog)\"\n  }\n}\n"
+            .write(toFile: root + "/bao-audit.hcl", atomically: true, encoding: .utf8)
         server.arguments = ["server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=127.0.0.1:\(port)",
-                            "-dev-no-store-token"]
+                            "-dev-no-store-token", "-config=\(root)/bao-audit.hcl"]
         server.environment = ["HOME": root, "PATH": "/usr/bin:/bin"]
         // BAO_GOMAXPROCS=1 limits the server to one core (to see how much of a result is CPU contention).
         if let cores = ProcessInfo.processInfo.environment["BAO_GOMAXPROCS"] { server.environment?["GOMAXPROCS"] = cores }
@@ -69,6 +73,24 @@ enum VaultBench {
             print("  python open(path).read() on the fresh file     \(fmt(numbers[0], 0).leftPad(9)) reads/s")
             FreshBench.printPythonRatio(
                 files: numbers[0], getFresh: numbers[1], rawPerSecond: raw.opsPerSecond, target: 20)
+        }
+
+        // Shared fetches: 16 readers of one fresh key, GETs of the env's secret counted by the audit device.
+        func gets() -> Int {
+            let text = (try? String(contentsOfFile: auditLog, encoding: .utf8)) ?? ""
+            return text.split(separator: "\n").filter {
+                $0.contains("\"type\":\"request\"") && $0.contains("\"path\":\"secret/data/dynaconf/production\"")
+            }.count
+        }
+        print("shared fetches (vault, 16 readers of one fresh key):")
+        for maxAge in ["0", "100ms"] {
+            FreshBench.withMount(binary: binary, root: root, name: "vault", storeKeys: storeKeys + "\nfresh_max_age = \"\(maxAge)\"") { path, _ in
+                let before = gets()
+                let (samples, elapsed) = measureSamples("16 readers", path: path, threads: 16, duration: seconds)
+                let fetches = Double(gets() - before)
+                let reads = Double(samples.count)
+                print("  fresh_max_age = \(maxAge.padding(toLength: 5, withPad: " ", startingAt: 0)) \(fmt(reads / elapsed, 0).leftPad(8)) reads/s, \(fmt(fetches / elapsed, 0).leftPad(6)) GETs/s, \(fmt(fetches / max(reads, 1), 3)) GETs per read")
+            }
         }
 
         // watch = "1s": how long a kv put takes to reach a cached key's readers (OpenBao Agent at its 1 s floor:

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -64,7 +65,7 @@ struct VaultMountTests {
 
     @Test("watch = 1s: a cached key follows bao kv put within two intervals, long before ttl; a deleted env's keys go")
     func watchMetadata() throws {
-        let server = try BaoServer()
+        let server = try BaoServer(audit: true)
         defer { server.remove() }
         let fixture = try Fixture()
         defer { fixture.tearDown() }
@@ -74,6 +75,11 @@ struct VaultMountTests {
         #expect(try fs.readText("vault/production/PASSWORD") == "watched-1")
         #expect(try fs.readText("vault/staging/TOKEN") == "staging-1")
         usleep(1_200_000)  // one poll has recorded the versions
+        // While nothing changes: about one metadata GET per env per interval (counted by the server's audit device).
+        let before = server.requests(path: "secret/metadata/dynaconf/production", operation: "read")
+        usleep(3_000_000)
+        let polls = server.requests(path: "secret/metadata/dynaconf/production", operation: "read") - before
+        #expect((2...4).contains(polls), "\(polls) metadata reads of one env in 3 s at watch = 1s")
         try server.cli(["kv", "put", "secret/dynaconf/production", "PASSWORD=watched-2"])
         let written = Date()
         #expect(try fs.readText("vault/production/PASSWORD", until: "watched-2", within: 4) == "watched-2")
@@ -86,6 +92,44 @@ struct VaultMountTests {
             if !gone { usleep(100_000) }
         }
         #expect(gone, "a deleted env's keys stay readable")
+    }
+
+    @Test("16 readers of a fresh Vault key: fewer GETs than reads, none older than its open; fresh_max_age bounds GETs")
+    func sharedFreshFetches() throws {
+        let server = try BaoServer(audit: true)
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.cli(["kv", "put", "secret/dynaconf/production", "COUNTER=0"])
+        for maxAge in ["0", "100ms"] {
+            let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["COUNTER"], extra: "fresh_max_age = \"\(maxAge)\""))
+            let path = fs.path("vault/production/COUNTER")
+            #expect(try fs.readText("vault/production/COUNTER") == "0")
+            let before = server.requests(path: "secret/data/dynaconf/production", operation: "read")
+            let stop = Mutex(false)
+            let reads = Mutex(0)
+            let group = DispatchGroup()
+            for _ in 0..<16 {
+                group.enter()
+                Thread {
+                    while !stop.withLock({ $0 }) {
+                        if (try? String(contentsOfFile: path, encoding: .utf8)) != nil { reads.withLock { $0 += 1 } }
+                    }
+                    group.leave()
+                }.start()
+            }
+            usleep(2_000_000)
+            stop.withLock { $0 = true }
+            #expect(group.wait(timeout: .now() + 30) == .success)
+            let gets = server.requests(path: "secret/data/dynaconf/production", operation: "read") - before
+            let total = reads.withLock { $0 }
+            if maxAge == "0" {
+                #expect(gets < total, "\(gets) GETs for \(total) reads")
+            } else {
+                #expect(gets <= 2 * 12, "\(gets) GETs in 2 s at fresh_max_age 100ms (\(total) reads)")
+            }
+            fs.stop()
+        }
     }
 
     @Test("a cached key shows a change after ttl")

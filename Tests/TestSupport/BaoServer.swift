@@ -26,15 +26,28 @@ public final class BaoServer: @unchecked Sendable {
     public let dir: TemporaryDirectory
     public let tls: Bool
     public let binary: String
+    /// With `audit: true`, a file audit device records every request here (OpenBao 2.7 enables audit devices only
+    /// from the server's config file).
+    public let auditLog: String?
     private var process: Process?
 
-    public init(tls: Bool = false) throws {
+    public init(tls: Bool = false, audit: Bool = false) throws {
         binary = try baoBinary()
         _ = try requireTool("curl")
         dir = try TemporaryDirectory()
         port = try freePort()
         self.tls = tls
+        auditLog = audit ? dir.file("audit.log") : nil
         try start()
+    }
+
+    /// Requests the server handled so far whose path is `path` (and whose operation is `operation`, when given).
+    public func requests(path: String, operation: String? = nil) -> Int {
+        guard let auditLog, let text = try? String(contentsOfFile: auditLog, encoding: .utf8) else { return 0 }
+        return text.split(separator: "\n").filter { line in
+            line.contains("\"type\":\"request\"") && line.contains("\"path\":\"\(path)\"")
+                && (operation.map { line.contains("\"operation\":\"\($0)\"") } ?? true)
+        }.count
     }
 
     public var address: String { "\(tls ? "https" : "http")://127.0.0.1:\(port)" }
@@ -44,6 +57,11 @@ public final class BaoServer: @unchecked Sendable {
         var arguments = ["server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=127.0.0.1:\(port)",
                          "-dev-no-store-token"]
         if tls { arguments += ["-dev-tls", "-dev-tls-cert-dir=\(dir.file("tls"))"] }
+        if let auditLog {
+            let config = "audit \"file\" \"count\" {\n  options {\n    file_path = \"\(auditLog)\"\n  }\n}\n"
+            try config.write(toFile: dir.file("audit.hcl"), atomically: true, encoding: .utf8)
+            arguments.append("-config=\(dir.file("audit.hcl"))")
+        }
         try? FileManager.default.createDirectory(atPath: dir.file("tls"), withIntermediateDirectories: true)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)

@@ -161,6 +161,7 @@ public final class FileSystemCore: Sendable {
         var health: [String: StoreHealth] = [:]
         var notices = 0
         var lastNotice: (seconds: Int, nanoseconds: Int)?
+        var workerRestarts: UInt64 = 0
         var lastWarning: [String: Double] = [:]
         /// Store/env pairs already warned about for names that cannot be entries (one warning each).
         var warnedNames: Set<String> = []
@@ -723,17 +724,22 @@ public final class FileSystemCore: Sendable {
         try backend(top) { () throws(SecretsError) in try resolver.envs(top: top) }
     }
 
+    /// How many workers died and were replaced on this mount before this one (from the supervisor).
+    public func setWorkerRestarts(_ count: UInt64) { state.withLock { $0.workerRestarts = count } }
+
     /// Every top's health, counts for /status and gauges for /metrics.
     public func status() -> CoreStatus {
         let snapshot = state.withLock { state in
-            (state.health, state.files.count, state.views.count, state.notices, state.lastNotice)
+            (state.health, state.files.count, state.views.count, state.notices, state.lastNotice, state.workerRestarts)
         }
         Gauge(label: "secretsfs_live_inodes").record(snapshot.1)
         Gauge(label: "secretsfs_cached_envs").record(snapshot.2)
+        Gauge(label: "secretsfs_worker_restarts").record(Int64(snapshot.5))
         return CoreStatus(
             stores: resolver.topNames.map { name in
                 (name, snapshot.0[name] ?? StoreHealth(ok: true, since: mountedAt, error: nil))
-            }, liveInodes: snapshot.1, cachedEnvs: snapshot.2, notices: snapshot.3, lastNotice: snapshot.4)
+            }, liveInodes: snapshot.1, cachedEnvs: snapshot.2, notices: snapshot.3, lastNotice: snapshot.4,
+            workerRestarts: snapshot.5)
     }
 
     // MARK: - Clocks
@@ -794,6 +800,7 @@ public struct CoreStatus: Sendable {
     public var cachedEnvs: Int
     public var notices: Int
     public var lastNotice: (seconds: Int, nanoseconds: Int)?
+    public var workerRestarts: UInt64
 
     public var failing: [String] { stores.filter { !$0.health.ok }.map(\.name) }
 }

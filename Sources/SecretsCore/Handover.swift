@@ -26,6 +26,8 @@ public enum HandoverMessage: Sendable, Equatable {
         public var noOpen: Bool
         /// Where the connection is mounted (the config's path, or `--mountpoint`).
         public var mountPath: String
+        /// Workers that died and were replaced on this connection so far (reloads not counted).
+        public var restarts: UInt64 = 0
 
         public init(
             digestKey: [UInt8], initRequest: [UInt8], configPath: String, configText: String, reload: Bool,
@@ -53,6 +55,7 @@ public enum HandoverMessage: Sendable, Equatable {
             writer.byte(hello.reload ? 1 : 0)
             writer.byte(hello.noOpen ? 1 : 0)
             writer.string(hello.mountPath)
+            writer.u64(hello.restarts)
         case .ready:
             writer.byte(2)
         case .node(let record):
@@ -82,10 +85,11 @@ public enum HandoverMessage: Sendable, Equatable {
             let reload = try reader.byte() == 1
             let noOpen = try reader.byte() == 1
             let mountPath = try reader.string()
-            message = .hello(
-                Hello(
-                    digestKey: key, initRequest: request, configPath: path, configText: text, reload: reload,
-                    noOpen: noOpen, mountPath: mountPath))
+            var hello = Hello(
+                digestKey: key, initRequest: request, configPath: path, configText: text, reload: reload,
+                noOpen: noOpen, mountPath: mountPath)
+            hello.restarts = try reader.u64()
+            message = .hello(hello)
         case 2: message = .ready
         case 3: message = .node(try NodeRecord.decode(from: &reader))
         case 4: message = .removed(try reader.u64())

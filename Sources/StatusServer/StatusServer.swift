@@ -89,6 +89,7 @@ public enum StatusServer {
         var fields = [
             "\"stores\":[\(stores.joined(separator: ","))]", "\"live_inodes\":\(status.liveInodes)",
             "\"cached_envs\":\(status.cachedEnvs)", "\"change_notices\":\(status.notices)",
+            "\"worker_restarts\":\(status.workerRestarts)",
         ]
         if let last = status.lastNotice { fields.append("\"last_change_notice\":\(last.seconds)") }
         return "{" + fields.joined(separator: ",") + "}\n"

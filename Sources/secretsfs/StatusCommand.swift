@@ -56,7 +56,7 @@ struct StatusCommand: ParsableCommand {
         var notices = "change notices: \(number("change_notices"))"
         if case .int(let last)? = root["last_change_notice"] { notices += ", last at \(Self.time(last))" }
         print(notices)
-        print("live inodes: \(number("live_inodes")), cached envs: \(number("cached_envs"))")
+        print("live inodes: \(number("live_inodes")), cached envs: \(number("cached_envs")), worker restarts: \(number("worker_restarts"))")
         if failing { throw ExitCode(ExitStatus.failure.rawValue) }
     }
 

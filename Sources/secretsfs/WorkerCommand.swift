@@ -89,6 +89,7 @@ struct WorkerCommand: ParsableCommand {
         // Metrics must report somewhere before the first one is made.
         let registry: PrometheusCollectorRegistry? = config.metrics.map { _ in StatusServer.bootstrapMetrics() }
         let core = FileSystemCore(config: config, resolver: resolver, logger: logger, audit: audit)
+        core.setWorkerRestarts(hello.restarts)
         // logrotate: SIGUSR1 (forwarded by the supervisor) reopens the audit log.
         Self.onSignal(SIGUSR1) { audit?.reopen() }
         for name in resolver.topNames {

@@ -35,7 +35,8 @@ struct FailoverTests {
         let fixture = try Fixture()
         defer { fixture.tearDown() }
         try fixture.writeEncrypted("secrets.toml.age", secrets(1))
-        let fs = try fixture.mount(config: try containerConfig(fixture))
+        let fs = try fixture.mount(
+            config: try containerConfig(fixture, extra: "[metrics]\nlisten = \"unix:\(fixture.dir.file("metrics.sock"))\"\n"))
         let reader = try ContainerReader(
             source: fs.path("local/production"), files: ["DB_HOST": ["db-1", "db-2"], "PASSWORD": ["pw-1", "pw-2"]],
             seconds: 6)
@@ -57,6 +58,9 @@ struct FailoverTests {
         #expect(report.ok > 50)
         #expect(fs.log.contains("worker died; starting another on the same connection"))
         #expect(!fs.log.contains("pw-1") && !fs.log.contains("pw-2"))
+        // The serving worker knows how many came before it (for /metrics and status).
+        let status = try fixture.cli(["status", "--config", fixture.dir.file("config.toml")])
+        #expect(status.stdoutText.contains("worker restarts: 2"), "\(status.stdoutText) \(status.stderr)")
     }
 
     @Test("reload (SIGHUP) under a read loop: no failed read, the new config serves; a bad config keeps the old worker")

@@ -41,6 +41,8 @@ final class Supervisor {
     var pending: Worker?
     var restartAt: Double?
     var failures = 0
+    /// Workers that died and were replaced (for the metrics the worker serves).
+    var restarts: UInt64 = 0
     var exitStatus: Int32?
     let signalFD: Int32
     static let handledSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD]
@@ -217,6 +219,7 @@ final class Supervisor {
     /// Starts the next worker at once, or after a growing pause when workers keep dying young.
     private func workerDied(_ worker: Worker, how: String) {
         let lived = FileSystemCore.monotonicSeconds() - worker.startedAt
+        restarts += 1
         failures = worker.serving && lived >= Self.healthyAfter ? 1 : failures + 1
         let delay = failures <= 1 ? 0 : min(0.25 * Double(1 << min(failures - 2, 6)), 10)
         logger.error(
@@ -286,6 +289,7 @@ final class Supervisor {
         writer.u64(UInt64(bitPattern: Int64(current?.pid ?? 0)))
         writer.u64(UInt64(bitPattern: Int64(current?.channel.fd ?? -1)))
         writer.byte(current?.serving == true ? 1 : 0)
+        writer.u64(restarts)
         writer.bytes(state.table.encoded())
         let memfd = secretsfs_memfd("secretsfs-supervisor")
         guard memfd >= 0 else {
@@ -336,6 +340,7 @@ final class Supervisor {
         let pid = pid_t(truncatingIfNeeded: Int64(bitPattern: try reader.u64()))
         let channelFD = Int32(truncatingIfNeeded: Int64(bitPattern: try reader.u64()))
         let serving = try reader.byte() == 1
+        let restarts = try reader.u64()
         let table = try NodeTable.decode(try reader.bytes())
         try reader.finish()
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
@@ -345,6 +350,7 @@ final class Supervisor {
         state.table = table
         state.everServed = everServed
         let supervisor = try Supervisor(state: state, logger: logger)
+        supervisor.restarts = restarts
         if pid > 0 && channelFD >= 0 {
             _ = fcntl(channelFD, F_SETFD, FD_CLOEXEC)
             supervisor.current = Worker(
@@ -402,9 +408,10 @@ final class Supervisor {
             restartAt = FileSystemCore.monotonicSeconds() + 1
             return nil
         }
-        let hello = HandoverMessage.Hello(
+        var hello = HandoverMessage.Hello(
             digestKey: state.digestKey, initRequest: state.initRequest, configPath: state.configPath,
             configText: configText, reload: reload, noOpen: state.noOpen, mountPath: state.connection.path)
+        hello.restarts = restarts
         mine.send(.hello(hello))
         logger.debug("worker started", metadata: ["worker": "\(pid)", "reload": "\(reload)"])
         return Worker(

@@ -126,7 +126,7 @@ let package = Package(
                 "SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "EnvStore", "TestSupport",
             ],
             swiftSettings: strict),
-        .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport", "RedisClient"], swiftSettings: strict),
+        .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport", "RedisClient", "CLinux"], swiftSettings: strict),
         .testTarget(
             name: "DeployTests", dependencies: ["TestSupport", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),

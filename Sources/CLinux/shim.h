@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/xattr.h>
 #include <signal.h>
 #include <unistd.h>
 

@@ -156,6 +156,43 @@ enum FuseOperations {
             }
             fuse_reply_err(req, 0)
         }
+        // user.secretsfs.source: where a file's value comes from (level, store, env), never the value.
+        ops.getxattr = { req, ino, name, size in
+            guard let req, let name else { return }
+            let context = FuseOperations.context(req)
+            guard String(cString: name) == FileSystemCore.sourceAttribute else {
+                fuse_reply_err(req, ENODATA)
+                return
+            }
+            do {
+                guard let text = try context.core.source(of: ino) else {
+                    fuse_reply_err(req, ENODATA)
+                    return
+                }
+                let bytes = Array(text.utf8)
+                if size == 0 {
+                    fuse_reply_xattr(req, bytes.count)
+                } else if size < bytes.count {
+                    fuse_reply_err(req, ERANGE)
+                } else {
+                    _ = bytes.withUnsafeBytes { fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count) }
+                }
+            } catch {
+                fuse_reply_err(req, SecretsError.errno(for: error))
+            }
+        }
+        ops.listxattr = { req, ino, size in
+            guard let req else { return }
+            let context = FuseOperations.context(req)
+            let names: [UInt8] = context.core.isFile(ino) ? Array(FileSystemCore.sourceAttribute.utf8) + [0] : []
+            if size == 0 {
+                fuse_reply_xattr(req, names.count)
+            } else if size < names.count {
+                fuse_reply_err(req, ERANGE)
+            } else {
+                _ = names.withUnsafeBytes { fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), names.count) }
+            }
+        }
         // Everything that would change the tree is refused, even if the mount were made writable.
         ops.setattr = { req, _, _, _, _ in if let req { fuse_reply_err(req, EROFS) } }
         ops.mknod = { req, _, _, _, _ in if let req { fuse_reply_err(req, EROFS) } }

@@ -192,10 +192,13 @@ public struct StoreConfig: Sendable {
 public struct ChainElement: Sendable, Hashable {
     public var store: String
     public var path: String?
+    /// The level's name (`level = "service"`); the store's name when not given. Unique within a scope.
+    public var level: String
 
-    public init(store: String, path: String? = nil) {
+    public init(store: String, path: String? = nil, level: String? = nil) {
         self.store = store
         self.path = path
+        self.level = level ?? store
     }
 }
 
@@ -240,12 +243,30 @@ public struct ScopeConfig: Sendable {
                     }
                     path = text
                 }
-                if let unknown = fields.keys.first(where: { $0 != "store" && $0 != "path" }) {
-                    throw section.error("chain", "unknown key '\(unknown)' in a chain element (store, path)")
+                var level: String?
+                if let raw = fields["level"] {
+                    guard case .string(let text) = raw else {
+                        throw section.error("chain", "level in a chain element must be a string")
+                    }
+                    level = text
                 }
-                chain.append(ChainElement(store: store, path: path))
+                if let unknown = fields.keys.first(where: { $0 != "store" && $0 != "path" && $0 != "level" }) {
+                    throw section.error("chain", "unknown key '\(unknown)' in a chain element (store, path, level)")
+                }
+                chain.append(ChainElement(store: store, path: path, level: level))
             default:
                 throw section.error("chain", "chain elements are store names or { store = ..., path = ... }")
+            }
+        }
+        var levels: Set<String> = []
+        for element in chain {
+            if let problem = EntryName.problem(element.level) {
+                throw section.error("chain", "scope '\(name)': level names follow the path-name rule; one is \(problem)")
+            }
+            guard levels.insert(element.level).inserted else {
+                throw section.error(
+                    "chain",
+                    "scope '\(name)' has two levels named '\(element.level)' (an element without level = \"...\" is named after its store)")
             }
         }
         self.chain = chain

@@ -553,6 +553,21 @@ public final class FileSystemCore: Sendable {
 
     public func isDirectory(_ inode: UInt64) -> Bool { state.withLock { $0.directories[inode] != nil } }
 
+    /// The extended attribute that says where a file's value comes from: `level=… store=… env=…` of the level that
+    /// serves it now (a backend call; never the value). Nil for directories and unknown inodes.
+    public static let sourceAttribute = "user.secretsfs.source"
+
+    public func source(of inode: UInt64) throws(SecretsError) -> String? {
+        guard let node = state.withLock({ $0.files[inode] }) else { return nil }
+        let sources = try backend(node.path.top) { () throws(SecretsError) in
+            try resolver.sources(top: node.path.top, env: node.path.env, key: node.path.key)
+        }
+        guard let served = sources.first else { throw SecretsError(.notFound, "no level holds the key now") }
+        var text = "level=\(served.level) store=\(served.store) env=\(served.layer)"
+        if sources.count > 1 { text += " shadowed=" + sources.dropFirst().map(\.level).joined(separator: ",") }
+        return text
+    }
+
     /// Number of file inodes the kernel holds (for tests and diagnostics).
     public var liveFileCount: Int { state.withLock { $0.files.count } }
 

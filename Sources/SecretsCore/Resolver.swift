@@ -8,6 +8,8 @@ public final class Resolver: Sendable {
         public var isScope: Bool
         /// `fresh_max_age` of the store or scope, when it sets one.
         public var freshMaxAge: Double? = nil
+        /// The name of each chain element's level (a store's own top: the store's name).
+        public var levels: [String] = []
     }
 
     public static let defaultEnv = "default"
@@ -31,7 +33,7 @@ public final class Resolver: Sendable {
             }
             tops[storeConfig.name] = Top(
                 name: storeConfig.name, chain: [(store, nil)], fresh: storeConfig.fresh.map(Glob.init), isScope: false,
-                freshMaxAge: storeConfig.freshMaxAge)
+                freshMaxAge: storeConfig.freshMaxAge, levels: [storeConfig.name])
         }
         for scope in config.scopes {
             var chain: [(store: any SecretStore, location: String?)] = []
@@ -44,7 +46,8 @@ public final class Resolver: Sendable {
                 fresh += storeConfig.fresh.map(Glob.init)
             }
             tops[scope.name] = Top(
-                name: scope.name, chain: chain, fresh: fresh, isScope: true, freshMaxAge: scope.freshMaxAge)
+                name: scope.name, chain: chain, fresh: fresh, isScope: true, freshMaxAge: scope.freshMaxAge,
+                levels: scope.chain.map(\.level))
         }
         self.tops = tops
         self.topNames = tops.keys.sorted()
@@ -118,6 +121,40 @@ public final class Resolver: Sendable {
             }
         }
         return nil
+    }
+}
+
+extension Resolver {
+    /// Where a key's value comes from: the level that serves it and the ones below it that also hold it. Never
+    /// the value.
+    public struct Source: Sendable, Equatable, CustomStringConvertible {
+        public var level: String
+        public var store: String
+        public var location: String?
+        /// The env layer that holds it: `global`, the env itself, `dynaconf` or `default`.
+        public var layer: String
+
+        public var description: String {
+            "level \(level) (store \(store)\(location.map { ", location \($0)" } ?? ""), env \(layer))"
+        }
+    }
+
+    /// Every element and layer that holds `key` under `env`, in priority order: the first serves it, the rest are
+    /// shadowed. Empty when no level has it.
+    public func sources(top name: String, env: String, key: String) throws(SecretsError) -> [Source] {
+        let top = try top(name)
+        var found: [Source] = []
+        for (index, element) in top.chain.enumerated() {
+            for layer in Self.layers(for: env) {
+                if try element.store.value(of: key, layers: [layer], at: element.location) != nil {
+                    let level = index < top.levels.count ? top.levels[index] : element.store.name
+                    found.append(
+                        Source(level: level, store: element.store.name, location: element.location, layer: layer))
+                    break
+                }
+            }
+        }
+        return found
     }
 }
 

@@ -24,10 +24,12 @@ struct CheckCommand: ParsableCommand {
         for name in resolver.topNames {
             guard let top = resolver.tops[name] else { continue }
             if top.isScope {
-                let chain = top.chain.map { element in
-                    element.location.map { "\(element.store.name)@\($0)" } ?? element.store.name
+                let chain = top.chain.enumerated().map { index, element in
+                    let place = element.location.map { "\(element.store.name)@\($0)" } ?? element.store.name
+                    let level = index < top.levels.count ? top.levels[index] : element.store.name
+                    return level == element.store.name ? place : "\(level)=\(place)"
                 }
-                print("scope \(name): chain \(chain.joined(separator: " -> "))")
+                print("scope \(name): levels \(chain.joined(separator: " -> "))")
             } else {
                 print("store \(name) (\(config.store(named: name)?.type ?? "?"))")
             }

@@ -221,6 +221,12 @@ public struct ScopeConfig: Sendable {
     public var fresh: [String]
     public var freshMaxAge: Double?
 
+    /// Whether a chain item got its level name from its store.
+    static func isDefaultNamed(_ item: SecretValue) -> Bool {
+        if case .table(let fields) = item, fields["level"] != nil { return false }
+        return true
+    }
+
     init(name: String, section: ConfigSection) throws(LocatedError) {
         self.name = name
         try section.rejectUnknown(allowed: ["chain", "fresh", "fresh_max_age"])
@@ -257,6 +263,15 @@ public struct ScopeConfig: Sendable {
             default:
                 throw section.error("chain", "chain elements are store names or { store = ..., path = ... }")
             }
+        }
+        // Elements without a level are named after their store; when a store appears more than once that way (as
+        // configs from before levels do), the later ones get their position: local, local-2, ...
+        var taken: Set<String> = []
+        for index in chain.indices {
+            if Self.isDefaultNamed(items[index]) && taken.contains(chain[index].level) {
+                chain[index].level += "-\(index + 1)"
+            }
+            taken.insert(chain[index].level)
         }
         var levels: Set<String> = []
         for element in chain {

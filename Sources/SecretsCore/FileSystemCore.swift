@@ -122,9 +122,12 @@ public final class FileSystemCore: Sendable {
 
     /// One fetch of a fresh key: when it started; completion is signalled through `done`.
     final class Flight: Sendable {
+        /// From the same counter as the opens' tickets: a fetch serves the opens whose ticket is lower.
+        let ticket: UInt64
         let startedAt: Double
         let done = DispatchGroup()
-        init(startedAt: Double) {
+        init(ticket: UInt64, startedAt: Double) {
+            self.ticket = ticket
             self.startedAt = startedAt
             done.enter()
         }
@@ -132,7 +135,7 @@ public final class FileSystemCore: Sendable {
 
     struct FreshFetches {
         var inFlight: Flight?
-        var last: (startedAt: Double, result: Result<SecretValue?, SecretsError>)?
+        var last: (ticket: UInt64, startedAt: Double, result: Result<SecretValue?, SecretsError>)?
     }
 
     struct EnvKey: Hashable {
@@ -157,6 +160,8 @@ public final class FileSystemCore: Sendable {
         var noticeStats = (notices: 0, envs: 0, changed: 0, since: 0.0)
         /// Fresh keys: the fetch in flight and the last one completed, so opens can share fetches.
         var fresh: [FilePath: FreshFetches] = [:]
+        /// Orders opens and fetches of fresh keys (clocks can tie; this cannot).
+        var ticket: UInt64 = 0
         /// Per top: did its last backend call answer, since when (wall clock), and the error if not.
         var health: [String: StoreHealth] = [:]
         var notices = 0
@@ -408,6 +413,10 @@ public final class FileSystemCore: Sendable {
     /// than its open (or than the bound), and many readers cost one fetch per round, not one each.
     func sharedFetch(_ path: FilePath, openedAt: Double) throws(SecretsError) -> SecretValue? {
         let maxAge = resolver.freshMaxAge(top: path.top)
+        let openTicket = state.withLock { state -> UInt64 in
+            state.ticket += 1
+            return state.ticket
+        }
         while true {
             enum Next {
                 case use(Result<SecretValue?, SecretsError>)
@@ -417,12 +426,13 @@ public final class FileSystemCore: Sendable {
             let next: Next = state.withLock { state in
                 let entry = state.fresh[path] ?? FreshFetches()
                 if let last = entry.last,
-                    last.startedAt >= openedAt || (maxAge > 0 && clock() - last.startedAt <= maxAge)
+                    last.ticket > openTicket || (maxAge > 0 && clock() - last.startedAt <= maxAge)
                 {
                     return .use(last.result)
                 }
                 if let flight = entry.inFlight { return .wait(flight) }
-                let flight = Flight(startedAt: clock())
+                state.ticket += 1
+                let flight = Flight(ticket: state.ticket, startedAt: clock())
                 state.fresh[path, default: FreshFetches()].inFlight = flight
                 return .fetch(flight)
             }
@@ -443,7 +453,7 @@ public final class FileSystemCore: Sendable {
                 }
                 state.withLock { state in
                     state.fresh[path]?.inFlight = nil
-                    state.fresh[path]?.last = (flight.startedAt, result)
+                    state.fresh[path]?.last = (flight.ticket, flight.startedAt, result)
                 }
                 flight.done.leave()
                 return try result.get()

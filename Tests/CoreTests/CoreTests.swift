@@ -112,7 +112,10 @@ struct ConfigTests {
         #expect(config.mount.fileMode == 0o400 && config.mount.dirMode == 0o500)
         #expect(config.mount.noOpen && config.mount.autoUnmount && !config.mount.allowOther)
         #expect(config.cache.ttl == 300)
-        #expect(config.scopes.first?.chain == [ChainElement(store: "local"), ChainElement(store: "local", path: "b.age")])
+        #expect(
+            config.scopes.first?.chain == [
+                ChainElement(store: "local"), ChainElement(store: "local", path: "b.age", level: "local-2"),
+            ])
         #expect(config.stores.first?.section.directory == "/etc/secretsfs")
     }
 

@@ -80,8 +80,10 @@ struct LevelsTests {
             """)
         let result = try fixture.cli(["check", "--config", duplicate])
         #expect(result.status == 2 && result.stderr.contains("config.toml:") && result.stderr.contains("two levels named 'x'"))
-        let unnamed = try fixture.writeConfig(extra: "[scopes.app]\nchain = [\"local\", \"local\"]\n")
-        #expect(try fixture.cli(["check", "--config", unnamed]).stderr.contains("named after its store"))
+        // Without level names (configs from before levels), a repeated store gets its position: local, local-2.
+        let unnamed = try fixture.writeConfig(extra: "[scopes.app]\nchain = [{ store = \"local\", path = \"secrets.toml.age\" }, \"local\"]\n")
+        let check = try fixture.cli(["check", "--config", unnamed])
+        #expect(check.status == 0 && check.stdoutText.contains("levels local@secrets.toml.age -> local-2=local"), "\(check.stdoutText)")
         let bad = try fixture.writeConfig(extra: "[scopes.app]\nchain = [{ level = \"a/b\", store = \"local\" }]\n")
         #expect(try fixture.cli(["check", "--config", bad]).status == 2)
     }

@@ -2,9 +2,8 @@
 #define SECRETSFS_CLINUX_SHIM_H
 
 // Linux calls Glibc's Swift module does not carry: the supervisor's signalfd and its state memfd.
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+// No _GNU_SOURCE here: it changes glibc's struct definitions (fd_set) against Swift's own Glibc module, which then
+// refuses to build. The two GNU functions used are declared below instead.
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -20,6 +19,9 @@ static inline unsigned int secretsfs_signalfd_signo(const void *info) {
 }
 
 static inline unsigned long secretsfs_signalfd_siginfo_size(void) { return sizeof(struct signalfd_siginfo); }
+
+extern int memfd_create(const char *name, unsigned int flags);
+extern int execvpe(const char *file, char *const argv[], char *const envp[]);
 
 static inline int secretsfs_memfd(const char *name) { return memfd_create(name, 0); }
 

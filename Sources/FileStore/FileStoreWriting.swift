@@ -101,6 +101,58 @@ extension FileStore {
     }
 }
 
+extension FileStore {
+    /// Sets keys (any value: strings, numbers, tables...), removes keys, or with `replace` makes the env hold
+    /// exactly `set`, in `file` (TOML), re-encrypted and replaced atomically.
+    public func update(env: String, in file: String, set: [(String, SecretValue)], remove: [String], replace: Bool)
+        throws(SecretsError)
+    {
+        guard SecretsDocument.format(of: file) == .toml else {
+            throw SecretsError(.unsupported, "writing at a level works on TOML files; use edit for \(file)")
+        }
+        var original = try plaintext(of: file)
+        defer { wipe(&original) }
+        guard let text = String(validating: original, as: UTF8.self) else {
+            throw SecretsError(.invalidData, "\(file): not UTF-8 text")
+        }
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch {
+            throw SecretsError(.invalidData, "\(file): TOML syntax error")
+        }
+        let envName = env.lowercased()
+        let section = replace ? TOMLTable() : table[envName]?.table ?? TOMLTable()
+        for key in remove + set.map(\.0) {
+            for existing in section.keys where existing.lowercased() == key.lowercased() { section.remove(at: existing) }
+        }
+        for (key, value) in set { section[key] = Self.toml(value) }
+        table[envName] = section
+        var updated = Array(table.convert(to: .toml).utf8) + [UInt8(ascii: "\n")]
+        defer { wipe(&updated) }
+        try write(updated, to: file)
+    }
+
+    static func toml(_ value: SecretValue) -> any TOMLValueConvertible {
+        switch value {
+        case .string(let text): return text
+        case .int(let number): return Int(number)
+        case .float(let number): return number
+        case .bool(let flag): return flag
+        case .datetime(let text): return text
+        case .null: return ""
+        case .array(let items):
+            let array = TOMLArray()
+            for item in items { array.append(toml(item)) }
+            return array
+        case .table(let fields):
+            let table = TOMLTable()
+            for (key, item) in fields { table[key] = toml(item) }
+            return table
+        }
+    }
+}
+
 extension SecretsError {
     static func from(_ error: any Error) -> SecretsError {
         (error as? SecretsError) ?? SecretsError(.io, "unexpected error")

@@ -156,6 +156,29 @@ public final class RedisStore: SecretStore {
         return nil
     }
 
+    /// Sets, removes or replaces keys of one env's hash in one transaction (MULTI/EXEC): values as Dynaconf's
+    /// tokens, so structured ones read back as JSON. `replace` makes the hash hold exactly `set`.
+    public func update(env: String, at location: String?, set: [(String, SecretValue)], remove: [String], replace: Bool)
+        throws(SecretsError)
+    {
+        let hash = Array(hash(env, at: location).utf8)
+        var commands: [[[UInt8]]] = [[Array("MULTI".utf8)]]
+        if replace { commands.append([Array("DEL".utf8), hash]) }
+        if !remove.isEmpty { commands.append([Array("HDEL".utf8), hash] + remove.map { Array($0.utf8) }) }
+        if !set.isEmpty {
+            var hset: [[UInt8]] = [Array("HSET".utf8), hash]
+            for (key, value) in set { hset += [Array(key.utf8), Array(DynaconfTokens.encode(value).utf8)] }
+            commands.append(hset)
+        }
+        commands.append([Array("EXEC".utf8)])
+        let replies = try run { connection throws(RedisError) in try connection.pipeline(commands) }
+        for reply in replies {
+            if case .error(let message) = reply {
+                throw SecretsError(.storeUnavailable, "store '\(name)': writing \(String(decoding: hash, as: UTF8.self)) failed: \(message)")
+            }
+        }
+    }
+
     /// Writes fields into one env's hash (HSET merges, like Dynaconf's writer).
     public func write(env: String, fields: [(String, [UInt8])], at location: String? = nil) throws(SecretsError) {
         let hash = hash(env, at: location)

@@ -233,10 +233,20 @@ public final class VaultStore: SecretStore {
     /// Merges `values` into the env's secret (KV v2: check-and-set on the version read; v1: read-modify-write).
     /// Unlike Dynaconf's writer, keys not named are kept.
     public func write(env: String, values: [(String, SecretValue)], at location: String? = nil) throws(SecretsError) {
+        try update(env: env, at: location, set: values, remove: [], replace: false)
+    }
+
+    /// Sets and removes keys (or, with `replace`, makes the secret hold exactly `set`) in one check-and-set write.
+    public func update(env: String, at location: String?, set values: [(String, SecretValue)], remove: [String], replace: Bool)
+        throws(SecretsError)
+    {
         let path = secretPath(env, at: location)
         for attempt in 0..<3 {
             let current = try read(path)
-            var fields = current?.fields ?? [:]
+            var fields = replace ? [:] : current?.fields ?? [:]
+            for key in remove {
+                for existing in fields.keys where existing.lowercased() == key.lowercased() { fields.removeValue(forKey: existing) }
+            }
             for (key, value) in values { fields[key] = value }
             let body: SecretValue =
                 kvVersion() == .v1

@@ -12,24 +12,45 @@ struct SetCommand: ParsableCommand {
             trailing newline removed, so the value never appears in the process list or shell history. The \
             store's last file (or --file) is decrypted, changed, re-encrypted and replaced atomically; comments \
             in it are not kept. Works on TOML files; use edit for JSON or YAML.
+            For a scope, --level names the level to write at, whatever its store (file, Vault, Redis); without it \
+            the error lists the levels. --delete KEY removes a key at that level, so the next level's value shows.
             """
     )
 
     @OptionGroup var options: ConfigOptions
 
-    @Argument(help: "The file store's name.")
+    @Argument(help: "The file store's name, or a scope's with --level.")
     var store: String
 
     @Argument(help: "The env (section) to change, e.g. production or default.")
     var env: String
 
     @Argument(help: "KEY=VALUE pairs, or a bare KEY to read its value from standard input.")
-    var assignments: [String]
+    var assignments: [String] = []
+
+    @Option(name: .long, help: "For a scope: the level to set at (file, Vault or Redis, whatever its store is).")
+    var level: String?
+
+    @Flag(name: .long, help: "With --level: parse each value as JSON (objects stay structured).")
+    var json = false
+
+    @Option(name: .long, help: "With --level: remove this key at that level (the next level then shows); repeatable.")
+    var delete: [String] = []
 
     @Option(name: .long, help: "Which of the store's files to change (default: the last one).")
     var file: String?
 
     func run() throws {
+        let config = try Runtime.loadConfig(options.config)
+        if level != nil || config.scopes.contains(where: { $0.name == store }) {
+            // Ferris-style: set at a scope's level, whatever its store.
+            var write = try WriteCommand.parse(
+                ["--config", options.config, "--log-level", options.logLevel, store, "-e", env]
+                    + (level.map { ["--level", $0] } ?? []) + (json ? ["--json"] : [])
+                    + delete.flatMap { ["--delete", $0] } + assignments)
+            try write.run()
+            return
+        }
         let (fileStore, target) = try Runtime.fileStoreTarget(options, store: store, file: file)
         let values = try Assignments.parse(assignments)
         do {

@@ -1,7 +1,4 @@
 import ArgumentParser
-import FileStore
-import RedisStore
-import VaultStore
 import SecretsCore
 
 struct WriteCommand: ParsableCommand {
@@ -12,7 +9,10 @@ struct WriteCommand: ParsableCommand {
             Example: secretsfs write --config c.toml redis -e production NAME=Bruno PORT=1234 --typed
             Vault: the env's secret is read and written back with the new keys (KV v2 with check-and-set, retried \
             when someone wrote in between); values are strings unless --json (each value parsed as JSON) or \
-            --typed. Redis: HSET. File stores: like `set`.
+            --typed. Redis: HSET (MULTI/EXEC). File stores: like `set` (TOML), values of any type.
+            A scope takes --level: the write goes to that level's store and location (file, Vault or Redis). \
+            --delete KEY removes a key at that level, so the next level's value shows through. --json stores \
+            objects and arrays as structured data (TOML table, Vault JSON, Redis @json), read back as compact JSON.
             Values are strings unless --typed, which stores integers, floats, true/false, null and JSON arrays or \
             objects with Dynaconf's Redis type tokens (@int 1234, @float 1.5, @bool True, @none, @json {...}), reading \
             numbers as TOML does (007 stays the string 007). A string starting with @ is stored as @str so it is \
@@ -24,71 +24,50 @@ struct WriteCommand: ParsableCommand {
 
     @OptionGroup var options: ConfigOptions
 
-    @Argument(help: "The store's name.")
+    @Argument(help: "The store's or scope's name.")
     var store: String
 
     @Option(name: [.customShort("e"), .long], help: "The env to write into, e.g. production or default.")
     var env: String
 
+    @Option(name: .long, help: "For a scope: the level to write at (its chain element's store and location).")
+    var level: String?
+
     @Argument(help: "KEY=VALUE pairs, or one bare KEY to read its value from standard input.")
-    var assignments: [String]
+    var assignments: [String] = []
 
     @Flag(name: .long, help: "Store typed values (Redis: Dynaconf's tokens; Vault: JSON numbers, booleans, null).")
     var typed = false
 
-    @Flag(name: .long, help: "Vault: parse each value as JSON (1234, true, {\"a\":1}, \"text\").")
+    @Flag(name: .long, help: "Parse each value as JSON (1234, true, {\"a\":1}, \"text\"); objects stay structured.")
     var json = false
+
+    @Option(name: .long, help: "Remove this key at that level (the next level's value then shows); repeatable.")
+    var delete: [String] = []
 
     func run() throws {
         let logger = Runtime.bootstrapLogging(level: options.logLevel)
         let config = try Runtime.loadConfig(options.config)
-        guard let storeConfig = config.store(named: store) else {
-            printError("no store named '\(store)' in \(config.file)")
-            throw ExitCode(ExitStatus.notFound.rawValue)
+        let target = try LevelWriter(config: config, name: store, level: level)
+        guard !assignments.isEmpty || !delete.isEmpty else {
+            throw LevelWriter.fail("nothing to write: give KEY=VALUE pairs or --delete KEY", .invalidConfig)
         }
-        let values = try Assignments.parse(assignments)
-        let fileStore = storeConfig.type == "file" ? try Runtime.fileStore(store, config: config, logger: logger) : nil
+        let values = assignments.isEmpty ? [] : try Assignments.parse(assignments)
         do throws(SecretsError) {
-            switch storeConfig.type {
-            case "redis":
-                let redis: RedisStore
-                do {
-                    redis = try RedisStore(config: storeConfig, logger: logger)
-                } catch {
-                    throw SecretsError(.invalidConfig, error.description)
-                }
-                defer { redis.close() }
-                let encoded = values.map { key, text in
-                    (key, Array((typed ? DynaconfTokens.encode(Self.typedValue(text)) : text).utf8))
-                }
-                try redis.write(env: env, fields: encoded)
-            case "vault":
-                let vault: VaultStore
-                do {
-                    vault = try VaultStore(config: storeConfig, logger: logger)
-                } catch {
-                    throw SecretsError(.invalidConfig, error.description)
-                }
-                defer { vault.close() }
-                var typedValues: [(String, SecretValue)] = []
-                for (key, text) in values {
-                    if json {
-                        guard let value = SecretValue.parseJSON(Array(text.utf8)) else {
-                            throw SecretsError(.invalidArgument, "the value of \(key) is not JSON")
-                        }
-                        typedValues.append((key, value))
-                    } else {
-                        typedValues.append((key, typed ? Self.typedValue(text) : .string(text)))
+            var set: [(String, SecretValue)] = []
+            for (key, text) in values {
+                if json {
+                    guard let value = SecretValue.parseJSON(Array(text.utf8)) else {
+                        throw SecretsError(.invalidArgument, "the value of \(key) is not JSON")
                     }
+                    set.append((key, value))
+                } else {
+                    set.append((key, typed ? Self.typedValue(text) : .string(text)))
                 }
-                try vault.write(env: env, values: typedValues)
-            case "file":
-                guard let fileStore else { throw SecretsError(.invalidConfig, "store '\(store)' is not a file store") }
-                try fileStore.setKeys(values, env: env, in: fileStore.primaryFile)
-            default:
-                throw SecretsError(.unsupported, "store '\(store)' of type \(storeConfig.type) cannot be written")
             }
-            printError("wrote \(values.map(\.0).joined(separator: ", ")) to \(store)/\(env.lowercased())")
+            try target.apply(env: env, set: set, remove: delete, replace: false, logger: logger)
+            let names = (values.map(\.0) + delete.map { "-" + $0 }).joined(separator: ", ")
+            printError("wrote \(names) to \(target.description)/\(env.lowercased())")
         } catch {
             printError(error.description)
             throw Runtime.exitCode(for: error)

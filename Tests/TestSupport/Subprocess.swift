@@ -145,5 +145,16 @@ public func secretsfsBinary() throws -> String {
 /// Sends `signal` to a server process started by a test harness, if it is still running (SIGSTOP pauses it like a
 /// hung backend, SIGCONT lets it go on).
 public func signalServer(_ process: Process?, _ signal: Int32) {
-    if let process, process.isRunning { kill(process.processIdentifier, signal) }
+    guard let process, process.isRunning else { return }
+    let pid = process.processIdentifier
+    kill(pid, signal)
+    // SIGSTOP reaches every thread of the server asynchronously: wait until the kernel reports it stopped, so that
+    // the next request cannot be answered by a thread that had not stopped yet.
+    guard signal == SIGSTOP else { return }
+    for _ in 0..<200 {
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].hasPrefix(" T") { break }
+        usleep(5_000)
+    }
+    usleep(20_000)
 }

@@ -44,7 +44,7 @@ struct SetCommand: ParsableCommand {
         let config = try Runtime.loadConfig(options.config)
         if level != nil || config.scopes.contains(where: { $0.name == store }) {
             // Ferris-style: set at a scope's level, whatever its store.
-            var write = try WriteCommand.parse(
+            let write = try WriteCommand.parse(
                 ["--config", options.config, "--log-level", options.logLevel, store, "-e", env]
                     + (level.map { ["--level", $0] } ?? []) + (json ? ["--json"] : [])
                     + delete.flatMap { ["--delete", $0] } + assignments)

@@ -92,15 +92,20 @@ struct WorkerCommand: ParsableCommand {
         core.setWorkerRestarts(hello.restarts)
         // logrotate: SIGUSR1 (forwarded by the supervisor) reopens the audit log.
         Self.onSignal(SIGUSR1) { audit?.reopen() }
-        for name in resolver.topNames {
-            // Say early which stores are broken; they still get their directory and answer EIO.
-            do {
-                let envs = try core.probe(name)
-                logger.info("ready", metadata: ["store": "\(name)", "envs": "\(envs.count)"])
-            } catch {
-                logger.error("store failing; its paths answer EIO", metadata: ["store": "\(name)", "error": "\(error)"])
+        // Say which stores are broken (they still get their directories and answer EIO). On a reload this runs while
+        // the old worker still serves, warming connections; after a crash it runs once this worker serves, so a hung
+        // backend never delays the failover.
+        let probe: @Sendable () -> Void = { [logger] in
+            for name in resolver.topNames {
+                do {
+                    let envs = try core.probe(name)
+                    logger.info("ready", metadata: ["store": "\(name)", "envs": "\(envs.count)"])
+                } catch {
+                    logger.error("store failing; its paths answer EIO", metadata: ["store": "\(name)", "error": "\(error)"])
+                }
             }
         }
+        if hello.reload { probe() }
         channel.send(.ready)
         var records: [NodeRecord] = []
         var nextInode = FileSystemCore.rootInode + 1
@@ -122,9 +127,13 @@ struct WorkerCommand: ParsableCommand {
         }
         core.adopt(records, nextInode: nextInode, handover: Handover(journal: channel, digest: digest))
         logger.debug("took over the node table", metadata: ["nodes": "\(records.count)", "next": "\(nextInode)"])
-        for (name, store) in stores {
-            let pushes = store.watch(locations: config.scopeLocations(of: name)) { changes in core.storeChanged(name, changes) }
-            logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
+        // Change notices start once this worker serves (subscribing may wait on a backend).
+        let served = config
+        let startWatches: @Sendable () -> Void = { [logger] in
+            for (name, store) in stores {
+                let pushes = store.watch(locations: served.scopeLocations(of: name)) { changes in core.storeChanged(name, changes) }
+                logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
+            }
         }
         defer { stores.values.forEach { $0.close() } }
         // Only now, with the previous worker gone: it held the listening address until then.
@@ -147,6 +156,11 @@ struct WorkerCommand: ParsableCommand {
         do {
             try server.serve(fd: fuseFd, initRequest: hello.initRequest, reload: hello.reload) {
                 channel.send(.serving)
+                let reload = hello.reload
+                Thread {
+                    if !reload { probe() }
+                    startWatches()
+                }.start()
             }
         } catch {
             printError("\(error)")

@@ -130,6 +130,37 @@ struct RedisMountTests {
         }
     }
 
+    @Test("a read in flight when its worker is SIGKILLed completes in the reader (the request is resent to the next)")
+    func inFlightAcrossWorkerKill() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try server.hset("DYNACONF_PRODUCTION", [("DB_HOST", "in-flight-1")])
+        let config = try config(fixture, server: server, fresh: ["DB_*"])
+        var text = try String(contentsOfFile: config, encoding: .utf8)
+        text = text.replacingOccurrences(of: "timeout = \"1s\"", with: "timeout = \"10s\"")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let fs = try fixture.mount(config: config)
+        #expect(try fs.readText("redis/production/DB_HOST") == "in-flight-1")
+        // The backend hangs: the worker takes the LOOKUP and waits on Redis with the request unanswered.
+        server.pause()
+        let result = Mutex<Result<String, FSError>?>(nil)
+        let reader = Thread {
+            do {
+                result.withLock { $0 = .success((try? fs.readText("redis/production/DB_HOST", timeout: 30)) ?? "") }
+            }
+        }
+        reader.start()
+        usleep(500_000)
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        server.resume()
+        for _ in 0..<400 where result.withLock({ $0 }) == nil { usleep(50_000) }
+        #expect(result.withLock { $0 } == .success("in-flight-1"), "the reader's request was lost with its worker")
+    }
+
     @Test("a cached key shows an HSET within 100 ms through keyspace notifications")
     func pushed() throws {
         let server = try RedisServer()

@@ -142,8 +142,9 @@ struct SoakTests {
             write(round: round)
             round += 1
             if Date() >= nextOutage {
-                // Pools and threads have grown to the load by now: the baseline for leaks.
-                if warm == nil { warm = Self.daemonStats(fs.workerPID()) }
+                // By the second outage the connection pools and threads have grown to the load and been through a
+                // reconnect: the baseline for leaks.
+                if outages == 1 { warm = Self.daemonStats(fs.workerPID()) }
                 outages += 1
                 let down = Date()
                 redis.stop()
@@ -186,7 +187,8 @@ struct SoakTests {
         #expect(!result.errors.keys.contains { $0.hasPrefix("cached") }, "cached keys failed: \(errors)")
         #expect(result.errors.keys.allSatisfy { $0.hasSuffix("EIO") }, "errors other than EIO: \(errors)")
         #expect(unexplained == 0, "fresh keys failed while their backend was up: \(errors)")
-        #expect(endStats.fds <= start.fds + 8, "descriptors grew: \(start.fds) -> \(endStats.fds)")
+        // Pools follow the load (up to one connection per reader); a leak grows with reads, by thousands.
+        #expect(endStats.fds <= start.fds + 16, "descriptors grew: \(start.fds) -> \(endStats.fds)")
         #expect(endStats.threads <= start.threads + 8, "threads grew: \(start.threads) -> \(endStats.threads)")
         #expect(!fs.log.contains("cached_a-") && !fs.log.contains("fresh_a-"))
     }

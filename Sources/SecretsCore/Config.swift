@@ -12,6 +12,8 @@ public struct Config: Sendable {
     public var audit = AuditConfig()
     /// `[metrics]`: where /metrics, /healthz and /status are served; nil: nowhere.
     public var metrics: MetricsListen?
+    /// `[api]`: the Dapr-compatible secrets API; nil: off.
+    public var api: ApiConfig?
 
     /// Reads and validates a config file. Every problem names file, line, column and what is wrong.
     public static func load(path: String) throws(LocatedError) -> Config {
@@ -27,7 +29,7 @@ public struct Config: Sendable {
     public static func parse(text: String, file: String) throws(LocatedError) -> Config {
         let document = try TOMLDocument(file: file, text: text)
         let root = ConfigSection(document: document, path: [], values: document.root)
-        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit", "metrics"])
+        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit", "metrics", "api"])
 
         let mount = try MountConfig(root.section("mount"))
         let cache = try CacheConfig(root.section("cache"))
@@ -82,6 +84,7 @@ public struct Config: Sendable {
             }
             config.metrics = parsed
         }
+        if root.values["api"] != nil { config.api = try ApiConfig(root.section("api")) }
         return config
     }
 
@@ -122,6 +125,47 @@ public struct MountConfig: Sendable {
         dirMode = try section.mode("dir_mode") ?? 0o500
         noOpen = try section.bool("no_open") ?? true
         autoUnmount = try section.bool("auto_unmount") ?? true
+    }
+}
+
+/// `[api]`: Dapr's secrets API over HTTP (`GET /v1.0/secrets/<store>/<name>` and `/bulk`).
+public struct ApiConfig: Sendable {
+    public var daprHTTP: MetricsListen
+    /// When set, requests must carry it in `dapr-api-token`.
+    public var tokenFile: String?
+    /// The env a request reads unless its `metadata.env` says otherwise.
+    public var env: String
+    /// Per store or scope: name globs a request may read, and ones it may not (denied wins).
+    public var allowed: [String: [Glob]]
+    public var denied: [String: [Glob]]
+
+    init(_ section: ConfigSection) throws(LocatedError) {
+        try section.rejectUnknown(allowed: ["dapr_http", "token_file", "env", "stores"])
+        guard let listen = try section.string("dapr_http") else {
+            throw section.error(nil, "[api] needs dapr_http = \"127.0.0.1:3500\" (or \"unix:/path\")")
+        }
+        guard let parsed = MetricsListen(listen, directory: section.directory) else {
+            throw section.error("dapr_http", "dapr_http must be \"host:port\" or \"unix:/path\"")
+        }
+        daprHTTP = parsed
+        tokenFile = try section.path("token_file")
+        env = try section.string("env") ?? "production"
+        allowed = [:]
+        denied = [:]
+        let stores = try section.section("stores")
+        for name in stores.keys {
+            let store = try stores.section(name, required: true)
+            try store.rejectUnknown(allowed: ["allowed", "denied"])
+            if let globs = try store.stringArray("allowed") { allowed[name] = globs.map(Glob.init) }
+            if let globs = try store.stringArray("denied") { denied[name] = globs.map(Glob.init) }
+        }
+    }
+
+    /// Whether a request may read `name` from `store`: not denied, and allowed when the store has an allow list.
+    public func permits(store: String, name: String) -> Bool {
+        if denied[store]?.contains(where: { $0.matches(name) }) == true { return false }
+        guard let list = allowed[store] else { return true }
+        return list.contains { $0.matches(name) }
     }
 }
 

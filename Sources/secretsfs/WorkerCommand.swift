@@ -140,6 +140,19 @@ struct WorkerCommand: ParsableCommand {
         if let listen = config.metrics, let registry {
             StatusServer.start(listen: listen, core: core, registry: registry, logger: logger)
         }
+        if let api = config.api {
+            var token: String?
+            if let file = api.tokenFile {
+                do {
+                    token = try FileIO.readText(file).trimmingCharacters(in: .whitespacesAndNewlines)
+                } catch {
+                    logger.error("the Dapr API token file cannot be read; the API stays off", metadata: ["error": "\(error)"])
+                }
+            }
+            if api.tokenFile == nil || token != nil {
+                DaprAPI.start(api: api, resolver: resolver, token: token, logger: logger)
+            }
+        }
         // The supervisor going away ends the worker: nothing would restart it, and the mount goes with them.
         let watcher = Thread { [logger] in
             while true {

@@ -69,50 +69,18 @@ extension FileStore {
     public static func settingKeys(_ values: [(String, String)], env: String, in plaintext: [UInt8], file: String)
         throws(SecretsError) -> [UInt8]
     {
+        try updating(plaintext, file: file, env: env, set: values.map { ($0.0, .string($0.1)) }, remove: [], replace: false)
+    }
+
+    /// One env of a TOML document with keys set (any spelling of a key is replaced: Dynaconf keys ignore case),
+    /// removed, or with `replace` exactly `set`; returns the new document. Comments are not kept.
+    static func updating(
+        _ plaintext: [UInt8], file: String, env: String, set: [(String, SecretValue)], remove: [String], replace: Bool
+    ) throws(SecretsError) -> [UInt8] {
         guard SecretsDocument.format(of: file) == .toml else {
-            throw SecretsError(.unsupported, "set works on TOML files; use edit for \(file)")
+            throw SecretsError(.unsupported, "set and write work on TOML files; use edit for \(file)")
         }
         guard let text = String(validating: plaintext, as: UTF8.self) else {
-            throw SecretsError(.invalidData, "\(file): not UTF-8 text")
-        }
-        let table: TOMLTable
-        do {
-            table = try TOMLTable(string: text)
-        } catch {
-            throw SecretsError(.invalidData, "\(file): TOML syntax error")
-        }
-        let envName = env.lowercased()
-        let section: TOMLTable
-        if let existing = table[envName]?.table {
-            section = existing
-        } else {
-            section = TOMLTable()
-            table[envName] = section
-        }
-        for (key, value) in values {
-            // Dynaconf keys ignore case: replace any spelling of the key.
-            for existing in section.keys where existing.lowercased() == key.lowercased() {
-                section.remove(at: existing)
-            }
-            section[key] = value
-        }
-        table[envName] = section
-        return Array(table.convert(to: .toml).utf8) + [UInt8(ascii: "\n")]
-    }
-}
-
-extension FileStore {
-    /// Sets keys (any value: strings, numbers, tables...), removes keys, or with `replace` makes the env hold
-    /// exactly `set`, in `file` (TOML), re-encrypted and replaced atomically.
-    public func update(env: String, in file: String, set: [(String, SecretValue)], remove: [String], replace: Bool)
-        throws(SecretsError)
-    {
-        guard SecretsDocument.format(of: file) == .toml else {
-            throw SecretsError(.unsupported, "writing at a level works on TOML files; use edit for \(file)")
-        }
-        var original = try plaintext(of: file)
-        defer { wipe(&original) }
-        guard let text = String(validating: original, as: UTF8.self) else {
             throw SecretsError(.invalidData, "\(file): not UTF-8 text")
         }
         let table: TOMLTable
@@ -126,9 +94,21 @@ extension FileStore {
         for key in remove + set.map(\.0) {
             for existing in section.keys where existing.lowercased() == key.lowercased() { section.remove(at: existing) }
         }
-        for (key, value) in set { section[key] = Self.toml(value) }
+        for (key, value) in set { section[key] = toml(value) }
         table[envName] = section
-        var updated = Array(table.convert(to: .toml).utf8) + [UInt8(ascii: "\n")]
+        return Array(table.convert(to: .toml).utf8) + [UInt8(ascii: "\n")]
+    }
+}
+
+extension FileStore {
+    /// Sets keys (any value: strings, numbers, tables...), removes keys, or with `replace` makes the env hold
+    /// exactly `set`, in `file` (TOML), re-encrypted and replaced atomically.
+    public func update(env: String, in file: String, set: [(String, SecretValue)], remove: [String], replace: Bool)
+        throws(SecretsError)
+    {
+        var original = try plaintext(of: file)
+        defer { wipe(&original) }
+        var updated = try Self.updating(original, file: file, env: env, set: set, remove: remove, replace: replace)
         defer { wipe(&updated) }
         try write(updated, to: file)
     }

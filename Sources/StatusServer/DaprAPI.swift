@@ -60,28 +60,7 @@ public enum DaprAPI {
                 return failure(.internalServerError, "ERR_SECRET_GET", "\(error)")
             }
         }
-        let address: BindAddress
-        switch api.daprHTTP {
-        case .tcp(let host, let port): address = .hostname(host, port: port)
-        case .unix(let path): address = .unixDomainSocket(path: path)
-        }
-        var quiet = logger
-        quiet.logLevel = .warning
-        let app = Application(router: router, configuration: .init(address: address), logger: quiet)
-        Task {
-            for attempt in 0..<50 {
-                do {
-                    try await app.runService()
-                    return
-                } catch {
-                    if attempt == 49 {
-                        logger.error("the Dapr API could not start", metadata: ["error": "\(error)"])
-                        return
-                    }
-                    try? await Task.sleep(for: .milliseconds(100))
-                }
-            }
-        }
+        StatusServer.serve(router, on: api.daprHTTP, name: "Dapr API", logger: logger)
         logger.info("Dapr secrets API", metadata: ["listen": "\(api.daprHTTP)"])
     }
 

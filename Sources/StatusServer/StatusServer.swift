@@ -48,6 +48,13 @@ public enum StatusServer {
                 status: .ok, headers: [.contentType: "application/json"],
                 body: .init(byteBuffer: ByteBuffer(string: statusJSON(core.status()))))
         }
+        serve(router, on: listen, name: "status server", logger: logger)
+        logger.info("status server", metadata: ["listen": "\(listen)"])
+    }
+
+    /// Runs `router` on `listen` on a task of its own (a unix socket left by an earlier process is replaced). A
+    /// previous worker may still hold the address for a moment after a switch: binding is retried for 5 s.
+    static func serve(_ router: Router<BasicRequestContext>, on listen: MetricsListen, name: String, logger: Logger) {
         let address: BindAddress
         switch listen {
         case .tcp(let host, let port): address = .hostname(host, port: port)
@@ -59,21 +66,19 @@ public enum StatusServer {
         quiet.logLevel = .warning
         let app = Application(router: router, configuration: .init(address: address), logger: quiet)
         Task {
-            // A previous worker may still hold the port for a moment after a switch: retry briefly.
             for attempt in 0..<50 {
                 do {
                     try await app.runService()
                     return
                 } catch {
                     if attempt == 49 {
-                        logger.error("the status server could not start", metadata: ["error": "\(error)"])
+                        logger.error("the \(name) could not start", metadata: ["error": "\(error)"])
                         return
                     }
                     try? await Task.sleep(for: .milliseconds(100))
                 }
             }
         }
-        logger.info("status server", metadata: ["listen": "\(listen)"])
     }
 
     static func statusJSON(_ status: CoreStatus) -> String {

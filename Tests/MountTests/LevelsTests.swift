@@ -6,20 +6,11 @@ import TestSupport
 /// Scopes with named levels, Ferris-style: service (a file), project (Redis), platform (OpenBao).
 @Suite("named levels", .serialized)
 struct LevelsTests {
-    @Test("get --explain and the user.secretsfs.source attribute name the level that serves a key; never a value")
-    func explain() throws {
-        let redis = try RedisServer()
-        defer { redis.remove() }
-        let bao = try BaoServer()
-        defer { bao.remove() }
-        let fixture = try Fixture()
-        defer { fixture.tearDown() }
-        try fixture.writeEncrypted("secrets.toml.age", "[production]\nLOCAL_ONLY = \"x\"\n")
-        try fixture.writeEncrypted("service.toml.age", "[production]\nAPI_KEY = \"service-secret-1\"\n")
-        try redis.hset("DYNACONF_PRODUCTION", [("DB_PASS", "project-secret-2")])
-        try bao.cli(["kv", "put", "secret/dynaconf/default", "DB_PASS=platform-secret-3", "REGION=eu-platform"])
+    /// A config whose scope `billing` has levels service (the fixture's service.toml.age), project (Redis) and
+    /// platform (OpenBao).
+    static func threeLevels(_ fixture: Fixture, redis: RedisServer, bao: BaoServer) throws -> String {
         let token = try fixture.dir.write("vault-token", "root\n")
-        let config = try fixture.writeConfig(extra: """
+        return try fixture.writeConfig(extra: """
             [stores.redis]
             type = "redis"
             url = "\(redis.url)"
@@ -36,6 +27,21 @@ struct LevelsTests {
                 { level = "platform", store = "vault" },
             ]
             """)
+    }
+
+    @Test("get --explain and the user.secretsfs.source attribute name the level that serves a key; never a value")
+    func explain() throws {
+        let redis = try RedisServer()
+        defer { redis.remove() }
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", "[production]\nLOCAL_ONLY = \"x\"\n")
+        try fixture.writeEncrypted("service.toml.age", "[production]\nAPI_KEY = \"service-secret-1\"\n")
+        try redis.hset("DYNACONF_PRODUCTION", [("DB_PASS", "project-secret-2")])
+        try bao.cli(["kv", "put", "secret/dynaconf/default", "DB_PASS=platform-secret-3", "REGION=eu-platform"])
+        let config = try Self.threeLevels(fixture, redis: redis, bao: bao)
         let explained = try fixture.cli(["get", "--config", config, "--explain", "billing/production/DB_PASS"])
         #expect(explained.status == 0)
         #expect(explained.stdoutText.contains("served by level project (store redis, env production)"), "\(explained.stdoutText)")
@@ -79,24 +85,7 @@ struct LevelsTests {
         defer { fixture.tearDown() }
         try fixture.writeEncrypted("secrets.toml.age", "[production]\nLOCAL_ONLY = \"x\"\n")
         try fixture.writeEncrypted("service.toml.age", "[production]\nSEED = \"s\"\n")
-        let token = try fixture.dir.write("vault-token", "root\n")
-        let config = try fixture.writeConfig(extra: """
-            [stores.redis]
-            type = "redis"
-            url = "\(redis.url)"
-
-            [stores.vault]
-            type = "vault"
-            address = "\(bao.address)"
-            token_file = "\(token)"
-
-            [scopes.billing]
-            chain = [
-                { level = "service", store = "local", path = "service.toml.age" },
-                { level = "project", store = "redis" },
-                { level = "platform", store = "vault" },
-            ]
-            """)
+        let config = try Self.threeLevels(fixture, redis: redis, bao: bao)
         func get(_ key: String) throws -> (Int32, String) {
             let result = try fixture.cli(["get", "--config", config, "billing/production/\(key)"])
             return (result.status, result.stdoutText)

@@ -42,9 +42,13 @@ struct MemoryTests {
         }
         chmod(fixture.dir.path, 0o755)
         let asNobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        // A copy uid 65534 can run wherever the build folder is (a checkout under a 0700 folder, say).
+        let binary = fixture.dir.file("secretsfs")
+        try FileManager.default.copyItem(atPath: fixture.binary, toPath: binary)
+        chmod(binary, 0o755)
         let edit = Process()
         edit.executableURL = URL(fileURLWithPath: setpriv)
-        edit.arguments = Array(asNobody.dropFirst()) + [fixture.binary, "edit", "--config", config, "local"]
+        edit.arguments = Array(asNobody.dropFirst()) + [binary, "edit", "--config", config, "local"]
         edit.environment = ["EDITOR": editor, "PATH": "/usr/bin:/bin", "HOME": fixture.dir.path]
         edit.standardOutput = FileHandle.nullDevice
         edit.standardError = FileHandle.nullDevice

@@ -60,6 +60,9 @@ struct EditCommand: ParsableCommand {
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
         // The editor may carry arguments ("code --wait"); the file is passed as "$1", never interpolated.
         process.arguments = ["-c", editor + " \"$1\"", "secretsfs-edit", path]
+        // The editor runs in the private folder: the caller's folder may be one this user cannot enter (Foundation
+        // then refuses to start the child at all).
+        process.currentDirectoryURL = URL(fileURLWithPath: path).deletingLastPathComponent()
         try process.run()
         process.waitUntilExit()
         return process.terminationStatus

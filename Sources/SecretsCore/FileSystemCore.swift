@@ -405,6 +405,38 @@ public final class FileSystemCore: Sendable {
         return (resolved.fileBytes(), timeout, cacheState)
     }
 
+    // MARK: - The secrets API
+
+    /// The bytes `top/env/key` would read through the mount, by the same rules: a fresh key fetched now (sharing the
+    /// fetch with opens that wait on it), any other from its env's cached view (stale while the store fails). Counted
+    /// in `secretsfs_reads_total` like an open.
+    public func apiRead(top: String, env: String, key: String) throws(SecretsError) -> SecretBytes {
+        let fresh = resolver.isFresh(top: top, key: key)
+        do {
+            let (bytes, _, cacheState) = try value(for: FilePath(top: top, env: env, key: key), fresh: fresh, now: clock())
+            Counter(label: "secretsfs_reads_total", dimensions: [("top", top), ("kind", cacheState)]).increment()
+            return bytes
+        } catch {
+            let kind = error.code == .notFound ? "not_found" : "error"
+            Counter(label: "secretsfs_reads_total", dimensions: [("top", top), ("kind", kind)]).increment()
+            throw error
+        }
+    }
+
+    /// Every key of an env with its bytes, from one view: the cached one, or one fetched now when any of its keys is
+    /// fresh (so a bulk answer is one consistent view and fresh keys are never older than the request).
+    public func apiList(top: String, env: String) throws(SecretsError) -> [(String, SecretBytes)] {
+        let key = EnvKey(top: top, env: env)
+        var (view, _, _) = try cachedView(key, now: clock())
+        if view.keys.contains(where: { resolver.isFresh(top: top, key: $0) }) {
+            view = try backend(top) { () throws(SecretsError) in try resolver.view(top: top, env: env) }
+        }
+        return view.keys.compactMap { name in
+            guard EntryName.isValid(name), let value = view.value(of: name) else { return nil }
+            return (name, value.fileBytes())
+        }
+    }
+
     /// The env's view and how long it stays valid: the cached one while its ttl runs, else fetched now; when the
     /// store fails, the old one for up to `stale_if_error` (with a short timeout, so names are asked again soon).
     /// A fresh key's value for an open that began at `openedAt`: from a fetch that *started* at or after that moment

@@ -9,6 +9,8 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
     case table([String: SecretValue])
     /// A TOML or YAML date/time, kept as its text.
     case datetime(String)
+    /// Bytes that are not UTF-8 text (a Redis field can hold any bytes): served exactly as stored.
+    case bytes([UInt8])
 
     /// The bytes a reader of the file gets: a string is its exact UTF-8 bytes; anything else is compact JSON text
     /// with object keys sorted (integers without a decimal point, floats in their shortest form).
@@ -16,6 +18,8 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .string(let text):
             return SecretBytes(string: text)
+        case .bytes(let raw):
+            return SecretBytes(raw)
         default:
             var out: [UInt8] = []
             appendJSON(to: &out)
@@ -35,6 +39,9 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .string(let text), .datetime(let text):
             Self.appendJSONString(text, to: &out)
+        case .bytes(let raw):
+            // JSON carries text only: inside a structure, invalid sequences become U+FFFD.
+            Self.appendJSONString(String(decoding: raw, as: UTF8.self), to: &out)
         case .int(let number):
             out.append(contentsOf: String(number).utf8)
         case .float(let number):
@@ -102,6 +109,7 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
         case .array: return "<redacted array>"
         case .table: return "<redacted table>"
         case .datetime: return "<redacted datetime>"
+        case .bytes: return "<redacted bytes>"
         }
     }
 }

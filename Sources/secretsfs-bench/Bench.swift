@@ -137,7 +137,7 @@ struct Bench {
         }
         let binary = arguments[1]
         let seconds = arguments.count > 2 ? Double(arguments[2]) ?? 2 : 2
-        // BENCH_ONLY=local|failover|audit|redis|vault|notices runs one part (for working on one store); unset runs everything.
+        // BENCH_ONLY=local|failover|audit|redis|vault|notices|dapr runs one part (for working on one store); unset runs everything.
         let only = ProcessInfo.processInfo.environment["BENCH_ONLY"]
         func wanted(_ part: String) -> Bool { only == nil || only == part }
 
@@ -322,6 +322,8 @@ struct Bench {
         if wanted("vault") { VaultBench.run(binary: binary, root: root, seconds: seconds, python: python) }
         print("")
         if wanted("notices") { NoticeBench.run(binary: binary, root: root, seconds: seconds) }
+        print("")
+        if wanted("dapr") { DaprBench.run(binary: binary, root: root, seconds: seconds, python: python) }
 
     }
 }

@@ -6,6 +6,7 @@ import Logging
 import Prometheus
 import SecretsCore
 import StatusServer
+import DaprGRPC
 
 struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -150,7 +151,9 @@ struct WorkerCommand: ParsableCommand {
                 }
             }
             if api.tokenFile == nil || token != nil {
-                DaprAPI.start(api: api, resolver: resolver, token: token, logger: logger)
+                let secrets = SecretsAPI(config: api, core: core, token: token)
+                if let listen = api.daprHTTP { DaprAPI.start(secrets, listen: listen, logger: logger) }
+                if let listen = api.daprGRPC { DaprGRPC.start(secrets, listen: listen, logger: logger) }
             }
         }
         // The supervisor going away ends the worker: nothing would restart it, and the mount goes with them.

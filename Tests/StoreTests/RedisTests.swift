@@ -72,6 +72,15 @@ struct RESPTests {
     func tokens(raw: String, expected: SecretValue) {
         #expect(DynaconfTokens.decode(Array(raw.utf8)) == expected)
     }
+
+    @Test("a field that is not UTF-8 is served byte for byte, not as replacement characters")
+    func binaryField() {
+        let raw: [UInt8] = [0xFF, 0xFE, 0x00, 0x41]
+        let value = DynaconfTokens.decode(raw)
+        #expect(value == .bytes(raw))
+        #expect(value.fileBytes().withUnsafeBytes { Array($0) } == raw)
+        #expect(value.description == "<redacted bytes>")
+    }
 }
 
 /// A TCP server on a free port that answers every connection with `reply` (or nothing), for malformed-server tests.

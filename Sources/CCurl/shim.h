@@ -28,6 +28,15 @@ static inline CURLcode secretsfs_curl_response_code(CURL *handle, long *code) {
     return curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, code);
 }
 
+// Where a 3xx response points (libcurl computes it when it does not follow redirects itself); NULL if nowhere.
+static inline const char *secretsfs_curl_redirect_url(CURL *handle) {
+    char *url = NULL;
+    if (curl_easy_getinfo(handle, CURLINFO_REDIRECT_URL, &url) != CURLE_OK) {
+        return NULL;
+    }
+    return url;
+}
+
 // The transfer result of a finished easy handle in a multi handle (CURLMsg's union is awkward from Swift).
 static inline int secretsfs_curl_multi_next_done(CURLM *multi, CURL **easy, CURLcode *result) {
     int queued = 0;

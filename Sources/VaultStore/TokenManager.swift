@@ -70,7 +70,7 @@ final class TokenManager: Sendable {
 
     private func renew(_ token: String) throws(SecretsError) {
         let response = try http.request(
-            "POST", settings.address + "/v1/auth/token/renew-self", headers: headers(token), body: Array("{}".utf8))
+            "POST", "/v1/auth/token/renew-self", headers: headers(token), body: Array("{}".utf8))
         guard response.status == 200, let auth = Self.auth(response.body) else {
             logger.info("token renewal failed; logging in again", metadata: ["store": "\(store)", "status": "\(response.status)"])
             throw SecretsError(.permissionDenied, "renewal failed")
@@ -110,7 +110,7 @@ final class TokenManager: Sendable {
         guard let (path, body) = try loginRequest() else {
             let token = try tokenFromSources()
             // Learn the token's TTL so it can be renewed in time; a root token has none.
-            let response = try http.request("GET", settings.address + "/v1/auth/token/lookup-self", headers: headers(token))
+            let response = try http.request("GET", "/v1/auth/token/lookup-self", headers: headers(token))
             if response.status == 403 {
                 throw SecretsError(.permissionDenied, "store '\(store)': the Vault token is invalid or expired")
             }
@@ -124,7 +124,7 @@ final class TokenManager: Sendable {
         }
         var bytes = Array(body.jsonText().utf8)
         defer { wipe(&bytes) }
-        let response = try http.request("POST", settings.address + path, headers: headers(), body: bytes)
+        let response = try http.request("POST", path, headers: headers(), body: bytes)
         guard response.status == 200, let auth = Self.auth(response.body), let token = auth.token else {
             throw SecretsError(
                 .permissionDenied, "store '\(store)': login at \(path) failed: HTTP \(response.status)")

@@ -2,12 +2,13 @@ import SecretsCore
 
 /// For `make bench`: the raw round trip of a keep-alive GET through the same libcurl client the store uses.
 public final class VaultProbe {
-    let client = HTTPClient(settings: .init(timeout: 5, caFile: nil, skipVerify: false))
-    let url: String
+    let client: HTTPClient
+    let path: String
     let token: String
 
     public init(address: String, token: String, path: String) {
-        self.url = address + path
+        client = HTTPClient(settings: .init(timeout: 5, caFile: nil, skipVerify: false, addresses: [address]))
+        self.path = path
         self.token = token
     }
 
@@ -16,7 +17,7 @@ public final class VaultProbe {
     /// One GET; its latency in nanoseconds, or nil when it failed.
     public func roundTrip() -> UInt64? {
         let begin = FileSystemCore.monotonicSeconds()
-        guard let response = try? client.request("GET", url, headers: ["X-Vault-Token": token]), response.status == 200
+        guard let response = try? client.request("GET", path, headers: ["X-Vault-Token": token]), response.status == 200
         else { return nil }
         return UInt64((FileSystemCore.monotonicSeconds() - begin) * 1e9)
     }

@@ -14,7 +14,10 @@ public enum VaultAuth: Sendable, Equatable {
 public struct VaultSettings: Sendable {
     public enum KVVersion: String, Sendable { case v1 = "1", v2 = "2", auto }
 
-    public var address: String
+    /// The cluster's nodes (one for a single server), tried in this order.
+    public var addresses: [String]
+    /// The first node.
+    public var address: String { addresses[0] }
     public var mount: String
     public var path: String
     public var kvVersion: KVVersion
@@ -31,17 +34,34 @@ public struct VaultSettings: Sendable {
     {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "fresh_max_age", "address", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout", "watch",
+            "type", "fresh", "fresh_max_age", "address", "addresses", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout", "watch",
             "token_file", "role_id", "secret_id_file", "username", "password_file", "role", "jwt_file", "auth_mount",
         ])
-        guard let address = try section.string("address") ?? environment["VAULT_ADDR"] ?? environment["BAO_ADDR"]
-        else {
+        var listed: [String]
+        var key = "address"
+        if section.values["addresses"] != nil {
+            guard section.values["address"] == nil else {
+                throw section.error("addresses", "give address or addresses, not both")
+            }
+            key = "addresses"
+            listed = try section.stringArray("addresses") ?? []
+        } else if case .array? = section.values["address"] {
+            listed = try section.stringArray("address") ?? []
+        } else if let single = try section.string("address") ?? environment["VAULT_ADDR"] ?? environment["BAO_ADDR"] {
+            listed = [single]
+        } else {
             throw section.error(nil, "store '\(config.name)' needs address = \"https://...\" (or VAULT_ADDR)")
         }
-        guard address.hasPrefix("http://") || address.hasPrefix("https://") else {
-            throw section.error("address", "address must start with http:// or https://")
+        guard !listed.isEmpty else { throw section.error(key, "\(key) needs at least one URL") }
+        for address in listed {
+            guard address.hasPrefix("http://") || address.hasPrefix("https://") else {
+                throw section.error(key, "\(key) must start with http:// or https:// (\(address))")
+            }
         }
-        self.address = address.hasSuffix("/") ? String(address.dropLast()) : address
+        addresses = listed.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+        guard Set(addresses).count == addresses.count else {
+            throw section.error(key, "\(key) names the same node twice")
+        }
         mount = try section.string("mount") ?? "secret"
         path = try section.string("path") ?? "dynaconf"
         let version: String

@@ -22,7 +22,15 @@ public final class VaultStore: SecretStore {
         name = config.name
         settings = try VaultSettings(config: config, environment: environment)
         self.logger = logger
-        http = HTTPClient(settings: .init(timeout: settings.timeout, caFile: settings.caCert, skipVerify: settings.skipVerify))
+        let store = config.name
+        http = HTTPClient(
+            settings: .init(
+                timeout: settings.timeout, caFile: settings.caCert, skipVerify: settings.skipVerify,
+                addresses: settings.addresses)
+        ) { [logger] from, to, why in
+            logger.warning(
+                "Vault requests moved to another node", metadata: ["store": "\(store)", "from": "\(from)", "to": "\(to)", "why": "\(why)"])
+        }
         tokens = TokenManager(
             settings: settings, http: http, store: config.name, logger: logger, environment: environment)
         detectedVersion = Mutex(settings.kvVersion == .auto ? nil : settings.kvVersion)
@@ -40,11 +48,11 @@ public final class VaultStore: SecretStore {
 
     /// A request with the token; on 403 it logs in again once and retries.
     func send(_ method: String, _ path: String, body: [UInt8]? = nil) throws(SecretsError) -> HTTPResponse {
-        var response = try http.request(method, settings.address + path, headers: try headers(), body: body)
+        var response = try http.request(method, path, headers: try headers(), body: body)
         if response.status == 403 {
             logger.info("403 from Vault; logging in again", metadata: ["store": "\(name)", "path": "\(Self.plain(path))"])
             try tokens.relogin()
-            response = try http.request(method, settings.address + path, headers: try headers(), body: body)
+            response = try http.request(method, path, headers: try headers(), body: body)
             if response.status == 403 {
                 throw SecretsError(.permissionDenied, "store '\(name)': \(method) \(Self.plain(path)): 403 permission denied")
             }
@@ -212,11 +220,11 @@ public final class VaultStore: SecretStore {
         let split = (wanted.firstIndex { $0 == envLayer } ?? 0) + 1
         for batch in [Array(wanted.prefix(split)), Array(wanted.dropFirst(split))] where !batch.isEmpty {
             let paths = batch.map { secretPath($0, at: location) }
-            var responses = http.getAll(paths.map { settings.address + $0 }, headers: try headers())
+            var responses = http.getAll(paths, headers: try headers())
             if responses.contains(where: { (try? $0.get())?.status == 403 }) {
                 logger.info("403 from Vault; logging in again", metadata: ["store": "\(name)"])
                 try tokens.relogin()
-                responses = http.getAll(paths.map { settings.address + $0 }, headers: try headers())
+                responses = http.getAll(paths, headers: try headers())
             }
             for (index, result) in responses.enumerated() {
                 let response = try result.get()

@@ -334,11 +334,11 @@ struct VaultStoreTests {
         defer { server.remove() }
         try dynaconfWrite(server, env: "one", ["K": .string("first")])
         try dynaconfWrite(server, env: "two", ["K": .string("second")])
-        let client = HTTPClient(settings: .init(timeout: 5, caFile: nil, skipVerify: false))
+        let client = HTTPClient(settings: .init(timeout: 5, caFile: nil, skipVerify: false, addresses: [server.address]))
         defer { client.close() }
         let root = ["X-Vault-Token": "root"]
         func get(_ env: String, _ headers: [String: String]) throws -> (Int, String) {
-            let response = try client.request("GET", server.address + "/v1/secret/data/dynaconf/\(env)", headers: headers)
+            let response = try client.request("GET", "/v1/secret/data/dynaconf/\(env)", headers: headers)
             return (response.status, String(decoding: response.body, as: UTF8.self))
         }
         for _ in 0..<3 {
@@ -352,11 +352,65 @@ struct VaultStoreTests {
         #expect(try get("one", root).0 == 200)
         // A request with a body, then the same handle for a GET again.
         let post = try client.request(
-            "POST", server.address + "/v1/secret/data/dynaconf/one", headers: root,
+            "POST", "/v1/secret/data/dynaconf/one", headers: root,
             body: Array(#"{"data": {"K": "third"}}"#.utf8))
         #expect(post.status == 200)
         let after = try get("one", root)
         #expect(after.0 == 200 && after.1.contains("third"))
+    }
+
+    @Test("cluster addresses: a dead node, a sealed node (503) and a standby's 307 are passed over; the answering node sticks; one switch, logged once")
+    func addressRotation() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["K": .string("v")])
+        let sealed = try FakeRedisServer(reply: Array("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".utf8))
+        defer { sealed.stop() }
+        let standby = try FakeRedisServer(
+            reply: Array("HTTP/1.1 307 Temporary Redirect\r\nLocation: \(server.address)/v1/secret/data/dynaconf/production\r\nContent-Length: 0\r\n\r\n".utf8))
+        defer { standby.stop() }
+        let dead = "http://127.0.0.1:\(try freePort())"
+        let switches = Mutex<[String]>([])
+        let client = HTTPClient(
+            settings: .init(
+                timeout: 3, caFile: nil, skipVerify: false,
+                addresses: [dead, "http://127.0.0.1:\(sealed.port)", "http://127.0.0.1:\(standby.port)"])
+        ) { from, to, why in switches.withLock { $0.append("\(from) -> \(to): \(why)") } }
+        defer { client.close() }
+        for _ in 0..<5 {
+            let response = try client.request("GET", "/v1/secret/data/dynaconf/production", headers: ["X-Vault-Token": "root"])
+            #expect(response.status == 200 && String(decoding: response.body, as: UTF8.self).contains("\"K\":\"v\""))
+        }
+        #expect(client.candidates().first == server.address, "the node that answered is asked first")
+        let logged = switches.withLock { $0 }
+        #expect(logged.count == 1, "one switch for five requests: \(logged)")
+        #expect(logged.first?.contains("307") == false && logged.first?.contains("redirected to \(server.address)") == true)
+        #expect(!logged.joined().contains("root"), "never a token")
+        // The batch path (several layers at once) takes the same way round.
+        let batch = client.getAll(["/v1/secret/data/dynaconf/production", "/v1/secret/data/dynaconf/none"], headers: ["X-Vault-Token": "root"])
+        #expect(batch.map { (try? $0.get())?.status } == [200, 404])
+    }
+
+    @Test("cluster addresses: a hung node and a dead one cost at most the store's timeout in all")
+    func addressBound() throws {
+        let hung = try FakeRedisServer(reply: nil)
+        defer { hung.stop() }
+        let client = HTTPClient(
+            settings: .init(
+                timeout: 1.5, caFile: nil, skipVerify: false,
+                addresses: ["http://127.0.0.1:\(hung.port)", "http://127.0.0.1:\(try freePort())", "http://127.0.0.1:\(hung.port)/x"]))
+        defer { client.close() }
+        let begin = Date()
+        #expect(throws: SecretsError.self) { try client.request("GET", "/v1/sys/health") }
+        let elapsed = Date().timeIntervalSince(begin)
+        #expect(elapsed < 2.5, "bounded by the timeout (1.5 s) plus slack, took \(elapsed)")
+        // With one hung node first and a live one after it, the live one still answers within the bound.
+        let server = try BaoServer()
+        defer { server.remove() }
+        let mixed = HTTPClient(
+            settings: .init(timeout: 2, caFile: nil, skipVerify: false, addresses: ["http://127.0.0.1:\(hung.port)", server.address]))
+        defer { mixed.close() }
+        #expect(try mixed.request("GET", "/v1/sys/health").status == 200)
     }
 
     @Test("Kubernetes auth sends the role and the service-account JWT to auth/<mount>/login")
@@ -370,7 +424,7 @@ struct VaultStoreTests {
         let settings = try VaultSettings(config: try #require(config.stores.first))
         #expect(settings.auth == .kubernetes(role: "billing", jwtFile: jwt, mount: "k8s"))
         let manager = TokenManager(
-            settings: settings, http: HTTPClient(settings: .init(timeout: 1, caFile: nil, skipVerify: false)), store: "k",
+            settings: settings, http: HTTPClient(settings: .init(timeout: 1, caFile: nil, skipVerify: false, addresses: ["http://127.0.0.1:1"])), store: "k",
             logger: Logger(label: "test"))
         let request = try #require(try manager.loginRequest())
         #expect(request.path == "/v1/auth/k8s/login")

@@ -2,41 +2,74 @@ import Synchronization
 
 /// A small pool: parallel readers each get their own connection instead of queueing behind one socket. A
 /// connection that failed is dropped; a command that fails on a reused connection (for example after a server
-/// restart) is retried once on a new one.
+/// restart) is retried once on a new one. Behind Sentinel, a connection failure also asks the sentinels where the
+/// master is now (at most every 200 ms), and the command is retried once there if it moved; connections to a
+/// former master are never reused.
 public final class RedisPool: Sendable {
-    public let settings: RedisSettings
+    public let target: RedisTarget
     private let idle: Mutex<[UnsafeTransfer]>
     private let maxIdle: Int
 
     /// Moves a connection between threads; only one user holds it at a time.
     struct UnsafeTransfer: @unchecked Sendable {
         let connection: RedisConnection
+        let generation: Int
     }
 
-    public init(settings: RedisSettings, maxIdle: Int = 8) {
-        self.settings = settings
+    public convenience init(settings: RedisSettings, maxIdle: Int = 8) {
+        self.init(target: RedisTarget(fixed: settings), maxIdle: maxIdle)
+    }
+
+    public init(target: RedisTarget, maxIdle: Int = 8) {
+        self.target = target
         self.idle = Mutex([])
         self.maxIdle = maxIdle
     }
 
+    /// The settings of new connections now (the current master behind Sentinel).
+    public var settings: RedisSettings { target.settings }
+
     public func withConnection<T>(_ body: (RedisConnection) throws(RedisError) -> T) throws(RedisError) -> T {
-        var reused = true
+        let (settings, generation) = try target.connectionSettings()
+        var taken: UnsafeTransfer?
+        while let next = idle.withLock({ $0.popLast() }) {
+            if next.generation == generation {
+                taken = next
+                break
+            }
+            next.connection.close()
+        }
+        let reused = taken != nil
         var connection: RedisConnection
-        if let taken = idle.withLock({ $0.popLast() }) {
-            connection = taken.connection
-        } else {
-            connection = try RedisConnection(settings)
-            reused = false
+        do throws(RedisError) {
+            if let taken { connection = taken.connection } else { connection = try RedisConnection(settings) }
+        } catch {
+            // Nothing answers where the master was: ask the sentinels, and try once where they point now.
+            guard target.sentinel != nil, target.refreshIfDue() else { throw error }
+            return try once(body)
         }
         do {
             let result = try body(connection)
-            giveBack(connection)
+            giveBack(connection, generation: generation)
             return result
-        } catch where reused && error.kind == .connection {
+        } catch where error.kind == .connection {
             connection.close()
-            connection = try RedisConnection(settings)
+            if target.sentinel != nil, target.refreshIfDue() { return try once(body) }
+            guard reused else { throw error }
+            return try once(body)
+        } catch {
+            connection.close()
+            throw error
+        }
+    }
+
+    /// One try on a new connection to the current target.
+    private func once<T>(_ body: (RedisConnection) throws(RedisError) -> T) throws(RedisError) -> T {
+        let (settings, generation) = try target.connectionSettings()
+        let connection = try RedisConnection(settings)
+        do {
             let result = try body(connection)
-            giveBack(connection)
+            giveBack(connection, generation: generation)
             return result
         } catch {
             connection.close()
@@ -44,21 +77,30 @@ public final class RedisPool: Sendable {
         }
     }
 
-    private func giveBack(_ connection: RedisConnection) {
-        guard !connection.broken else { return }
+    private func giveBack(_ connection: RedisConnection, generation: Int) {
+        guard !connection.broken, generation == target.generation else {
+            connection.close()
+            return
+        }
         let kept = idle.withLock { list -> Bool in
             guard list.count < maxIdle else { return false }
-            list.append(UnsafeTransfer(connection: connection))
+            list.append(UnsafeTransfer(connection: connection, generation: generation))
             return true
         }
         if !kept { connection.close() }
     }
 
-    public func close() {
+    /// Closes the idle connections (after the master moved, say).
+    public func drain() {
         let all = idle.withLock { list -> [UnsafeTransfer] in
             defer { list.removeAll() }
             return list
         }
         all.forEach { $0.connection.close() }
+    }
+
+    public func close() {
+        target.stop()
+        drain()
     }
 }

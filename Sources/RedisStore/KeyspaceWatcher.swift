@@ -12,9 +12,10 @@ final class KeyspaceWatcher: Sendable {
 
     /// Nil when the server says notifications are off: the store then relies on the cache ttl.
     init?(
-        settings: RedisSettings, prefixes: [String], store: String, logger: Logger,
+        target: RedisTarget, prefixes: [String], store: String, logger: Logger,
         describe: @escaping @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void
     ) {
+        let settings = (try? target.connectionSettings().0) ?? target.settings
         let db = settings.endpoint.database
         if let connection = try? RedisConnection(settings) {
             defer { connection.close() }
@@ -49,7 +50,7 @@ final class KeyspaceWatcher: Sendable {
         done = Mutex(false)
         let thread = Thread { [self] in
             self.loop(
-                settings: settings, patterns: patterns, store: store, logger: logger, describe: describe,
+                target: target, patterns: patterns, store: store, logger: logger, describe: describe,
                 onChange: onChange)
         }
         thread.name = "secretsfs-redis-keyspace"
@@ -74,20 +75,26 @@ final class KeyspaceWatcher: Sendable {
         while running.withLock({ $0 }) && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
     }
 
+    /// Behind Sentinel the subscription follows the master: when it moves, the watcher connects to the new one,
+    /// subscribes, and reports a change of everything (notices may have been lost during the switch).
     private func loop(
-        settings: RedisSettings, patterns: [String], store: String, logger: Logger,
+        target: RedisTarget, patterns: [String], store: String, logger: Logger,
         describe: @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void
     ) {
-        let channelPrefix = "__keyspace@\(settings.endpoint.database)__:"
+        let channelPrefix = "__keyspace@\(target.settings.endpoint.database)__:"
         var backoff = 0.1
         var first = true
         while running.withLock({ $0 }) {
             let connection: RedisConnection
+            let generation: Int
             do {
+                let (settings, current) = try target.connectionSettings()
+                generation = current
                 connection = try RedisConnection(settings)
                 try connection.sendCommand(["PSUBSCRIBE"] + patterns)
             } catch {
                 logger.debug("keyspace subscription failed; retrying", metadata: ["store": "\(store)", "error": "\(error)"])
+                _ = target.refreshIfDue(interval: 1)
                 rest(backoff)
                 backoff = min(backoff * 2, 2)
                 continue
@@ -102,6 +109,10 @@ final class KeyspaceWatcher: Sendable {
             var pendingSince = Date()
             var refused = false
             while running.withLock({ $0 }) {
+                if target.generation != generation {
+                    logger.info("the Redis master moved; subscribing there", metadata: ["store": "\(store)"])
+                    break
+                }
                 let ready = connection.waitReadable(timeout: pending.isEmpty ? 0.25 : 0.01)
                 if !ready {
                     if !pending.isEmpty {

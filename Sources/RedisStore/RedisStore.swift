@@ -6,7 +6,10 @@ import Synchronization
 
 /// Settings of a Redis store, read from its `[stores.<name>]` table.
 public struct RedisStoreSettings: Sendable {
+    /// The server (for a Sentinel URL: timeout, TLS and credentials for whichever node is master).
     public var settings: RedisSettings
+    /// Set for `redis+sentinel://` URLs.
+    public var sentinel: SentinelEndpoint?
     public var prefix: String
 
     public init(config: StoreConfig, environment: [String: String] = ProcessInfo.processInfo.environment)
@@ -15,13 +18,37 @@ public struct RedisStoreSettings: Sendable {
         let section = config.section
         try section.rejectUnknown(allowed: [
             "type", "fresh", "fresh_max_age", "url", "password_file", "username", "ca_cert", "prefix", "timeout",
+            "sentinel_password_file",
         ])
         let url = try section.string("url") ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
         var endpoint: RedisEndpoint
-        do {
-            endpoint = try RedisEndpoint(url: url)
-        } catch {
-            throw section.error("url", "store '\(config.name)': \(error.message)")
+        if SentinelEndpoint.isSentinelURL(url) {
+            var parsed: SentinelEndpoint
+            do {
+                parsed = try SentinelEndpoint(url: url)
+            } catch {
+                throw section.error("url", "store '\(config.name)': \(error.message)")
+            }
+            if let file = try section.path("sentinel_password_file") {
+                do {
+                    parsed.sentinelPassword = String(decoding: try FileIO.readPassphrase(file), as: UTF8.self)
+                } catch {
+                    throw section.error("sentinel_password_file", "store '\(config.name)': \(error.message)")
+                }
+            }
+            sentinel = parsed
+            endpoint = RedisEndpoint(
+                address: parsed.sentinels[0], tls: parsed.tls, username: parsed.username, password: parsed.password,
+                database: parsed.database)
+        } else {
+            if section.values["sentinel_password_file"] != nil {
+                throw section.error("sentinel_password_file", "sentinel_password_file needs a redis+sentinel:// url")
+            }
+            do {
+                endpoint = try RedisEndpoint(url: url)
+            } catch {
+                throw section.error("url", "store '\(config.name)': \(error.message)")
+            }
         }
         if let username = try section.string("username") { endpoint.username = username }
         if let passwordFile = try section.path("password_file") {
@@ -52,7 +79,12 @@ public final class RedisStore: SecretStore {
     public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
         self.name = config.name
         self.configuration = try RedisStoreSettings(config: config)
-        self.pool = RedisPool(settings: configuration.settings)
+        if let sentinel = configuration.sentinel {
+            self.pool = RedisPool(
+                target: RedisTarget(sentinel: sentinel, timeout: configuration.settings.timeout, caFile: configuration.settings.caFile))
+        } else {
+            self.pool = RedisPool(settings: configuration.settings)
+        }
         self.logger = logger
         self.watcher = Mutex(nil)
     }
@@ -171,7 +203,14 @@ public final class RedisStore: SecretStore {
             commands.append(hset)
         }
         commands.append([Array("EXEC".utf8)])
-        let replies = try run { connection throws(RedisError) in try connection.pipeline(commands) }
+        var replies = try run { connection throws(RedisError) in try connection.pipeline(commands) }
+        // A master demoted to replica answers READONLY: behind Sentinel, find the new master and write there.
+        if pool.target.sentinel != nil, replies.contains(where: { if case .error(let m) = $0 { m.hasPrefix("READONLY") } else { false } }),
+            (try? pool.target.refresh()) == true
+        {
+            pool.drain()
+            replies = try run { connection throws(RedisError) in try connection.pipeline(commands) }
+        }
         for reply in replies {
             if case .error(let message) = reply {
                 throw SecretsError(.storeUnavailable, "store '\(name)': writing \(String(decoding: hash, as: UTF8.self)) failed: \(message)")
@@ -203,8 +242,15 @@ public final class RedisStore: SecretStore {
             }
             return .all
         }
+        if configuration.sentinel != nil {
+            let pool = pool
+            pool.target.startMonitoring { [logger, name] master in
+                logger.warning("the Redis master moved (Sentinel)", metadata: ["store": "\(name)", "master": "\(master)"])
+                pool.drain()
+            }
+        }
         let created = KeyspaceWatcher(
-            settings: configuration.settings, prefixes: prefixes, store: name, logger: logger,
+            target: pool.target, prefixes: prefixes, store: name, logger: logger,
             describe: describe, onChange: onChange)
         guard let created else { return false }
         watcher.withLock { $0 = created }

@@ -73,6 +73,50 @@ struct RESPTests {
         #expect(DynaconfTokens.decode(Array(raw.utf8)) == expected)
     }
 
+    @Test("Sentinel URLs: several sentinels, default port, IPv6, credentials for the data nodes, TLS, database")
+    func sentinelURLs() throws {
+        let parsed = try SentinelEndpoint(url: "rediss+sentinel://app:p%40ss@s1:26380,s2,[::1]:26381/mymaster/3")
+        #expect(parsed.sentinels == [.tcp(host: "s1", port: 26380), .tcp(host: "s2", port: 26379), .tcp(host: "::1", port: 26381)])
+        #expect(parsed.masterName == "mymaster" && parsed.database == 3 && parsed.tls)
+        #expect(parsed.username == "app" && parsed.password == "p@ss")
+        #expect(!parsed.description.contains("p@ss") && parsed.description.contains("s1:26380"))
+        #expect(try SentinelEndpoint(url: "redis+sentinel://h/m").database == 0)
+        #expect(throws: RedisError.self) { try SentinelEndpoint(url: "redis+sentinel://h:1") }
+        #expect(throws: RedisError.self) { try SentinelEndpoint(url: "redis+sentinel://h:1/m/0/extra") }
+        #expect(throws: RedisError.self) { try SentinelEndpoint(url: "redis://h:1/m/0") }
+    }
+
+    @Test("Sentinel state: a dead sentinel and one naming a replica are passed over; the master ROLE confirms is used")
+    func sentinelRefresh() throws {
+        let master = try RedisServer()
+        defer { master.remove() }
+        let replica = try RedisServer(extra: ["--replicaof", "127.0.0.1", String(master.port)])
+        defer { replica.remove() }
+        func naming(_ port: Int) -> [UInt8] {
+            let portText = String(port)
+            return Array("*2\r\n$9\r\n127.0.0.1\r\n$\(portText.utf8.count)\r\n\(portText)\r\n".utf8)
+        }
+        let wrong = try FakeRedisServer(reply: naming(replica.port))
+        defer { wrong.stop() }
+        let right = try FakeRedisServer(reply: naming(master.port))
+        defer { right.stop() }
+        let dead = try freePort()
+        let endpoint = try SentinelEndpoint(url: "redis+sentinel://127.0.0.1:\(dead),127.0.0.1:\(wrong.port),127.0.0.1:\(right.port)/m/0")
+        let target = RedisTarget(sentinel: endpoint, timeout: 1, caFile: nil)
+        #expect(target.generation == -1, "no master known before asking")
+        let pool = RedisPool(target: target)
+        defer { pool.close() }
+        let reply = try pool.withConnection { connection throws(RedisError) in try connection.command("ROLE") }
+        guard case .array(let role?) = reply else { Issue.record("no ROLE reply"); return }
+        #expect(role.first?.text == "master")
+        #expect(target.settings.endpoint.address == .tcp(host: "127.0.0.1", port: master.port))
+        #expect(target.generation == 1)
+        #expect(try target.refresh() == false, "asking again without a move changes nothing")
+        let none = RedisTarget(
+            sentinel: try SentinelEndpoint(url: "redis+sentinel://127.0.0.1:\(dead),127.0.0.1:\(wrong.port)/m/0"), timeout: 1, caFile: nil)
+        #expect(throws: RedisError.self) { try none.refresh() }
+    }
+
     @Test("a field that is not UTF-8 is served byte for byte, not as replacement characters")
     func binaryField() {
         let raw: [UInt8] = [0xFF, 0xFE, 0x00, 0x41]

@@ -121,6 +121,13 @@ public final class RedisServer: @unchecked Sendable {
     /// Lets a paused server run again (SIGCONT).
     public func resume() { signalServer(process, SIGCONT) }
 
+    /// Kills the server at once (SIGKILL): a crashed node.
+    public func crash() {
+        guard let process, process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
     /// Stops the server: SHUTDOWN NOSAVE (a child of the test process may have SIGTERM blocked), then SIGKILL by
     /// PID if it is still there.
     public func stop() {

@@ -131,7 +131,8 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .executableTarget(name: "secretsfs-bench", dependencies: ["RedisClient", "VaultStore"], swiftSettings: strict),
+        .executableTarget(
+            name: "secretsfs-bench", dependencies: ["RedisClient", "VaultStore", "TestSupport"], swiftSettings: strict),
         // Helpers shared by the test targets: subprocesses with timeouts, temporary folders, the built binary.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .target(

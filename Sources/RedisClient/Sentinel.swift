@@ -104,6 +104,8 @@ public final class RedisTarget: Sendable {
     let template: RedisSettings
     let monitor = Mutex<RunningFlag?>(nil)
     let lastRefresh = Mutex<Double>(0)
+    /// Called after the master moved, however that was found (a `+switch-master`, or a failure that made us ask).
+    let onMove = Mutex<(@Sendable (String) -> Void)?>(nil)
 
     public init(fixed settings: RedisSettings) {
         state = Mutex(State(settings: settings, generation: 0))
@@ -194,19 +196,23 @@ public final class RedisTarget: Sendable {
     }
 
     func moveTo(_ settings: RedisSettings) -> Bool {
-        state.withLock { state -> Bool in
-            if state.generation >= 0 && state.settings.endpoint == settings.endpoint { return false }
+        let (moved, first) = state.withLock { state -> (Bool, Bool) in
+            if state.generation >= 0 && state.settings.endpoint == settings.endpoint { return (false, false) }
+            let first = state.generation < 0
             state.settings = settings
-            state.generation += 1
-            if state.generation == 0 { state.generation = 1 }
-            return true
+            state.generation = max(1, state.generation + 1)
+            return (true, first)
         }
+        if moved && !first, let callback = onMove.withLock({ $0 }) { callback(describeMaster()) }
+        return moved
     }
 
     /// Follows `+switch-master` on one sentinel at a time (the next when it goes away, asking for the master again
-    /// then, since a switch may have been missed). `onSwitch` gets the new master's address.
+    /// then, since a switch may have been missed). `onSwitch` gets the new master's address whenever the master
+    /// moves, however that was found.
     public func startMonitoring(onSwitch: @escaping @Sendable (String) -> Void) {
         guard let sentinel else { return }
+        onMove.withLock { $0 = onSwitch }
         let flag = RunningFlag()
         monitor.withLock { $0 = flag }
         let thread = Thread { [self] in
@@ -221,7 +227,7 @@ public final class RedisTarget: Sendable {
                     flag.rest(0.2)
                     continue
                 }
-                if !first, (try? refresh()) == true { onSwitch(describeMaster()) }
+                if !first { _ = try? refresh() }
                 first = false
                 while flag.isRunning {
                     guard connection.waitReadable(timeout: 0.25) else {
@@ -237,7 +243,7 @@ public final class RedisTarget: Sendable {
                     guard fields.count == 5, String(fields[0]) == sentinel.masterName, let port = Int(fields[4]) else {
                         continue
                     }
-                    if moveTo(dataSettings(host: String(fields[3]), port: port)) { onSwitch(describeMaster()) }
+                    _ = moveTo(dataSettings(host: String(fields[3]), port: port))
                 }
                 connection.close()
             }

@@ -30,8 +30,12 @@ final class HTTPClient: Sendable {
     let settings: Settings
     /// The base URL that answered last.
     private let current: Mutex<String>
-    /// Whether the active node has been looked for since the last switch (only with more than one address).
-    private let leaderKnown = Mutex(false)
+    /// When the active node was last looked for (nil: due; reset by every switch). Looked for again every 10 s, so
+    /// readers left on a standby after an election find the new active node.
+    private let leaderCheckedAt = Mutex<Double?>(nil)
+    /// When each node last failed a request: a node that failed in the last 10 s is not moved to as "active" (a
+    /// standby keeps naming a dead leader until the election ends).
+    private let failedAt = Mutex<[String: Double]>([:])
     /// Called when requests move to another node: (from, to, why). Addresses and reasons only.
     private let onSwitch: @Sendable (String, String, String) -> Void
     private let idle: Mutex<[Handle]>
@@ -234,20 +238,22 @@ final class HTTPClient: Sendable {
             return current
         }
         if let previous {
-            leaderKnown.withLock { $0 = false }
+            leaderCheckedAt.withLock { $0 = nil }
             onSwitch(previous, base, reason)
         }
     }
 
-    /// With several addresses, once at the start and after each switch: asks the node that answered which node is
-    /// active (`GET /v1/sys/leader`, no token) and moves there when it is one of the configured addresses. Standbys
-    /// of recent OpenBao versions answer reads themselves from their replica, which may trail the active node by a
-    /// moment; the active node gives readers what was last written.
+    /// With several addresses, at the start, after each switch and every 10 s: asks the node that answered which
+    /// node is active (`GET /v1/sys/leader`, no token) and moves there when it is one of the configured addresses and
+    /// has not failed in the last 10 s. Standbys of recent OpenBao versions answer reads themselves from their
+    /// replica, which may trail the active node by a moment; the active node gives readers what was last written.
     private func preferLeader(asking base: String, skipping: Bool) {
         guard settings.addresses.count > 1, !skipping else { return }
-        let due = leaderKnown.withLock { known -> Bool in
-            defer { known = true }
-            return !known
+        let now = FileSystemCore.monotonicSeconds()
+        let due = leaderCheckedAt.withLock { checked -> Bool in
+            if let checked, now - checked < 10 { return false }
+            checked = now
+            return true
         }
         guard due else { return }
         let result: Result<HTTPResponse, SecretsError>
@@ -261,7 +267,8 @@ final class HTTPClient: Sendable {
             case .table(let fields)? = SecretValue.parseJSON(response.body),
             case .bool(true)? = fields["ha_enabled"], case .bool(false)? = fields["is_self"],
             case .string(let address)? = fields["leader_address"], let leader = Self.baseURL(address),
-            leader != base, settings.addresses.contains(leader)
+            leader != base, settings.addresses.contains(leader),
+            failedAt.withLock({ $0[leader] }).map({ now - $0 >= 10 }) ?? true
         else { return }
         let moved = current.withLock { current -> Bool in
             guard current == base else { return false }
@@ -314,6 +321,10 @@ final class HTTPClient: Sendable {
             case .nodeFailed(let error):
                 reasons.append(error.message)
                 lastError = error
+                if settings.addresses.count > 1 {
+                    let now = FileSystemCore.monotonicSeconds()
+                    failedAt.withLock { $0[base] = now }
+                }
             }
         }
         let detail = reasons.isEmpty ? "no time left" : reasons.joined(separator: "; ")

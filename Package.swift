@@ -61,6 +61,7 @@ let package = Package(
             name: "FileStore",
             dependencies: [
                 "SecretsCore", "Age",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),

@@ -4,9 +4,19 @@ import Logging
 import SecretsCore
 import Synchronization
 
+/// How a file's document maps to envs: `envs` (Dynaconf's layout: top-level tables are envs) or `flat` (the whole
+/// document is one env: what most SOPS files, helm values and dotenv files are).
+public enum FileLayout: Sendable, Equatable {
+    case envs
+    case flat(env: String)
+}
+
 /// Settings of a file store, read from its `[stores.<name>]` table.
 public struct FileStoreSettings: Sendable {
     public var files: [String]
+    /// Per file (absolute path): its layout, from the store's `layout`/`env` or the file's own entry. Files not
+    /// listed: dotenv files flat under `default`, every other format `envs`.
+    public var layouts: [String: FileLayout]
     public var identity: String?
     public var passphraseFile: String?
     public var recipients: [String]
@@ -19,13 +29,58 @@ public struct FileStoreSettings: Sendable {
         let section = config.section
         try section.rejectUnknown(allowed: [
             "type", "fresh", "fresh_max_age", "files", "identity", "passphrase_file", "recipients", "max_work_factor",
+            "layout", "env",
         ])
-        guard let files = try section.stringArray("files"), !files.isEmpty else {
+        func layout(_ layoutName: String?, env: String?, key: String) throws(LocatedError) -> FileLayout? {
+            switch (layoutName, env) {
+            case (nil, nil): return nil
+            case ("envs"?, nil): return .envs
+            case ("envs"?, _?): throw section.error(key, "env = ... goes with layout = \"flat\" (the whole file is that env)")
+            case ("flat"?, nil): throw section.error(key, "layout = \"flat\" needs env = \"production\" (the env the file is)")
+            case (nil, let env?), ("flat"?, let env?):
+                guard EntryName.isValid(env) else { throw section.error(key, "env '\(env)' cannot be a folder name") }
+                return .flat(env: env.lowercased())
+            case (let other?, _): throw section.error(key, "layout must be \"envs\" or \"flat\", not \"\(other)\"")
+            }
+        }
+        let storeLayout = try layout(try section.string("layout"), env: try section.string("env"), key: "layout")
+        var expanded: [String] = []
+        var layouts: [String: FileLayout] = [:]
+        let entries: [SecretValue]
+        switch section.values["files"] {
+        case .array(let items)?: entries = items
+        case .string?: entries = [section.values["files"] ?? .null]
+        default: entries = []
+        }
+        guard !entries.isEmpty else {
             throw section.error("files", "store '\(config.name)' needs files = [\"/path/to/secrets.toml.age\"]")
         }
-        var expanded: [String] = []
-        for file in files { expanded.append(section.absolutePath(try section.expand(file, key: "files"))) }
+        for entry in entries {
+            switch entry {
+            case .string(let file):
+                let path = section.absolutePath(try section.expand(file, key: "files"))
+                expanded.append(path)
+                if let storeLayout { layouts[path] = storeLayout }
+            case .table(let fields):
+                guard case .string(let file)? = fields["path"] else {
+                    throw section.error("files", "a files entry as a table needs path = \"...\" (and env = \"...\" or layout = ...)")
+                }
+                for name in fields.keys where !["path", "env", "layout"].contains(name) {
+                    throw section.error("files", "unknown key '\(name)' in a files entry (known: env, layout, path)")
+                }
+                var fileEnv: String?
+                if case .string(let text)? = fields["env"] { fileEnv = text }
+                var fileLayout: String?
+                if case .string(let text)? = fields["layout"] { fileLayout = text }
+                let path = section.absolutePath(try section.expand(file, key: "files"))
+                expanded.append(path)
+                if let chosen = try layout(fileLayout, env: fileEnv, key: "files") ?? storeLayout { layouts[path] = chosen }
+            default:
+                throw section.error("files", "files lists paths (strings) or { path = ..., env = ... } tables")
+            }
+        }
         self.files = expanded
+        self.layouts = layouts
         directory = section.directory
         identity = try section.path("identity")
         passphraseFile = try section.path("passphrase_file")
@@ -141,19 +196,72 @@ public final class FileStore: SecretStore {
         } else if path.hasSuffix(".age") {
             throw SecretsError(.decryptionFailed, "store '\(name)': \(path) is not an age file")
         } else {
-            try FileIO.requirePrivate(path, what: "plaintext secrets file")
             plaintext = bytes
         }
+        let encrypted = AgeFile.looksLikeAge(bytes)
         defer { wipe(&plaintext) }
         guard let text = String(validating: plaintext, as: UTF8.self) else {
             throw SecretsError(.invalidData, "store '\(name)': \(path) is not UTF-8 text")
         }
-        let envs = try SecretsDocument.parse(text, format: SecretsDocument.format(of: path), file: path)
+        let format = SecretsDocument.format(of: path)
+        let layout = layout(of: path)
+        let envs: [String: [String: SecretValue]]
+        if let sopsFormat = format.sops, let (body, metadata) = try Sops.parse(text, format: sopsFormat, file: path) {
+            var opened = try Sops.open(body, metadata: metadata, identities: try sopsIdentities(), file: path)
+            wipe(&opened.dataKey)
+            envs = try SecretsDocument.envs(opened.entries, layout: layout, file: path)
+        } else {
+            // A plaintext file holds its values in clear: only its owner may read it. (A SOPS file's values are
+            // encrypted; it may be as public as the git repository it comes from.)
+            if !encrypted { try FileIO.requirePrivate(path, what: "plaintext secrets file") }
+            envs = try SecretsDocument.parse(text, format: format, layout: layout, file: path)
+        }
         loaded.withLock { $0[path] = LoadedFile(status: status, envs: envs) }
         logger.info(
             "loaded secrets file",
             metadata: ["store": "\(name)", "file": "\(path)", "envs": "\(envs.count)"])
         return (status, envs)
+    }
+
+    /// A file's layout: configured, else flat under `default` for dotenv files, else envs.
+    func layout(of path: String) -> FileLayout {
+        if let configured = settings.layouts[path] { return configured }
+        return SecretsDocument.format(of: path) == .dotenv ? .flat(env: "default") : .envs
+    }
+
+    /// The identities that open a SOPS file: this store's (identity, passphrase), else where sops looks:
+    /// SOPS_AGE_KEY_FILE, then SOPS_AGE_KEY, then ~/.config/sops/age/keys.txt.
+    public func sopsIdentities(
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(SecretsError) -> [Identity] {
+        if settings.identity != nil || settings.passphraseFile != nil { return try loadIdentities() }
+        var text: String?
+        var source = ""
+        if let file = environment["SOPS_AGE_KEY_FILE"], !file.isEmpty {
+            try FileIO.requirePrivate(file, what: "SOPS_AGE_KEY_FILE")
+            text = try FileIO.readText(file)
+            source = file
+        } else if let inline = environment["SOPS_AGE_KEY"], !inline.isEmpty {
+            text = inline
+            source = "SOPS_AGE_KEY"
+        } else if let home = environment["HOME"] {
+            let file = home + "/.config/sops/age/keys.txt"
+            if FileManager.default.fileExists(atPath: file) {
+                try FileIO.requirePrivate(file, what: "sops age keys file")
+                text = try FileIO.readText(file)
+                source = file
+            }
+        }
+        guard let text else {
+            throw SecretsError(
+                .invalidConfig,
+                "store '\(name)' has no identity for SOPS files: set identity, or SOPS_AGE_KEY_FILE / SOPS_AGE_KEY, or ~/.config/sops/age/keys.txt")
+        }
+        do {
+            return try X25519Identity.parseFile(text).map { Identity.x25519($0) }
+        } catch {
+            throw SecretsError(.decryptionFailed, "store '\(name)': \(source): \(error.message)")
+        }
     }
 
     private func statusOrFail(_ path: String) throws(SecretsError) -> FileIO.Status {

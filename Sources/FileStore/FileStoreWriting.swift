@@ -1,4 +1,5 @@
 import Age
+import Foundation
 import SecretsCore
 import TOMLKit
 
@@ -58,6 +59,7 @@ extension FileStore {
 
     /// Decrypts `file`, sets string keys in one env, re-encrypts and replaces it atomically; plaintext copies are wiped.
     public func setKeys(_ values: [(String, String)], env: String, in file: String) throws(SecretsError) {
+        if try updateSops(env: env, in: file, set: values.map { ($0.0, .string($0.1)) }, remove: [], replace: false) { return }
         var original = try plaintext(of: file)
         defer { wipe(&original) }
         var updated = try Self.settingKeys(values, env: env, in: original, file: file)
@@ -102,15 +104,39 @@ extension FileStore {
 
 extension FileStore {
     /// Sets keys (any value: strings, numbers, tables...), removes keys, or with `replace` makes the env hold
-    /// exactly `set`, in `file` (TOML), re-encrypted and replaced atomically.
+    /// exactly `set`, in `file` (TOML, or a SOPS file of any format), re-encrypted and replaced atomically.
     public func update(env: String, in file: String, set: [(String, SecretValue)], remove: [String], replace: Bool)
         throws(SecretsError)
     {
+        if try updateSops(env: env, in: file, set: set, remove: remove, replace: replace) { return }
         var original = try plaintext(of: file)
         defer { wipe(&original) }
         var updated = try Self.updating(original, file: file, env: env, set: set, remove: remove, replace: replace)
         defer { wipe(&updated) }
         try write(updated, to: file)
+    }
+
+    /// A SOPS file changed as sops changes it (see `Sops.updated`); false when `file` is not a SOPS file. The file
+    /// keeps its mode (SOPS files often live in git, readable by all: their values are encrypted).
+    func updateSops(env: String, in file: String, set: [(String, SecretValue)], remove: [String], replace: Bool)
+        throws(SecretsError) -> Bool
+    {
+        guard let format = SecretsDocument.format(of: file).sops, !file.lowercased().hasSuffix(".age") else { return false }
+        let bytes: [UInt8]
+        do {
+            bytes = try FileIO.read(file)
+        } catch where error.code == .notFound {
+            return false
+        }
+        guard let text = String(validating: bytes, as: UTF8.self), try Sops.parse(text, format: format, file: file) != nil else {
+            return false
+        }
+        let updated = try Sops.updated(
+            text, format: format, file: file, layout: layout(of: file), env: env, set: set, remove: remove, replace: replace,
+            identities: try sopsIdentities())
+        let mode = (try? FileIO.status(file)).map { mode_t($0.mode & 0o7777) } ?? 0o600
+        try FileIO.writeAtomically(file, bytes: Array(updated.utf8), mode: mode)
+        return true
     }
 
     static func toml(_ value: SecretValue) -> any TOMLValueConvertible {

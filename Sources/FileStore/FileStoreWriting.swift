@@ -16,6 +16,12 @@ extension FileStore {
         } catch where error.code == .notFound {
             return []
         }
+        if let format = SecretsDocument.format(of: path).sops, let text = String(validating: bytes, as: UTF8.self),
+            try Sops.parse(text, format: format, file: path) != nil
+        {
+            // A SOPS file: the document decrypted, as `sops edit` shows it.
+            return Array(try Sops.decryptedDocument(text, format: format, file: path, identities: try sopsIdentities()).utf8)
+        }
         if AgeFile.looksLikeAge(bytes) {
             let identities = try loadIdentities()
             do {
@@ -34,12 +40,24 @@ extension FileStore {
         guard let text = String(validating: plaintext, as: UTF8.self) else {
             throw SecretsError(.invalidData, "\(path): not UTF-8 text")
         }
-        _ = try SecretsDocument.parse(text, format: SecretsDocument.format(of: path), file: path)
+        _ = try SecretsDocument.parse(text, format: SecretsDocument.format(of: path), layout: layout(of: path), file: path)
     }
 
     /// Writes `plaintext` to `path` atomically: encrypted to the store's recipients when the path ends in `.age`
     /// (ASCII-armored again when the file it replaces was), else as a private plaintext file.
     public func write(_ plaintext: [UInt8], to path: String, workFactor: Int = 18) throws(SecretsError) {
+        if let format = SecretsDocument.format(of: path).sops, let current = try? FileIO.read(path),
+            let currentText = String(validating: current, as: UTF8.self), try Sops.parse(currentText, format: format, file: path) != nil
+        {
+            // A SOPS file stays one: encrypted again under its own data key and metadata, its mode kept.
+            guard let edited = String(validating: plaintext, as: UTF8.self) else {
+                throw SecretsError(.invalidData, "\(path): not UTF-8 text")
+            }
+            let updated = try Sops.reencrypted(edited, current: currentText, format: format, file: path, identities: try sopsIdentities())
+            let mode = (try? FileIO.status(path)).map { mode_t($0.mode & 0o7777) } ?? 0o600
+            try FileIO.writeAtomically(path, bytes: Array(updated.utf8), mode: mode)
+            return
+        }
         if path.hasSuffix(".age") {
             let armored = (try? FileIO.read(path)).map(AgeArmor.isArmored) ?? false
             let sealed: [UInt8]

@@ -122,7 +122,8 @@ public enum Sops {
         switch yaml {
         case .scalar(let scalar):
             let kind: Scalar.Kind
-            if scalar.style != .plain {
+            // Quoted and block scalars are strings; plain ones (and ones built here, style .any) resolve by tag.
+            if scalar.style != .plain && scalar.style != .any {
                 kind = .string
             } else {
                 switch yaml.tag.rawValue {

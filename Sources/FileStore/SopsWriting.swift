@@ -254,7 +254,7 @@ extension Sops {
             defer { wipe(&bytes) }
             let path = (section.map { [$0] } ?? []) + [name]
             let stored =
-                rules.encrypts(path)
+                rules.encrypts(path) && !bytes.isEmpty
                 ? try encryptValue(bytes, type: "str", key: key, aad: path.joined(separator: ":") + ":")
                 : escape(String(decoding: bytes, as: UTF8.self))
             return format == .ini ? "\(name) = \(stored)" : "\(name)=\(stored)"
@@ -332,5 +332,106 @@ extension Sops {
             }
         }
         return output.joined(separator: "\n") + "\n"
+    }
+}
+
+/// `secretsfs edit` on a SOPS file: the document decrypted as sops shows it, and the edited document encrypted
+/// again under the same data key and metadata.
+extension Sops {
+    /// The decrypted document in its own format (nested tables with their keys sorted).
+    static func decryptedDocument(_ text: String, format: Format, file: String, identities: [Identity]) throws(SecretsError) -> String {
+        guard let (body, metadata) = try parse(text, format: format, file: file) else {
+            throw SecretsError(.invalidData, "\(file) is not a SOPS file")
+        }
+        var opened = try open(body, metadata: metadata, identities: identities, file: file)
+        wipe(&opened.dataKey)
+        switch format {
+        case .yaml:
+            let root = Yams.Node.mapping(Yams.Node.Mapping(opened.entries.map { (Yams.Node($0.0), plainNode($0.1)) }))
+            do {
+                return try Yams.serialize(node: root, indent: 4, width: -1, allowUnicode: true)
+            } catch {
+                throw SecretsError(.io, "\(file): cannot show the document")
+            }
+        case .json:
+            let fields = opened.entries.map { "\t" + AuditEntry.quoted($0.0) + ": " + $0.1.jsonText() }
+            return "{\n" + fields.joined(separator: ",\n") + "\n}\n"
+        case .dotenv:
+            return opened.entries.map { name, value in
+                name + "=" + (value.fileBytes().utf8String() ?? "").replacingOccurrences(of: "\n", with: "\\n")
+            }.joined(separator: "\n") + "\n"
+        case .ini:
+            throw SecretsError(.unsupported, "\(file): edit SOPS INI files with `sops edit`; `secretsfs set` changes them")
+        }
+    }
+
+    /// A value as a plain YAML node: strings quoted (so `true` stays a string), multi-line ones as literal blocks.
+    static func plainNode(_ value: SecretValue) -> Yams.Node {
+        switch value {
+        case .table(let fields):
+            return .mapping(Yams.Node.Mapping(fields.keys.sorted().map { (Yams.Node($0), plainNode(fields[$0] ?? .null)) }))
+        case .array(let items):
+            return .sequence(Yams.Node.Sequence(items.map(plainNode)))
+        case .string(let text):
+            return Yams.Node(text, Tag(.str), text.contains("\n") ? .literal : .doubleQuoted)
+        case .bytes(let raw):
+            return Yams.Node(String(decoding: raw, as: UTF8.self), Tag(.str), .doubleQuoted)
+        case .int(let number): return Yams.Node(String(number), Tag(.int))
+        case .float(let number): return Yams.Node(plainFloat(number), Tag(.float))
+        case .bool(let flag): return Yams.Node(flag ? "true" : "false", Tag(.bool))
+        case .null: return Yams.Node("null", Tag(.null))
+        case .datetime(let text): return Yams.Node(text, Tag(.timestamp))
+        }
+    }
+
+    /// `edited` (a plain document in the file's format) encrypted as the SOPS file `current` is: every value
+    /// encrypted (or left clear) by the file's rules, under its data key, with its recipients and options.
+    static func reencrypted(_ edited: String, current: String, format: Format, file: String, identities: [Identity])
+        throws(SecretsError) -> String
+    {
+        guard let (_, metadata) = try parse(current, format: format, file: file) else {
+            throw SecretsError(.invalidData, "\(file) is not a SOPS file")
+        }
+        let entries: [(String, SecretValue)]
+        switch format {
+        case .yaml, .json:
+            let root: Yams.Node?
+            do {
+                root = try Yams.compose(yaml: edited)
+            } catch {
+                throw SecretsError(.invalidData, "\(file): the edited document is not valid \(format == .json ? "JSON" : "YAML")")
+            }
+            guard let root, case .map(let body) = node(root) else {
+                throw SecretsError(.invalidData, "\(file): the edited document must be a mapping")
+            }
+            guard !body.contains(where: { $0.0 == "sops" }) else {
+                throw SecretsError(.invalidData, "\(file): the edited document must not have a top-level 'sops' key")
+            }
+            entries = body.map { ($0.0, plainValue($0.1)) }
+        case .dotenv:
+            entries = SecretsDocument.dotenv(edited)
+        case .ini:
+            throw SecretsError(.unsupported, "\(file): edit SOPS INI files with `sops edit`; `secretsfs set` changes them")
+        }
+        var remove: [String] = []
+        if let (body, _) = try parse(current, format: format, file: file) { remove = body.map(\.0) }
+        _ = metadata
+        return try updated(
+            current, format: format, file: file, layout: .flat(env: "default"), env: "default", set: entries, remove: remove,
+            replace: true, identities: identities)
+    }
+
+    /// A document node of an edited plain document as a value.
+    static func plainValue(_ node: Node) -> SecretValue {
+        switch node {
+        case .map(let entries):
+            var table: [String: SecretValue] = [:]
+            for (name, child) in entries { table[name] = plainValue(child) }
+            return .table(table)
+        case .list(let items):
+            return .array(items.map(plainValue))
+        case .scalar(let scalar):
+            return clear(scalar)
+        }
     }
 }

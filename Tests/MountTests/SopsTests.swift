@@ -200,7 +200,7 @@ struct SopsTests {
         #expect(!fs.log.contains("alpha-value") && !fs.log.contains("bravo-value"))
     }
 
-    @Test("interop both ways: secretsfs set/write keep a SOPS file sops -d opens (YAML, JSON, dotenv, INI); a sops edit and sops set reach the mount by change notice")
+    @Test("interop both ways: secretsfs set and edit keep a SOPS file sops -d opens (YAML, JSON, dotenv, INI); sops edit and sops set reach the mount by change notice; sops updatekeys after")
     func interop() throws {
         let fixture = try Fixture()
         defer { fixture.tearDown() }
@@ -239,6 +239,16 @@ struct SopsTests {
         let editor = try fixture.dir.write("editor.sh", "#!/bin/sh\nsed -i 's/rotated-yaml/edited-by-sops/' \"$1\"\n", mode: 0o755)
         try sops.run(["edit", fixture.dir.file("app.enc.yaml")], environment: ["EDITOR": editor])
         #expect(try fs.readText("yaml/production/DB_PASS", until: "edited-by-sops", within: 5) == "edited-by-sops")
+        // secretsfs edit shows the document as sops edit does and encrypts it again; sops reads the result.
+        let ownEditor = try fixture.dir.write(
+            "own-editor.sh", "#!/bin/sh\ngrep -q 'note_unencrypted' \"$1\" && sed -i 's/edited-by-sops/edited-by-secretsfs/' \"$1\"\n", mode: 0o755)
+        let edit = try fixture.cli(["edit", "--config", config, "yaml"], environment: ["EDITOR": ownEditor])
+        #expect(edit.status == 0, "edit: \(edit.stderr)")
+        #expect(try sops.run(["-d", "--extract", "[\"DB_PASS\"]", fixture.dir.file("app.enc.yaml")]).stdoutText == "edited-by-secretsfs")
+        #expect(try fs.readText("yaml/production/DB_PASS", until: "edited-by-secretsfs", within: 5) == "edited-by-secretsfs")
+        let dotenvEditor = try fixture.dir.write("env-editor.sh", "#!/bin/sh\nsed -i 's/^OTHER=o$/OTHER=edited/' \"$1\"\n", mode: 0o755)
+        #expect(try fixture.cli(["edit", "--config", config, "dotenv"], environment: ["EDITOR": dotenvEditor]).status == 0)
+        #expect(try sops.run(["-d", "--extract", "[\"OTHER\"]", fixture.dir.file("app.enc.env")]).stdoutText == "edited")
         // sops updatekeys still works on a file secretsfs wrote: a second recipient added, then used.
         let second = X25519Identity.generate()
         _ = try fixture.dir.write("second.txt", second.secretString + "\n")
@@ -246,8 +256,8 @@ struct SopsTests {
         try sops.run(["updatekeys", "-y", "app.enc.yaml"], directory: fixture.dir.path)
         let withSecond = try Self.config(fixture, ["yaml": "files = [\"app.enc.yaml\"]\nidentity = \"second.txt\"\nenv = \"production\""])
         let read = try fixture.cli(["get", "--config", withSecond, "yaml/production/DB_PASS"])
-        #expect(read.status == 0 && read.stdoutText == "edited-by-sops", "\(read.stderr)")
-        #expect(!fs.log.contains("rotated-") && !fs.log.contains("edited-by-sops"))
+        #expect(read.status == 0 && read.stdoutText == "edited-by-secretsfs", "\(read.stderr)")
+        #expect(!fs.log.contains("rotated-") && !fs.log.contains("edited-by-"))
     }
 
     @Test("identity as sops finds it (SOPS_AGE_KEY_FILE, SOPS_AGE_KEY); an age-encrypted .env is flat too; layout errors name file:line")

@@ -59,7 +59,7 @@ enum SopsBench {
         process.waitUntilExit()
         unlink(source)
         let file = root + "/secrets.enc.yaml"
-        FileManager.default.createFile(atPath: file, contents: encrypted)
+        _ = FileManager.default.createFile(atPath: file, contents: encrypted)
         let mountpoint = root + "/mnt-sops"
         try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let config = root + "/sops.toml"

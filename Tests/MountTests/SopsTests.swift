@@ -112,9 +112,12 @@ struct SopsTests {
         try sops.encrypt("prod.enc.env", "DB_PASS=s3cr3t\nQUOTED=\"a b\"\nexport EXP=1\nNL=\"x\\ny\"\n", type: "dotenv")
         try sops.encrypt("app.enc.ini", "[production]\npass = ini-pass\n[staging]\npass = ini-stage\n", type: "ini")
         try sops.encrypt("regex.enc.yaml", "password: hidden\nuser: shown\nport: 5432\n", extra: ["--encrypted-regex", "^password$", "--mac-only-encrypted"])
-        let second = X25519Identity.generate()
-        _ = try fixture.dir.write("second.txt", second.secretString + "\n")
-        try sops.encrypt("shared.enc.yaml", "TOKEN: for-both\n", recipients: [sops.recipient, second.recipient.description])
+        // The second identity from the real age-keygen.
+        let keygen = try run([try requireTool("age-keygen"), "-o", fixture.dir.file("second.txt")], timeout: 30)
+        #expect(keygen.status == 0)
+        let secondRecipient = try String(contentsOfFile: fixture.dir.file("second.txt"), encoding: .utf8)
+            .split(separator: "\n").first { $0.hasPrefix("# public key: ") }.map { String($0.dropFirst(14)) } ?? ""
+        try sops.encrypt("shared.enc.yaml", "TOKEN: for-both\n", recipients: [sops.recipient, secondRecipient])
         let config = try Self.config(fixture, [
             "json": "files = [\"app.enc.json\"]\nidentity = \"identity.txt\"\nenv = \"production\"",
             "dotenv": "files = [{ path = \"prod.enc.env\", env = \"production\" }]\nidentity = \"identity.txt\"",

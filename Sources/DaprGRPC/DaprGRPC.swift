@@ -23,21 +23,8 @@ public enum DaprGRPC {
             address = .unixDomainSocket(path: path)
         }
         let service = Service(api: api)
-        Task {
-            for attempt in 0..<50 {
-                let server = GRPCServer(transport: .http2NIOPosix(address: address, transportSecurity: .plaintext), services: [service])
-                do {
-                    try await server.serve()
-                    return
-                } catch {
-                    // The previous worker holds the address until it is gone.
-                    if attempt == 49 {
-                        logger.error("the Dapr gRPC API could not start", metadata: ["error": "\(error)"])
-                        return
-                    }
-                    try? await Task.sleep(for: .milliseconds(100))
-                }
-            }
+        Listener.start("Dapr gRPC API", logger: logger) {
+            try await GRPCServer(transport: .http2NIOPosix(address: address, transportSecurity: .plaintext), services: [service]).serve()
         }
         logger.info("Dapr secrets API (gRPC)", metadata: ["listen": "\(listen)"])
     }

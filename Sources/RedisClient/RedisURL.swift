@@ -49,19 +49,7 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         } else {
             throw fail("scheme must be redis://, rediss:// or unix://")
         }
-        var username: String?
-        var password: String?
-        if let at = rest.lastIndex(of: "@") {
-            let credentials = rest[..<at]
-            rest = rest[rest.index(after: at)...]
-            if let colon = credentials.firstIndex(of: ":") {
-                let user = credentials[..<colon]
-                username = user.isEmpty ? nil : Self.percentDecoded(user)
-                password = Self.percentDecoded(credentials[credentials.index(after: colon)...])
-            } else if !credentials.isEmpty {
-                password = Self.percentDecoded(credentials)
-            }
-        }
+        let (username, password) = Self.takeCredentials(&rest)
         var database = 0
         if let slash = rest.firstIndex(of: "/") {
             let path = rest[rest.index(after: slash)...]
@@ -90,6 +78,18 @@ public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
         if host.isEmpty { host = "127.0.0.1" }
         self.init(address: .tcp(host: host, port: port), tls: tls, username: username, password: password, database: database)
+    }
+
+    /// `user:password@` (either part optional, percent-encoded) taken off the front of a URL's rest.
+    static func takeCredentials(_ rest: inout Substring) -> (username: String?, password: String?) {
+        guard let at = rest.lastIndex(of: "@") else { return (nil, nil) }
+        let credentials = rest[..<at]
+        rest = rest[rest.index(after: at)...]
+        if let colon = credentials.firstIndex(of: ":") {
+            let user = credentials[..<colon]
+            return (user.isEmpty ? nil : percentDecoded(user), percentDecoded(credentials[credentials.index(after: colon)...]))
+        }
+        return (nil, credentials.isEmpty ? nil : percentDecoded(credentials))
     }
 
     static func percentDecoded(_ text: Substring) -> String {

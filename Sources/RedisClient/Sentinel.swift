@@ -31,17 +31,7 @@ public struct SentinelEndpoint: Sendable, Equatable, CustomStringConvertible {
         } else {
             throw fail("scheme must be redis+sentinel:// or rediss+sentinel://")
         }
-        if let at = rest.lastIndex(of: "@") {
-            let credentials = rest[..<at]
-            rest = rest[rest.index(after: at)...]
-            if let colon = credentials.firstIndex(of: ":") {
-                let user = credentials[..<colon]
-                username = user.isEmpty ? nil : RedisEndpoint.percentDecoded(user)
-                password = RedisEndpoint.percentDecoded(credentials[credentials.index(after: colon)...])
-            } else if !credentials.isEmpty {
-                password = RedisEndpoint.percentDecoded(credentials)
-            }
-        }
+        (username, password) = RedisEndpoint.takeCredentials(&rest)
         let parts = rest.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count >= 2, !parts[1].isEmpty else {
             throw fail("the master's name is missing: redis+sentinel://host:26379,host2:26379/<master-name>/<db>")

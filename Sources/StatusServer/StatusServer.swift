@@ -65,20 +65,7 @@ public enum StatusServer {
         var quiet = logger
         quiet.logLevel = .warning
         let app = Application(router: router, configuration: .init(address: address), logger: quiet)
-        Task {
-            for attempt in 0..<50 {
-                do {
-                    try await app.runService()
-                    return
-                } catch {
-                    if attempt == 49 {
-                        logger.error("the \(name) could not start", metadata: ["error": "\(error)"])
-                        return
-                    }
-                    try? await Task.sleep(for: .milliseconds(100))
-                }
-            }
-        }
+        Listener.start(name, logger: logger) { try await app.runService() }
     }
 
     static func statusJSON(_ status: CoreStatus) -> String {

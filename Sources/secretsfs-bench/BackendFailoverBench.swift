@@ -38,9 +38,9 @@ enum BackendFailoverBench {
         }
     }
 
-    static func mount(binary: String, root: String, name: String, store: String) -> (Process, String)? {
+    /// Mounts store `name` (`store`: its table's keys) with DB_* fresh and runs `body` with the mount point.
+    static func withMount(binary: String, root: String, name: String, store: String, _ body: (String) throws -> Void) rethrows {
         let mountpoint = root + "/mnt-ha-" + name
-        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let config = root + "/ha-\(name).toml"
         let text = """
             [mount]
@@ -52,20 +52,11 @@ enum BackendFailoverBench {
             \(store)
             """
         try? text.write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
-        daemon.standardInput = FileHandle.nullDevice
-        guard (try? daemon.run()) != nil else { return nil }
-        let path = mountpoint + "/\(name)/production/DB_PASS"
-        for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
-        return (daemon, mountpoint)
-    }
-
-    static func unmount(_ daemon: Process, _ mountpoint: String) {
-        daemon.terminate()
-        daemon.waitUntilExit()
-        if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
+        var failure: (any Error)?
+        BenchMount.run(binary: binary, config: config, mountpoint: mountpoint, probe: mountpoint + "/\(name)/production/DB_PASS") { _ in
+            do { try body(mountpoint) } catch { failure = error }
+        }
+        if let failure { print("  \(name): \(failure)") }
     }
 
     static func report(_ what: String, killed: Date, recovered: Date?, result: (firstSuccess: Date?, failures: Int, reads: Int)) {
@@ -86,17 +77,15 @@ enum BackendFailoverBench {
             chmod(token, 0o600)
             let order = [leader] + cluster.nodes.filter { $0 !== leader }
             let store = "type = \"vault\"\naddresses = [\(order.map { "\"\($0.address)\"" }.joined(separator: ", "))]\ntoken_file = \"\(token)\"\ntimeout = \"2s\""
-            guard let (daemon, mountpoint) = mount(binary: binary, root: root, name: "vault", store: store) else {
-                throw TestFailure.message("mount failed")
+            withMount(binary: binary, root: root, name: "vault", store: store) { mountpoint in
+                let reader = Reader(path: mountpoint + "/vault/production/DB_PASS")
+                usleep(500_000)
+                let killed = Date()
+                leader.stop(SIGKILL)
+                let elected = (try? cluster.waitForNewLeader(after: leader)).map { _ in Date() }
+                usleep(1_000_000)
+                report("OpenBao, active node SIGKILLed (3-node Raft)", killed: killed, recovered: elected, result: reader.finish(after: killed))
             }
-            defer { unmount(daemon, mountpoint) }
-            let reader = Reader(path: mountpoint + "/vault/production/DB_PASS")
-            usleep(500_000)
-            let killed = Date()
-            leader.stop(SIGKILL)
-            let elected = (try? cluster.waitForNewLeader(after: leader)).map { _ in Date() }
-            usleep(1_000_000)
-            report("OpenBao, active node SIGKILLed (3-node Raft)", killed: killed, recovered: elected, result: reader.finish(after: killed))
         } catch {
             print("  OpenBao cluster: skipped (\(error))")
         }
@@ -105,17 +94,15 @@ enum BackendFailoverBench {
             defer { set.remove() }
             try set.master.hset("DYNACONF_PRODUCTION", [("DB_PASS", "bench")])
             _ = try set.master.cli(["WAIT", "1", "2000"])
-            guard let (daemon, mountpoint) = mount(binary: binary, root: root, name: "redis", store: "type = \"redis\"\nurl = \"\(set.url)\"\ntimeout = \"1s\"") else {
-                throw TestFailure.message("mount failed")
+            withMount(binary: binary, root: root, name: "redis", store: "type = \"redis\"\nurl = \"\(set.url)\"\ntimeout = \"1s\"") { mountpoint in
+                let reader = Reader(path: mountpoint + "/redis/production/DB_PASS")
+                usleep(500_000)
+                let killed = Date()
+                set.master.crash()
+                let promoted = (try? set.waitForPromotion()).map { _ in Date() }
+                usleep(1_000_000)
+                report("Redis, master SIGKILLed (1 replica, 3 sentinels, down-after 1 s)", killed: killed, recovered: promoted, result: reader.finish(after: killed))
             }
-            defer { unmount(daemon, mountpoint) }
-            let reader = Reader(path: mountpoint + "/redis/production/DB_PASS")
-            usleep(500_000)
-            let killed = Date()
-            set.master.crash()
-            let promoted = (try? set.waitForPromotion()).map { _ in Date() }
-            usleep(1_000_000)
-            report("Redis, master SIGKILLed (1 replica, 3 sentinels, down-after 1 s)", killed: killed, recovered: promoted, result: reader.finish(after: killed))
         } catch {
             print("  Redis Sentinel: skipped (\(error))")
         }

@@ -46,7 +46,6 @@ enum DaprBench {
             return
         }
         let mountpoint = root + "/mnt-dapr"
-        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let http = 20_000 + Int(getpid() % 10_000)
         let grpc = http + 1
         let config = root + "/dapr.toml"
@@ -65,17 +64,13 @@ enum DaprBench {
             dapr_grpc = "127.0.0.1:\(grpc)"
             """
         try? text.write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
-        daemon.standardInput = FileHandle.nullDevice
-        guard (try? daemon.run()) != nil else { return }
-        defer {
-            daemon.terminate()
-            daemon.waitUntilExit()
-            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
+        let probe = mountpoint + "/local/production/PASSWORD"
+        BenchMount.run(binary: binary, config: config, mountpoint: mountpoint, probe: probe) { _ in
+            measureAPI(mountpoint: mountpoint, http: http, grpc: grpc, seconds: seconds, python: python)
         }
-        for _ in 0..<500 where access(mountpoint + "/local/production/PASSWORD", R_OK) != 0 { usleep(10_000) }
+    }
+
+    static func measureAPI(mountpoint: String, http: Int, grpc: Int, seconds: Double, python: String) {
         let native = measure("file read from Swift (cached key)", path: mountpoint + "/local/production/PASSWORD", threads: 1, duration: seconds)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: python)

@@ -19,19 +19,8 @@ enum FreshBench {
             \(storeKeys)
             """
         try? configText.write(toFile: config, atomically: true, encoding: .utf8)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
-        daemon.standardInput = FileHandle.nullDevice
-        guard (try? daemon.run()) != nil else { return }
-        defer {
-            daemon.terminate()
-            daemon.waitUntilExit()
-            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
-        }
         let path = mountpoint + "/\(name)/production/PASSWORD"
-        for _ in 0..<500 where access(path, R_OK) != 0 { usleep(10_000) }
-        body(path, daemon.processIdentifier)
+        BenchMount.run(binary: binary, config: config, mountpoint: mountpoint, probe: path) { daemon in body(path, daemon) }
     }
 
     /// The raw round trip and fresh reads on one thread, measured in alternating slices so that both see the same
@@ -125,5 +114,25 @@ enum FreshBench {
         return String(decoding: data, as: UTF8.self).split(separator: " ").compactMap {
             Double($0.trimmingCharacters(in: .whitespacesAndNewlines))
         }
+    }
+}
+
+/// The built daemon mounting a config for a measurement: started, waited for until `probe` can be read, stopped
+/// and unmounted afterwards whatever `body` did.
+enum BenchMount {
+    static func run(binary: String, config: String, mountpoint: String, probe: String, _ body: (Int32) -> Void) {
+        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: binary)
+        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
+        daemon.standardInput = FileHandle.nullDevice
+        guard (try? daemon.run()) != nil else { return }
+        defer {
+            daemon.terminate()
+            daemon.waitUntilExit()
+            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
+        }
+        for _ in 0..<500 where access(probe, R_OK) != 0 { usleep(10_000) }
+        body(daemon.processIdentifier)
     }
 }

@@ -61,7 +61,6 @@ enum SopsBench {
         let file = root + "/secrets.enc.yaml"
         _ = FileManager.default.createFile(atPath: file, contents: encrypted)
         let mountpoint = root + "/mnt-sops"
-        try? FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         let config = root + "/sops.toml"
         try? """
             [mount]
@@ -83,17 +82,12 @@ enum SopsBench {
         let (ours, oursOK) = timeRuns([binary, "get", "--config", config, "--log-level", "error", "sops/production/KEY_999"], environment: [:], runs: runs)
         let (theirs, theirsOK) = timeRuns([sops, "-d", file], environment: environment, runs: runs)
         print("  load (a process each, median of \(runs)): secretsfs get \(fmt(ours)) ms\(oursOK ? "" : " (FAILED)"), sops -d \(fmt(theirs)) ms\(theirsOK ? "" : " (FAILED)") -> \(fmt(theirs / max(ours, 0.001), 1))x")
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: binary)
-        daemon.arguments = ["mount", "--config", config, "--log-level", "warning"]
-        daemon.standardInput = FileHandle.nullDevice
-        guard (try? daemon.run()) != nil else { return }
-        defer {
-            daemon.terminate()
-            daemon.waitUntilExit()
-            if isMounted(mountpoint) { shell(["/usr/bin/fusermount3", "-u", "-z", mountpoint]) }
+        BenchMount.run(binary: binary, config: config, mountpoint: mountpoint, probe: mountpoint + "/sops/production/PASSWORD") { _ in
+            reads(mountpoint: mountpoint, seconds: seconds)
         }
-        for _ in 0..<500 where access(mountpoint + "/sops/production/PASSWORD", R_OK) != 0 { usleep(10_000) }
+    }
+
+    static func reads(mountpoint: String, seconds: Double) {
         for (label, path) in [
             ("cached, age file ", "age/production/PASSWORD"), ("cached, SOPS file", "sops/production/PASSWORD"),
             ("fresh, age file  ", "age/production/FRESH_PASSWORD"), ("fresh, SOPS file ", "sops/production/FRESH_PASSWORD"),

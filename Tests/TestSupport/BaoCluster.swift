@@ -183,11 +183,7 @@ public final class BaoCluster: @unchecked Sendable {
     }
 
     func waitFor(_ what: String, seconds: Double, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            guard Date() < deadline else { throw TestFailure.message("\(what): not within \(Int(seconds)) s") }
-            usleep(200_000)
-        }
+        try waitUntil(what, seconds: seconds, every: 0.2, condition)
     }
 
     public func remove() {

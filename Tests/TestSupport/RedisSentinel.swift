@@ -99,11 +99,7 @@ public final class RedisSentinelSet: @unchecked Sendable {
     }
 
     func waitFor(_ what: String, seconds: Double, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !condition() {
-            guard Date() < deadline else { throw TestFailure.message("\(what): not within \(Int(seconds)) s") }
-            usleep(100_000)
-        }
+        try waitUntil(what, seconds: seconds, every: 0.1, condition)
     }
 
     public func remove() {

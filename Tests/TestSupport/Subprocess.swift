@@ -158,3 +158,12 @@ public func signalServer(_ process: Process?, _ signal: Int32) {
     }
     usleep(20_000)
 }
+
+/// Polls `condition` every `every` seconds until it holds; fails naming `what` after `seconds`.
+public func waitUntil(_ what: String, seconds: Double, every: Double = 0.1, _ condition: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        guard Date() < deadline else { throw TestFailure.message("\(what): not within \(Int(seconds)) s") }
+        usleep(useconds_t(every * 1_000_000))
+    }
+}

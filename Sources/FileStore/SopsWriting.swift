@@ -361,7 +361,11 @@ extension Sops {
                 name + "=" + (value.fileBytes().utf8String() ?? "").replacingOccurrences(of: "\n", with: "\\n")
             }.joined(separator: "\n") + "\n"
         case .ini:
-            throw SecretsError(.unsupported, "\(file): edit SOPS INI files with `sops edit`; `secretsfs set` changes them")
+            return opened.entries.map { section, value -> String in
+                guard case .table(let fields) = value else { return "" }
+                let lines = fields.keys.sorted().map { "\($0) = " + (fields[$0]?.fileBytes().utf8String() ?? "") }
+                return (["[\(section)]"] + lines).joined(separator: "\n") + "\n"
+            }.joined(separator: "\n")
         }
     }
 
@@ -411,7 +415,7 @@ extension Sops {
         case .dotenv:
             entries = SecretsDocument.dotenv(edited)
         case .ini:
-            throw SecretsError(.unsupported, "\(file): edit SOPS INI files with `sops edit`; `secretsfs set` changes them")
+            return try reencryptedINI(edited, current: current, metadata: metadata, file: file, identities: identities)
         }
         var remove: [String] = []
         if let (body, _) = try parse(current, format: format, file: file) { remove = body.map(\.0) }
@@ -432,6 +436,55 @@ extension Sops {
             return .array(items.map(plainValue))
         case .scalar(let scalar):
             return clear(scalar)
+        }
+    }
+}
+
+extension Sops {
+    /// An edited INI document encrypted as the SOPS file `current`: every section and key written anew (values
+    /// encrypted by the file's rules, with their `section:key:` path), then the `[sops]` section of `current` with a
+    /// new MAC and `lastmodified`.
+    static func reencryptedINI(_ edited: String, current: String, metadata: Metadata, file: String, identities: [Identity])
+        throws(SecretsError) -> String
+    {
+        guard let (body, _) = try parse(current, format: .ini, file: file) else {
+            throw SecretsError(.invalidData, "\(file) is not a SOPS file")
+        }
+        var key = try open(body, metadata: metadata, identities: identities, file: file).dataKey
+        defer { wipe(&key) }
+        let rules = Rules(metadata.options)
+        var draft: [String] = []
+        do {
+            for (section, pairs) in iniSections(edited) where section != "sops" {
+                draft.append("[\(section)]")
+                for (name, value) in pairs {
+                    let path = [section, name]
+                    let stored =
+                        rules.encrypts(path) && !value.isEmpty
+                        ? try encryptValue(Array(value.utf8), type: "str", key: key, aad: path.joined(separator: ":") + ":")
+                        : value
+                    draft.append("\(name) = \(stored)")
+                }
+                draft.append("")
+            }
+        } catch {
+            throw SecretsError(.io, "\(file): cannot encrypt the edited document")
+        }
+        var inSops = false
+        for line in current.split(separator: "\n", omittingEmptySubsequences: false) {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("["), trimmed.hasSuffix("]") { inSops = trimmed == "[sops]" }
+            if inSops { draft.append(String(line)) }
+        }
+        // Nothing to set: this recomputes the MAC and lastmodified over the new body.
+        do {
+            return try updatedLines(
+                draft.joined(separator: "\n"), format: .ini, prefix: [], set: [], remove: [], replace: false, key: key,
+                rules: rules, macOnlyEncrypted: metadata.macOnlyEncrypted, lastModified: now(), file: file)
+        } catch let error as SecretsError {
+            throw error
+        } catch {
+            throw SecretsError(.io, "\(file): cannot write the SOPS document")
         }
     }
 }

@@ -252,6 +252,12 @@ struct SopsTests {
         let dotenvEditor = try fixture.dir.write("env-editor.sh", "#!/bin/sh\nsed -i 's/^OTHER=o$/OTHER=edited/' \"$1\"\n", mode: 0o755)
         #expect(try fixture.cli(["edit", "--config", config, "dotenv"], environment: ["EDITOR": dotenvEditor]).status == 0)
         #expect(try sops.run(["-d", "--extract", "[\"OTHER\"]", fixture.dir.file("app.enc.env")]).stdoutText == "edited")
+        let iniEditor = try fixture.dir.write(
+            "ini-editor.sh", "#!/bin/sh\nsed -i 's/rotated-ini/ini-edited/' \"$1\"\nprintf '[staging]\\nDB_PASS = ini-staging\\n' >> \"$1\"\n", mode: 0o755)
+        let iniEdit = try fixture.cli(["edit", "--config", config, "ini"], environment: ["EDITOR": iniEditor])
+        #expect(iniEdit.status == 0, "edit: \(iniEdit.stderr)")
+        #expect(try sops.run(["-d", "--extract", "[\"production\"][\"DB_PASS\"]", fixture.dir.file("app.enc.ini")]).stdoutText == "ini-edited")
+        #expect(try fs.readText("ini/staging/DB_PASS", until: "ini-staging", within: 5) == "ini-staging")
         // sops updatekeys still works on a file secretsfs wrote: a second recipient added, then used.
         let second = X25519Identity.generate()
         _ = try fixture.dir.write("second.txt", second.secretString + "\n")

@@ -63,6 +63,24 @@ struct SentinelTests {
         #expect(!fs.log.contains("s-1") && !fs.log.contains("cached-1") && !fs.log.contains("s-2"))
     }
 
+    @Test("sentinels with their own password: read through them with sentinel_password_file; without it, a clear error")
+    func sentinelPassword() throws {
+        let set = try RedisSentinelSet(sentinelPassword: "sentinel-pw")
+        defer { set.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try set.master.hset("DYNACONF_PRODUCTION", [("DB_PASS", "behind-auth")])
+        let passwordFile = try fixture.dir.write("sentinel-password", "sentinel-pw\n")
+        func config(_ extra: String) throws -> String {
+            try fixture.dir.write("s.toml", "[stores.redis]\ntype = \"redis\"\nurl = \"\(set.url)\"\ntimeout = \"1s\"\n\(extra)\n")
+        }
+        let good = try fixture.cli(["get", "--config", try config("sentinel_password_file = \"\(passwordFile)\""), "redis/production/DB_PASS"])
+        #expect(good.status == 0 && good.stdoutText == "behind-auth", "\(good.stderr)")
+        let refused = try fixture.cli(["get", "--config", try config(""), "redis/production/DB_PASS"])
+        #expect(refused.status != 0 && refused.stderr.contains("no master 'mymaster' from the sentinels") && refused.stderr.contains("NOAUTH"), "\(refused.stderr)")
+        #expect(!good.stderr.contains("sentinel-pw") && !refused.stderr.contains("sentinel-pw"))
+    }
+
     @Test("Sentinel URLs: parsed, and a bad one is a config error naming file:line:column")
     func urls() throws {
         let fixture = try Fixture()

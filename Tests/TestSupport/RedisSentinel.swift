@@ -8,12 +8,15 @@ public final class RedisSentinelSet: @unchecked Sendable {
     public let master: RedisServer
     public let replica: RedisServer
     public let dir: TemporaryDirectory
+    /// The sentinels' own password (`requirepass`), when they have one.
+    public let sentinelPassword: String?
     public private(set) var sentinelPorts: [Int] = []
     private var sentinels: [Process] = []
     private let serverPath: String
     private let cliPath: String
 
-    public init() throws {
+    public init(sentinelPassword: String? = nil) throws {
+        self.sentinelPassword = sentinelPassword
         serverPath = try requireTool("redis-server")
         cliPath = try requireTool("redis-cli")
         dir = try TemporaryDirectory()
@@ -61,6 +64,7 @@ public final class RedisSentinelSet: @unchecked Sendable {
             sentinel down-after-milliseconds \(Self.masterName) 1000
             sentinel failover-timeout \(Self.masterName) 3000
             sentinel parallel-syncs \(Self.masterName) 1
+            \(sentinelPassword.map { "requirepass \($0)\nsentinel sentinel-pass \($0)" } ?? "")
 
             """
         let path = try dir.write("sentinel-\(port).conf", config)
@@ -78,7 +82,8 @@ public final class RedisSentinelSet: @unchecked Sendable {
     }
 
     public func sentinelCLI(_ port: Int, _ command: [String]) throws -> ProcessResult {
-        try run([cliPath, "-h", "127.0.0.1", "-p", String(port)] + command, timeout: 10)
+        let auth = sentinelPassword.map { ["-a", $0, "--no-auth-warning"] } ?? []
+        return try run([cliPath, "-h", "127.0.0.1", "-p", String(port)] + auth + command, timeout: 10)
     }
 
     /// The master's port as the first sentinel reports it (0 when it cannot say).

@@ -16,11 +16,9 @@ extension FileStore {
         } catch where error.code == .notFound {
             return []
         }
-        if let format = SecretsDocument.format(of: path).sops, let text = String(validating: bytes, as: UTF8.self),
-            try Sops.parse(text, format: format, file: path) != nil
-        {
+        if let sops = try sopsFile(path) {
             // A SOPS file: the document decrypted, as `sops edit` shows it.
-            return Array(try Sops.decryptedDocument(text, format: format, file: path, identities: try sopsIdentities()).utf8)
+            return Array(try Sops.decryptedDocument(sops.text, format: sops.format, file: path, identities: try sopsIdentities()).utf8)
         }
         if AgeFile.looksLikeAge(bytes) {
             let identities = try loadIdentities()
@@ -46,16 +44,13 @@ extension FileStore {
     /// Writes `plaintext` to `path` atomically: encrypted to the store's recipients when the path ends in `.age`
     /// (ASCII-armored again when the file it replaces was), else as a private plaintext file.
     public func write(_ plaintext: [UInt8], to path: String, workFactor: Int = 18) throws(SecretsError) {
-        if let format = SecretsDocument.format(of: path).sops, let current = try? FileIO.read(path),
-            let currentText = String(validating: current, as: UTF8.self), try Sops.parse(currentText, format: format, file: path) != nil
-        {
-            // A SOPS file stays one: encrypted again under its own data key and metadata, its mode kept.
+        if let sops = try sopsFile(path) {
+            // A SOPS file stays one: encrypted again under its own data key and metadata.
             guard let edited = String(validating: plaintext, as: UTF8.self) else {
                 throw SecretsError(.invalidData, "\(path): not UTF-8 text")
             }
-            let updated = try Sops.reencrypted(edited, current: currentText, format: format, file: path, identities: try sopsIdentities())
-            let mode = (try? FileIO.status(path)).map { mode_t($0.mode & 0o7777) } ?? 0o600
-            try FileIO.writeAtomically(path, bytes: Array(updated.utf8), mode: mode)
+            try replaceSops(
+                path, with: try Sops.reencrypted(edited, current: sops.text, format: sops.format, file: path, identities: try sopsIdentities()))
             return
         }
         if path.hasSuffix(".age") {
@@ -134,27 +129,33 @@ extension FileStore {
         try write(updated, to: file)
     }
 
-    /// A SOPS file changed as sops changes it (see `Sops.updated`); false when `file` is not a SOPS file. The file
-    /// keeps its mode (SOPS files often live in git, readable by all: their values are encrypted).
+    /// A SOPS file changed as sops changes it (see `Sops.updated`); false when `file` is not a SOPS file.
     func updateSops(env: String, in file: String, set: [(String, SecretValue)], remove: [String], replace: Bool)
         throws(SecretsError) -> Bool
     {
-        guard let format = SecretsDocument.format(of: file).sops, !file.lowercased().hasSuffix(".age") else { return false }
-        let bytes: [UInt8]
-        do {
-            bytes = try FileIO.read(file)
-        } catch where error.code == .notFound {
-            return false
-        }
-        guard let text = String(validating: bytes, as: UTF8.self), try Sops.parse(text, format: format, file: file) != nil else {
-            return false
-        }
+        guard let sops = try sopsFile(file) else { return false }
         let updated = try Sops.updated(
-            text, format: format, file: file, layout: layout(of: file), env: env, set: set, remove: remove, replace: replace,
-            identities: try sopsIdentities())
-        let mode = (try? FileIO.status(file)).map { mode_t($0.mode & 0o7777) } ?? 0o600
-        try FileIO.writeAtomically(file, bytes: Array(updated.utf8), mode: mode)
+            sops.text, format: sops.format, file: file, layout: layout(of: file), env: env, set: set, remove: remove,
+            replace: replace, identities: try sopsIdentities())
+        try replaceSops(file, with: updated)
         return true
+    }
+
+    /// The text and format of `path` when it is a SOPS file (as it is, not inside an age file); nil otherwise,
+    /// also when it cannot be read (the caller's own read then says why).
+    func sopsFile(_ path: String) throws(SecretsError) -> (text: String, format: Sops.Format)? {
+        guard let format = SecretsDocument.format(of: path).sops, !path.lowercased().hasSuffix(".age"),
+            let bytes = try? FileIO.read(path), let text = String(validating: bytes, as: UTF8.self),
+            try Sops.parse(text, format: format, file: path) != nil
+        else { return nil }
+        return (text, format)
+    }
+
+    /// Replaces a SOPS file atomically, keeping its mode (SOPS files often live in git, readable by all: their
+    /// values are encrypted).
+    func replaceSops(_ path: String, with text: String) throws(SecretsError) {
+        let mode = (try? FileIO.status(path)).map { mode_t($0.mode & 0o7777) } ?? 0o600
+        try FileIO.writeAtomically(path, bytes: Array(text.utf8), mode: mode)
     }
 
     static func toml(_ value: SecretValue) -> any TOMLValueConvertible {

@@ -393,7 +393,7 @@ extension Sops {
     static func reencrypted(_ edited: String, current: String, format: Format, file: String, identities: [Identity])
         throws(SecretsError) -> String
     {
-        guard let (_, metadata) = try parse(current, format: format, file: file) else {
+        guard let (currentBody, metadata) = try parse(current, format: format, file: file) else {
             throw SecretsError(.invalidData, "\(file) is not a SOPS file")
         }
         let entries: [(String, SecretValue)]
@@ -417,12 +417,10 @@ extension Sops {
         case .ini:
             return try reencryptedINI(edited, current: current, metadata: metadata, file: file, identities: identities)
         }
-        var remove: [String] = []
-        if let (body, _) = try parse(current, format: format, file: file) { remove = body.map(\.0) }
-        _ = metadata
+        // The whole body replaced: every key of the file as if it were one flat env.
         return try updated(
-            current, format: format, file: file, layout: .flat(env: "default"), env: "default", set: entries, remove: remove,
-            replace: true, identities: identities)
+            current, format: format, file: file, layout: .flat(env: "default"), env: "default", set: entries,
+            remove: currentBody.map(\.0), replace: true, identities: identities)
     }
 
     /// A document node of an edited plain document as a value.

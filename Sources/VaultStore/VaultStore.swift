@@ -57,9 +57,7 @@ public final class VaultStore: SecretStore {
                 throw SecretsError(.permissionDenied, "store '\(name)': \(method) \(Self.plain(path)): 403 permission denied")
             }
         }
-        if response.status >= 500 {
-            throw SecretsError(.storeUnavailable, "store '\(name)': \(method) \(Self.plain(path)): HTTP \(response.status)")
-        }
+        // 5xx never gets here: the client moves on to another node, or fails the request.
         return response
     }
 
@@ -160,9 +158,6 @@ public final class VaultStore: SecretStore {
         if response.status == 404 { return nil }
         if response.status == 403 {
             throw SecretsError(.permissionDenied, "store '\(name)': GET \(Self.plain(path)): 403 permission denied")
-        }
-        if response.status >= 500 {
-            throw SecretsError(.storeUnavailable, "store '\(name)': GET \(Self.plain(path)): HTTP \(response.status)")
         }
         guard response.status == 200, let decoded = Self.decodeSecretBody(response.body, v2: kvVersion() == .v2) else {
             throw SecretsError(.storeUnavailable, "store '\(name)': GET \(Self.plain(path)): HTTP \(response.status)")

@@ -47,6 +47,14 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The supervisor/worker protocol: messages, node table, re-exec state, transport, versions.
+        .target(name: "Handover", dependencies: ["SecretsCore"], swiftSettings: strict),
+        // The supervisor: event loop, worker processes, restart policy. Never links a store or the FUSE operations.
+        .target(
+            name: "Supervision",
+            dependencies: ["Handover", "SecretsCore", "CLinux", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         // The age file format (age-encryption.org/v1) on swift-crypto.
         .target(
             name: "Age",
@@ -124,8 +132,8 @@ let package = Package(
         .executableTarget(
             name: "secretsfs",
             dependencies: [
-                "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "EnvStore", "FuseBridge", "CLinux",
-                "StatusServer", "DaprGRPC",
+                "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "EnvStore", "FuseBridge",
+                "StatusServer", "DaprGRPC", "Handover", "Supervision", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -139,7 +147,9 @@ let package = Package(
         .target(
             name: "FuzzTargets", dependencies: ["SecretsCore", "Age", "RedisClient", "RedisStore", "VaultStore"],
             path: "Tests/Fuzz/Targets", swiftSettings: strict),
-        .testTarget(name: "CoreTests", dependencies: ["SecretsCore", "TestSupport", "FuzzTargets", "Age"], swiftSettings: strict),
+        .testTarget(
+            name: "CoreTests", dependencies: ["SecretsCore", "Handover", "Supervision", "TestSupport", "FuzzTargets", "Age"],
+            swiftSettings: strict),
         .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "StoreTests",

@@ -117,7 +117,7 @@ public final class AuditLog: Sendable {
     }
 
     public func record(_ entry: AuditEntry) {
-        let line = entry.jsonLine(time: FileSystemCore.currentWallClock())
+        let line = entry.jsonLine(time: CoreClock.wall())
         if journal { logger.info("audit \(line)") }
         guard path != nil else { return }
         let bytes = Array((line + "\n").utf8)

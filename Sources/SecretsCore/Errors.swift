@@ -68,6 +68,10 @@ public enum ExitStatus: Int32, Sendable {
     case invalidConfig = 2
     /// The requested store, env or key does not exist.
     case notFound = 3
+    /// Usage error as ArgumentParser reports it (an unknown command or option).
+    case usage = 64
+    /// `worker`: the supervisor speaks a handover protocol this binary does not (EX_PROTOCOL).
+    case protocolMismatch = 76
     /// `run`: the command exists but cannot be executed (as shells do).
     case commandNotExecutable = 126
     /// `run`: the command was not found (as shells do).

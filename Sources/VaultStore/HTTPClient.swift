@@ -249,7 +249,7 @@ final class HTTPClient: Sendable {
     /// replica, which may trail the active node by a moment; the active node gives readers what was last written.
     private func preferLeader(asking base: String, skipping: Bool) {
         guard settings.addresses.count > 1, !skipping else { return }
-        let now = FileSystemCore.monotonicSeconds()
+        let now = CoreClock.monotonic()
         let due = leaderCheckedAt.withLock { checked -> Bool in
             if let checked, now - checked < 10 { return false }
             checked = now
@@ -284,7 +284,7 @@ final class HTTPClient: Sendable {
     func request(
         _ method: String, _ path: String, headers: [String: String] = [:], body: [UInt8]? = nil
     ) throws(SecretsError) -> HTTPResponse {
-        let deadline = FileSystemCore.monotonicSeconds() + settings.timeout
+        let deadline = CoreClock.monotonic() + settings.timeout
         var queue = candidates()
         var tried = 0
         var reasons: [String] = []
@@ -292,7 +292,7 @@ final class HTTPClient: Sendable {
         var redirects = 0
         while !queue.isEmpty {
             let base = queue.removeFirst()
-            let remaining = deadline - FileSystemCore.monotonicSeconds()
+            let remaining = deadline - CoreClock.monotonic()
             guard remaining > 0.001 else { break }
             let budget = max(remaining / Double(max(1, queue.count + 1)), min(remaining, 0.25))
             let url = base + path
@@ -322,7 +322,7 @@ final class HTTPClient: Sendable {
                 reasons.append(error.message)
                 lastError = error
                 if settings.addresses.count > 1 {
-                    let now = FileSystemCore.monotonicSeconds()
+                    let now = CoreClock.monotonic()
                     failedAt.withLock { $0[base] = now }
                 }
             }
@@ -370,8 +370,8 @@ final class HTTPClient: Sendable {
         for item in prepared { curl_multi_add_handle(multi, item.handle.raw) }
         var codes: [UnsafeMutableRawPointer: CURLcode] = [:]
         var running: Int32 = 1
-        let deadline = FileSystemCore.monotonicSeconds() + settings.timeout + 1
-        while running > 0 && FileSystemCore.monotonicSeconds() < deadline {
+        let deadline = CoreClock.monotonic() + settings.timeout + 1
+        while running > 0 && CoreClock.monotonic() < deadline {
             curl_multi_perform(multi, &running)
             var easy: UnsafeMutableRawPointer?
             var result = CURLE_OK

@@ -25,7 +25,7 @@ final class TokenManager: Sendable {
 
     init(settings: VaultSettings, http: HTTPClient, store: String, logger: Logger,
          environment: [String: String] = ProcessInfo.processInfo.environment,
-         clock: @escaping @Sendable () -> Double = FileSystemCore.monotonicSeconds) {
+         clock: @escaping @Sendable () -> Double = CoreClock.monotonic) {
         // Only what token auth may read: VAULT_TOKEN / BAO_TOKEN and HOME (for ~/.vault-token).
         self.environment = environment.filter { ["VAULT_TOKEN", "BAO_TOKEN", "HOME"].contains($0.key) }
         self.settings = settings

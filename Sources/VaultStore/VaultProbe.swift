@@ -16,9 +16,9 @@ public final class VaultProbe {
 
     /// One GET; its latency in nanoseconds, or nil when it failed.
     public func roundTrip() -> UInt64? {
-        let begin = FileSystemCore.monotonicSeconds()
+        let begin = CoreClock.monotonic()
         guard let response = try? client.request("GET", path, headers: ["X-Vault-Token": token]), response.status == 200
         else { return nil }
-        return UInt64((FileSystemCore.monotonicSeconds() - begin) * 1e9)
+        return UInt64((CoreClock.monotonic() - begin) * 1e9)
     }
 }

@@ -127,7 +127,7 @@ public final class VaultStore: SecretStore {
         let listPath = kvVersion() == .v1 ? "/v1/\(base)/\(path)" : "/v1/\(base)/metadata/\(path)"
         let response = try send("LIST", listPath)
         if response.status == 404 {
-            let now = FileSystemCore.monotonicSeconds()
+            let now = CoreClock.monotonic()
             envListing.withLock { $0[location ?? ""] = ([], now) }
             return []
         }
@@ -138,7 +138,7 @@ public final class VaultStore: SecretStore {
         }
         let names = keys.compactMap { if case .string(let key) = $0, !key.hasSuffix("/") { key.lowercased() } else { nil } }
             .sorted()
-        let now = FileSystemCore.monotonicSeconds()
+        let now = CoreClock.monotonic()
         envListing.withLock { $0[location ?? ""] = (Set(names), now) }
         return names
     }
@@ -196,7 +196,7 @@ public final class VaultStore: SecretStore {
     /// Nil when the token may not LIST: then every layer is fetched.
     func knownEnvs(at location: String?) throws(SecretsError) -> Set<String>? {
         let key = location ?? ""
-        let now = FileSystemCore.monotonicSeconds()
+        let now = CoreClock.monotonic()
         if let cached = envListing.withLock({ $0[key] }), now - cached.at < Self.envListingMaxAge { return cached.envs }
         do {
             return Set(try envs(at: location))
@@ -303,8 +303,8 @@ public final class VaultStore: SecretStore {
                 }
                 first = false
                 if !changes.isEmpty { onChange(changes) }
-                let end = FileSystemCore.monotonicSeconds() + interval
-                while flag.running.withLock({ $0 }) && FileSystemCore.monotonicSeconds() < end { usleep(20_000) }
+                let end = CoreClock.monotonic() + interval
+                while flag.running.withLock({ $0 }) && CoreClock.monotonic() < end { usleep(20_000) }
             }
         }
         thread.name = "secretsfs-vault-watch"

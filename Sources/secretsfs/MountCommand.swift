@@ -1,6 +1,8 @@
 import ArgumentParser
 import FuseBridge
+import Handover
 import SecretsCore
+import Supervision
 
 struct MountCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,9 +35,12 @@ struct MountCommand: ParsableCommand {
         Supervisor.blockSignals()
         let logger = Runtime.bootstrapLogging(level: options.logLevel)
         let supervisor: Supervisor
+        let connection: (Int32, String) -> SupervisedConnection = { fd, path in
+            SupervisedConnection(fd: fd, path: path) { FuseMount(fd: fd, path: path).unmount() }
+        }
         if let resumeState {
             supervisor = try Self.orFail { () throws(SecretsError) in
-                try Supervisor.resume(memfd: resumeState, logger: logger)
+                try Supervisor.resume(memfd: resumeState, logger: logger, connection: connection)
             }
         } else {
             let text: String
@@ -54,15 +59,17 @@ struct MountCommand: ParsableCommand {
             }
             if let mountpoint { config.mount.path = mountpoint }
             let mount = config.mount
-            let (connection, initRequest) = try Self.orFail { () throws(SecretsError) in
+            let (mounted, initRequest) = try Self.orFail { () throws(SecretsError) in
                 try FuseMount.mount(mount, logger: logger)
             }
             var generator = SystemRandomNumberGenerator()
             let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-            let state = Supervisor.State(
-                connection: connection, initRequest: initRequest, digestKey: key, configPath: options.config,
-                configText: text, noOpen: config.mount.noOpen, logLevel: options.logLevel)
-            supervisor = try Self.orFail { () throws(SecretsError) in try Supervisor(state: state, logger: logger) }
+            let state = SupervisorState(
+                fuseFD: mounted.fd, mountPath: mounted.path, initRequest: initRequest, digestKey: key,
+                configPath: options.config, configText: text, noOpen: config.mount.noOpen, logLevel: options.logLevel)
+            supervisor = try Self.orFail { () throws(SecretsError) in
+                try Supervisor(state: state, connection: connection(mounted.fd, mounted.path), logger: logger)
+            }
         }
         let status = supervisor.run()
         if status != 0 { throw ExitCode(status) }

@@ -15,7 +15,7 @@ struct SecretsFSCommand: ParsableCommand {
             3 store, env or key not found; `run` exits with its command's status (126/127 when it cannot start it).
             """,
         subcommands: [
-            MountCommand.self, WorkerCommand.self, GetCommand.self, RunCommand.self, StatusCommand.self, ImportCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
+            MountCommand.self, WorkerCommand.self, HandoverProtocolCommand.self, GetCommand.self, RunCommand.self, StatusCommand.self, ImportCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
             DecryptCommand.self, EditCommand.self, SetCommand.self, WriteCommand.self,
         ]
     )

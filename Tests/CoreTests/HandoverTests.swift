@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Glibc
+import Handover
 import Logging
 import SecretsCore
 import Synchronization
@@ -10,9 +11,14 @@ import Testing
 final class RecordingJournal: NodeJournal {
     let table = Mutex(NodeTable())
     let messages = Mutex<[HandoverMessage]>([])
-    func record(_ message: HandoverMessage) {
-        messages.withLock { $0.append(message) }
-        table.withLock { $0.apply(message) }
+    func report(_ events: [NodeEvent]) {
+        for event in events {
+            switch event {
+            case .issued(let record): messages.withLock { $0.append(.node(record)) }
+            case .forgotten(let inode): messages.withLock { $0.append(.removed(inode)) }
+            }
+            table.withLock { $0.apply(event) }
+        }
     }
 }
 
@@ -34,7 +40,7 @@ struct HandoverTests {
     func firstWorker() throws -> (FileSystemCore, RecordingJournal, env: UInt64, file: UInt64) {
         let first = try core()
         let journal = RecordingJournal()
-        first.adopt([], nextInode: 2, handover: Handover(journal: journal, digest: testDigest))
+        first.adopt([], nextInode: 2, handoff: NodeHandoff(journal: journal, digest: testDigest))
         let top = try first.lookup(parent: FileSystemCore.rootInode, name: "fake").attributes.inode
         let env = try first.lookup(parent: top, name: "production").attributes.inode
         let file = try first.lookup(parent: env, name: "CACHED").attributes.inode
@@ -98,7 +104,7 @@ struct HandoverTests {
         let table = journal.table.withLock { $0 }
         let second = try core()
         let secondJournal = RecordingJournal()
-        second.adopt(table.records, nextInode: table.highestInode + 1, handover: Handover(journal: secondJournal, digest: testDigest))
+        second.adopt(table.records, nextInode: table.highestInode + 1, handoff: NodeHandoff(journal: secondJournal, digest: testDigest))
         // The kernel asks about the ids it knows: a bind mount's directory, a file's attributes and pages.
         #expect(second.isDirectory(env))
         #expect(try second.attributes(file).0.size == 2)
@@ -121,7 +127,7 @@ struct HandoverTests {
         let table = journal.table.withLock { $0 }
         store.set("production", "CACHED", .string("v2"))
         let second = try core()
-        second.adopt(table.records, nextInode: table.highestInode + 1, handover: Handover(journal: RecordingJournal(), digest: testDigest))
+        second.adopt(table.records, nextInode: table.highestInode + 1, handoff: NodeHandoff(journal: RecordingJournal(), digest: testDigest))
         #expect(throws: SecretsError.self) { try second.contents(file) }
         do {
             _ = try second.contents(file)
@@ -136,7 +142,7 @@ struct HandoverTests {
         let (_, journal, _, _) = try firstWorker()
         let table = journal.table.withLock { $0 }
         let second = try core()
-        second.adopt(table.records, nextInode: table.highestInode + 1, handover: Handover(journal: RecordingJournal(), digest: testDigest))
+        second.adopt(table.records, nextInode: table.highestInode + 1, handoff: NodeHandoff(journal: RecordingJournal(), digest: testDigest))
         let notifier = RecordingNotifier()
         second.setNotifier(notifier)
         // The new worker has not read the key itself: the name the kernel holds is still watched.

@@ -1,6 +1,8 @@
+import SecretsCore
+
 /// What the supervisor and its workers say to each other over their control socket (a SOCK_SEQPACKET pair, one
-/// message a packet), and what a re-executed supervisor reads back. Never a secret value: file nodes carry a path,
-/// a size, a time and a keyed digest.
+/// message a packet). Never a secret value: file nodes carry a path, a size, a time and a keyed digest.
+/// Versions 0 and 1 encode messages the same way; `version` is there for the first one that does not.
 public enum HandoverMessage: Sendable, Equatable {
     /// Supervisor to a new worker: the digest key of this mount, the FUSE_INIT request as the kernel sent it, the
     /// config it must serve, and whether it replaces a running worker (a reload) or a dead one.
@@ -27,23 +29,24 @@ public enum HandoverMessage: Sendable, Equatable {
         /// Where the connection is mounted (the config's path, or `--mountpoint`).
         public var mountPath: String
         /// Workers that died and were replaced on this connection so far (reloads not counted).
-        public var restarts: UInt64 = 0
+        public var restarts: UInt64
 
         public init(
             digestKey: [UInt8], initRequest: [UInt8], configPath: String, configText: String, reload: Bool,
-            noOpen: Bool, mountPath: String
+            noOpen: Bool, mountPath: String, restarts: UInt64 = 0
         ) {
-            self.mountPath = mountPath
             self.digestKey = digestKey
             self.initRequest = initRequest
             self.configPath = configPath
             self.configText = configText
             self.reload = reload
             self.noOpen = noOpen
+            self.mountPath = mountPath
+            self.restarts = restarts
         }
     }
 
-    public func encoded() -> [UInt8] {
+    public func encoded(version: UInt16 = HandoverProtocol.current) -> [UInt8] {
         var writer = HandoverWriter()
         switch self {
         case .hello(let hello):
@@ -52,8 +55,8 @@ public enum HandoverMessage: Sendable, Equatable {
             writer.bytes(hello.initRequest)
             writer.string(hello.configPath)
             writer.string(hello.configText)
-            writer.byte(hello.reload ? 1 : 0)
-            writer.byte(hello.noOpen ? 1 : 0)
+            writer.bool(hello.reload)
+            writer.bool(hello.noOpen)
             writer.string(hello.mountPath)
             writer.u64(hello.restarts)
         case .ready:
@@ -73,23 +76,18 @@ public enum HandoverMessage: Sendable, Equatable {
         return writer.output
     }
 
-    public static func decode(_ bytes: [UInt8]) throws(SecretsError) -> HandoverMessage {
+    public static func decode(
+        _ bytes: [UInt8], version: UInt16 = HandoverProtocol.current
+    ) throws(SecretsError) -> HandoverMessage {
         var reader = HandoverReader(bytes)
         let message: HandoverMessage
         switch try reader.byte() {
         case 1:
-            let key = try reader.bytes()
-            let request = try reader.bytes()
-            let path = try reader.string()
-            let text = try reader.string()
-            let reload = try reader.byte() == 1
-            let noOpen = try reader.byte() == 1
-            let mountPath = try reader.string()
-            var hello = Hello(
-                digestKey: key, initRequest: request, configPath: path, configText: text, reload: reload,
-                noOpen: noOpen, mountPath: mountPath)
-            hello.restarts = try reader.u64()
-            message = .hello(hello)
+            message = .hello(
+                Hello(
+                    digestKey: try reader.bytes(), initRequest: try reader.bytes(), configPath: try reader.string(),
+                    configText: try reader.string(), reload: try reader.bool(), noOpen: try reader.bool(),
+                    mountPath: try reader.string(), restarts: try reader.u64()))
         case 2: message = .ready
         case 3: message = .node(try NodeRecord.decode(from: &reader))
         case 4: message = .removed(try reader.u64())
@@ -102,18 +100,7 @@ public enum HandoverMessage: Sendable, Equatable {
     }
 }
 
-/// One node the kernel may still ask about, as the supervisor keeps it between workers.
-public enum NodeRecord: Sendable, Equatable {
-    case directory(inode: UInt64, top: String?, env: String?)
-    case file(FileRecord)
-
-    public var inode: UInt64 {
-        switch self {
-        case .directory(let inode, _, _): return inode
-        case .file(let file): return file.inode
-        }
-    }
-
+extension NodeRecord {
     func encode(into writer: inout HandoverWriter) {
         switch self {
         case .directory(let inode, let top, let env):
@@ -163,52 +150,30 @@ public enum NodeRecord: Sendable, Equatable {
     }
 }
 
-/// A file node: where its value came from and a keyed digest of the value it was created with, so that a later
-/// worker can tell whether a value it fetches again is the same one.
-public struct FileRecord: Sendable, Equatable {
-    public var inode: UInt64
-    public var parent: UInt64
-    public var top: String
-    public var env: String
-    public var key: String
-    public var size: Int
-    public var modifiedSeconds: Int
-    public var modifiedNanoseconds: Int
-    public var digest: [UInt8]
-
-    public init(
-        inode: UInt64, parent: UInt64, top: String, env: String, key: String, size: Int, modifiedSeconds: Int,
-        modifiedNanoseconds: Int, digest: [UInt8]
-    ) {
-        self.inode = inode
-        self.parent = parent
-        self.top = top
-        self.env = env
-        self.key = key
-        self.size = size
-        self.modifiedSeconds = modifiedSeconds
-        self.modifiedNanoseconds = modifiedNanoseconds
-        self.digest = digest
-    }
-}
-
 /// The node table as the supervisor keeps it: every directory, every file node the kernel has not forgotten, and
 /// the highest id ever issued (ids are never reused on one connection).
 public struct NodeTable: Sendable, Equatable {
     public private(set) var nodes: [UInt64: NodeRecord] = [:]
-    public private(set) var highestInode: UInt64 = FileSystemCore.rootInode
+    public private(set) var highestInode: UInt64 = InodeTable.rootInode
 
     public init() {}
 
     public mutating func apply(_ message: HandoverMessage) {
         switch message {
-        case .node(let record):
+        case .node(let record): apply(.issued(record))
+        case .removed(let inode): apply(.forgotten(inode))
+        default: break
+        }
+    }
+
+    public mutating func apply(_ event: NodeEvent) {
+        switch event {
+        case .issued(let record):
             nodes[record.inode] = record
             highestInode = max(highestInode, record.inode)
-        case .removed(let inode):
+        case .forgotten(let inode):
+            // Directories stay: a bind mount may hold one.
             if case .file? = nodes[inode] { nodes.removeValue(forKey: inode) }
-        default:
-            break
         }
     }
 
@@ -223,103 +188,32 @@ public struct NodeTable: Sendable, Equatable {
         }
     }
 
-    /// The whole table as bytes (for a supervisor that re-executes itself).
-    public func encoded() -> [UInt8] {
-        var writer = HandoverWriter()
+    func encode(into writer: inout HandoverWriter) {
         writer.u64(highestInode)
         writer.u64(UInt64(nodes.count))
         for record in records { record.encode(into: &writer) }
+    }
+
+    static func decode(from reader: inout HandoverReader) throws(SecretsError) -> NodeTable {
+        var table = NodeTable()
+        let highest = try reader.u64()
+        let count = try reader.u64()
+        for _ in 0..<count { table.apply(.issued(try NodeRecord.decode(from: &reader))) }
+        table.highestInode = max(table.highestInode, highest)
+        return table
+    }
+
+    /// The whole table as bytes (a field of the re-exec state).
+    public func encoded() -> [UInt8] {
+        var writer = HandoverWriter()
+        encode(into: &writer)
         return writer.output
     }
 
     public static func decode(_ bytes: [UInt8]) throws(SecretsError) -> NodeTable {
         var reader = HandoverReader(bytes)
-        var table = NodeTable()
-        let highest = try reader.u64()
-        let count = try reader.u64()
-        for _ in 0..<count {
-            table.apply(.node(try NodeRecord.decode(from: &reader)))
-        }
-        table.highestInode = max(table.highestInode, highest)
+        let table = try decode(from: &reader)
         try reader.finish()
         return table
-    }
-}
-
-/// Little-endian fields: integers as 8 bytes, byte strings with a 4-byte length.
-public struct HandoverWriter: Sendable {
-    public private(set) var output: [UInt8] = []
-
-    public init() {}
-
-    public mutating func byte(_ value: UInt8) { output.append(value) }
-
-    public mutating func u64(_ value: UInt64) {
-        for shift in stride(from: 0, to: 64, by: 8) { output.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
-    }
-
-    public mutating func bytes(_ value: [UInt8]) {
-        let count = UInt32(truncatingIfNeeded: value.count)
-        for shift in stride(from: 0, to: 32, by: 8) { output.append(UInt8(truncatingIfNeeded: count >> UInt32(shift))) }
-        output += value
-    }
-
-    public mutating func string(_ value: String) { bytes(Array(value.utf8)) }
-
-    mutating func optionalString(_ value: String?) {
-        if let value {
-            byte(1)
-            string(value)
-        } else {
-            byte(0)
-        }
-    }
-}
-
-/// Reads what `HandoverWriter` wrote; any truncation or excess is an error, never a crash.
-public struct HandoverReader: Sendable {
-    let input: [UInt8]
-    var position = 0
-
-    public init(_ input: [UInt8]) { self.input = input }
-
-    public mutating func byte() throws(SecretsError) -> UInt8 {
-        guard position < input.count else { throw SecretsError(.invalidData, "handover message truncated") }
-        defer { position += 1 }
-        return input[position]
-    }
-
-    public mutating func u64() throws(SecretsError) -> UInt64 {
-        guard input.count - position >= 8 else { throw SecretsError(.invalidData, "handover message truncated") }
-        var value: UInt64 = 0
-        for index in 0..<8 { value |= UInt64(input[position + index]) << UInt64(index * 8) }
-        position += 8
-        return value
-    }
-
-    public mutating func bytes() throws(SecretsError) -> [UInt8] {
-        guard input.count - position >= 4 else { throw SecretsError(.invalidData, "handover message truncated") }
-        var count = 0
-        for index in 0..<4 { count |= Int(input[position + index]) << (index * 8) }
-        position += 4
-        guard input.count - position >= count else { throw SecretsError(.invalidData, "handover message truncated") }
-        defer { position += count }
-        return Array(input[position..<position + count])
-    }
-
-    public mutating func string() throws(SecretsError) -> String {
-        let raw = try bytes()
-        guard let text = String(validating: raw, as: UTF8.self) else {
-            throw SecretsError(.invalidData, "handover string is not UTF-8")
-        }
-        return text
-    }
-
-    mutating func optionalString() throws(SecretsError) -> String? {
-        try byte() == 1 ? try string() : nil
-    }
-
-    public func finish() throws(SecretsError) {
-        guard position == input.count else { throw SecretsError(.invalidData, "handover message has trailing bytes") }
     }
 }

@@ -1,0 +1,274 @@
+import Logging
+import Metrics
+import Synchronization
+
+/// The filesystem without FUSE, a façade over its parts: the inode table (`InodeRegistry`), the reader every front
+/// door uses (`SecretReader`, with `EnvViewCache` and `FreshFetcher`), the access and audit path (`AccessGate`),
+/// change propagation and store health. Pure Swift, unit-tested without a mount.
+///
+/// Freshness is decided at lookup: fresh keys get entry timeout 0, so every path walk asks again and refetches;
+/// cached keys keep their name for the rest of their ttl. Each file node is a snapshot of one value (see
+/// `InodeTable`), so the kernel may serve cached files without asking the daemon (no_open, keep_cache).
+public final class FileSystemCore: Sendable {
+    public static let rootInode = InodeTable.rootInode
+    /// Attributes of an inode never change, so the kernel may keep them long.
+    public static let fileAttributeTimeout: Double = 86_400
+    /// The extended attribute that says where a file's value comes from: `level=… store=… env=…` of the level that
+    /// serves it now (a backend call; never the value).
+    public static let sourceAttribute = "user.secretsfs.source"
+
+    public let resolver: Resolver
+    public let reader: SecretReader
+    public let policy: AccessPolicy
+    let gate: AccessGate
+    let inodes = InodeRegistry()
+    let health: StoreHealthBoard
+    let changes: ChangePropagation
+    let cache: CacheConfig
+    let clock: @Sendable () -> Double
+    let mountedAt: WallTime
+    let workerRestarts = Mutex<UInt64>(0)
+
+    public init(
+        config: Config, resolver: Resolver, logger: Logger,
+        clock: @escaping @Sendable () -> Double = CoreClock.monotonic, audit: AuditLog? = nil,
+        callerDetails: @escaping @Sendable (Int32) -> CallerDetails = CallerDetails.read(pid:)
+    ) {
+        self.resolver = resolver
+        self.cache = config.cache
+        self.clock = clock
+        self.policy = AccessPolicy(config: config)
+        self.gate = AccessGate(policy: policy, audit: audit, callerDetails: callerDetails)
+        self.health = StoreHealthBoard(clock: clock, logger: logger)
+        let views = EnvViewCache(
+            resolver: resolver, health: health, ttl: config.cache.ttl, staleIfError: config.cache.staleIfError)
+        let fresh = FreshFetcher(resolver: resolver, health: health, clock: clock)
+        self.reader = SecretReader(resolver: resolver, views: views, fresh: fresh, health: health, gate: gate)
+        self.changes = ChangePropagation(
+            resolver: resolver, views: views, inodes: inodes, health: health, clock: clock, logger: logger)
+        self.mountedAt = CoreClock.wall()
+    }
+
+    public func setNotifier(_ notifier: (any KernelNotifier)?) { changes.notifier.withLock { $0 = notifier } }
+
+    /// Takes over the nodes earlier workers issued on this connection and reports every new one to `handoff`.
+    public func adopt(_ records: [NodeRecord], nextInode: UInt64, handoff: NodeHandoff) {
+        inodes.adopt(records, nextInode: nextInode, handoff: handoff)
+    }
+
+    /// How long the kernel may keep a directory's name and attributes.
+    var directoryTimeout: Double { min(cache.ttl, 60) }
+
+    // MARK: - Lookup
+
+    /// `caller` is who walks the path (nil: the daemon itself, no access rules apply).
+    public func lookup(parent: UInt64, name: String, caller: Caller? = nil) throws(SecretsError) -> EntryReply {
+        guard let kind = inodes.read({ $0.directories[parent] }) else {
+            throw SecretsError(.notFound, "unknown directory inode \(parent)")
+        }
+        switch kind {
+        case .root:
+            guard resolver.tops[name] != nil else { throw SecretsError(.notFound, "no store or scope '\(name)'") }
+            return directoryEntry(.top(name))
+        case .top(let top):
+            guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no env with such a name") }
+            let env: String?
+            do {
+                env = try resolver.canonicalEnv(top: top, env: name)
+            } catch {
+                health.warn(top: top, "listing envs of '\(top)' failed: \(error)")
+                // An env already seen stays while its store fails, so that cached keys under it keep being served
+                // for stale_if_error; fresh keys still fail on their own.
+                let seen = InodeTable.DirectoryKind.env(top: top, env: name.lowercased())
+                if cache.staleIfError > 0, let inode = inodes.read({ $0.existingDirectory(seen) }) {
+                    let timeout = min(1, directoryTimeout)
+                    return EntryReply(
+                        attributes: directoryAttributes(inode), entryTimeout: timeout, attributeTimeout: timeout)
+                }
+                throw error
+            }
+            guard let env else { throw SecretsError(.notFound, "no env '\(name)' in '\(top)'") }
+            return directoryEntry(.env(top: top, env: env))
+        case .env(let top, let env):
+            guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no key with such a name") }
+            let path = InodeTable.FilePath(top: top, env: env, key: name)
+            // Paths with an `allow` list or audited get entry timeout 0, so every open is checked and recorded.
+            return try gate.read(path, caller: caller, via: "mount") { () throws(SecretsError) in
+                var (reply, cache) = try fileEntry(path, parent: parent)
+                if policy.needsEveryOpen(top: top, env: env, key: name) { reply.entryTimeout = 0 }
+                return (reply, cache)
+            }
+        }
+    }
+
+    private func directoryEntry(_ kind: InodeTable.DirectoryKind) -> EntryReply {
+        let inode = inodes.update { table, _, events in table.directoryInode(kind, events: &events) }
+        return EntryReply(
+            attributes: directoryAttributes(inode), entryTimeout: directoryTimeout, attributeTimeout: directoryTimeout)
+    }
+
+    private func fileEntry(_ path: InodeTable.FilePath, parent: UInt64) throws(SecretsError) -> (EntryReply, String) {
+        let answer = try reader.value(path, now: clock())
+        let now = CoreClock.wall()
+        // One lock hold decides the inode and its snapshot together.
+        let (inode, node) = inodes.update { table, digest, events in
+            table.fileLookup(path, parent: parent, bytes: answer.bytes, now: now, digest: digest, events: &events)
+        }
+        let reply = EntryReply(
+            attributes: fileAttributes(inode, node), entryTimeout: answer.timeout,
+            attributeTimeout: Self.fileAttributeTimeout)
+        return (reply, answer.cache)
+    }
+
+    // MARK: - The secrets API
+
+    /// The bytes `top/env/key` would read through the mount, by the same rules (see `SecretReader`).
+    public func apiRead(top: String, env: String, key: String) throws(SecretsError) -> SecretBytes {
+        try reader.apiRead(top: top, env: env, key: key, now: clock())
+    }
+
+    /// Every key of an env with its bytes, from one view (see `SecretReader`).
+    public func apiList(top: String, env: String) throws(SecretsError) -> [(String, SecretBytes)] {
+        try reader.apiList(top: top, env: env, now: clock())
+    }
+
+    // MARK: - Attributes, forget, read
+
+    public func attributes(_ inode: UInt64) throws(SecretsError) -> (NodeAttributes, Double) {
+        let (isDirectory, node) = inodes.read { ($0.directories[inode] != nil, $0.files[inode]) }
+        if isDirectory { return (directoryAttributes(inode), directoryTimeout) }
+        if let node { return (fileAttributes(inode, node), Self.fileAttributeTimeout) }
+        throw SecretsError(.notFound, "unknown inode \(inode)")
+    }
+
+    private func directoryAttributes(_ inode: UInt64) -> NodeAttributes {
+        let owner: AccessPolicy.Attributes
+        switch inodes.read({ $0.directories[inode] }) {
+        case .top(let top)?: owner = policy.directory(top: top, env: nil)
+        case .env(let top, let env)?: owner = policy.directory(top: top, env: env)
+        default: owner = policy.directory(top: nil, env: nil)
+        }
+        return NodeAttributes(
+            inode: inode, isDirectory: true, size: 0, mode: owner.mode, uid: owner.uid, gid: owner.gid,
+            modified: mountedAt)
+    }
+
+    private func fileAttributes(_ inode: UInt64, _ node: InodeTable.FileNode) -> NodeAttributes {
+        let owner = policy.file(top: node.path.top, env: node.path.env, key: node.path.key)
+        return NodeAttributes(
+            inode: inode, isDirectory: false, size: node.size, mode: owner.mode, uid: owner.uid, gid: owner.gid,
+            modified: node.modified)
+    }
+
+    /// The kernel dropped `count` references; a file inode with none left is released (and its bytes wiped).
+    public func forget(_ inode: UInt64, count: UInt64) {
+        inodes.update { table, _, events in table.forget(inode, count: count, events: &events) }
+    }
+
+    /// The snapshot an inode was created with. A node inherited from an earlier worker is fetched again and served
+    /// only when it still holds the same value; otherwise the read fails with ESTALE (one open, one value).
+    public func contents(_ inode: UInt64) throws(SecretsError) -> SecretBytes {
+        if let node = inodes.read({ $0.files[inode] }) {
+            if let bytes = node.bytes { return bytes }
+            let bytes = try reader.value(node.path, now: clock()).bytes
+            guard inodes.update({ table, digest, _ in table.confirm(inode, bytes: bytes, digest: digest) }) else {
+                throw SecretsError(.stale, "'\(node.path.top)/\(node.path.env)/\(node.path.key)' changed since it was opened")
+            }
+            return bytes
+        }
+        if isDirectory(inode) { throw SecretsError(.unsupported, "is a directory") }
+        throw SecretsError(.notFound, "unknown inode \(inode)")
+    }
+
+    public func isFile(_ inode: UInt64) -> Bool { inodes.read { $0.files[inode] != nil } }
+
+    public func isDirectory(_ inode: UInt64) -> Bool { inodes.read { $0.directories[inode] != nil } }
+
+    /// `sourceAttribute` of a file (nil for directories and unknown inodes).
+    public func source(of inode: UInt64) throws(SecretsError) -> String? {
+        guard let node = inodes.read({ $0.files[inode] }) else { return nil }
+        let sources = try health.call(node.path.top) { () throws(SecretsError) in
+            try resolver.sources(top: node.path.top, env: node.path.env, key: node.path.key)
+        }
+        guard let served = sources.first else { throw SecretsError(.notFound, "no level holds the key now") }
+        var text = "level=\(served.level) store=\(served.store) env=\(served.layer)"
+        if sources.count > 1 { text += " shadowed=" + sources.dropFirst().map(\.level).joined(separator: ",") }
+        return text
+    }
+
+    // MARK: - Directories
+
+    public func list(_ inode: UInt64) throws(SecretsError) -> [DirectoryEntry] {
+        guard let kind = inodes.read({ $0.directories[inode] }) else {
+            throw SecretsError(.notFound, "unknown directory inode \(inode)")
+        }
+        switch kind {
+        case .root:
+            return inodes.update { table, _, events in
+                resolver.topNames.map {
+                    DirectoryEntry(name: $0, inode: table.directoryInode(.top($0), events: &events), isDirectory: true)
+                }
+            }
+        case .top(let top):
+            let envs: [String]
+            do {
+                envs = health.usableNames(try probe(top), top: top, env: nil)
+            } catch {
+                health.warn(top: top, "listing envs of '\(top)' failed: \(error)")
+                throw error
+            }
+            return inodes.update { table, _, events in
+                envs.map {
+                    let inode = table.directoryInode(.env(top: top, env: $0), events: &events)
+                    return DirectoryEntry(name: $0, inode: inode, isDirectory: true)
+                }
+            }
+        case .env(let top, let env):
+            // The listing is the cached view's, so names and cached values come from the same moment.
+            let view = try reader.views.view(EnvKey(top: top, env: env), now: clock()).view
+            let keys = health.usableNames(view.keys, top: top, env: env)
+            return inodes.read { table in
+                keys.enumerated().map { index, key in
+                    // Names not looked up yet have no inode; readdir needs a non-zero placeholder.
+                    let inode = table.current[.init(top: top, env: env, key: key)] ?? UInt64.max - UInt64(index)
+                    return DirectoryEntry(name: key, inode: inode, isDirectory: false)
+                }
+            }
+        }
+    }
+
+    /// The parent of a directory, for `..`.
+    public func parent(of inode: UInt64) -> UInt64 { inodes.read { $0.parent(of: inode) } }
+
+    // MARK: - Changes, health, status
+
+    /// A store reported changes (see `ChangePropagation`).
+    public func storeChanged(_ storeName: String, _ changes: [StoreChange] = [.all]) {
+        self.changes.storeChanged(storeName, changes)
+    }
+
+    /// Asks the top's stores for their envs once, so health is known before the first read.
+    public func probe(_ top: String) throws(SecretsError) -> [String] {
+        try health.call(top) { () throws(SecretsError) in try resolver.envs(top: top) }
+    }
+
+    /// How many workers died and were replaced on this mount before this one (from the supervisor).
+    public func setWorkerRestarts(_ count: UInt64) { workerRestarts.withLock { $0 = count } }
+
+    /// Every top's health, counts for /status and gauges for /metrics.
+    public func status() -> CoreStatus {
+        let health = self.health.snapshot
+        let liveInodes = inodes.read { $0.files.count }
+        let cachedEnvs = reader.views.count
+        let (notices, lastNotice) = changes.stats.withLock { ($0.notices, $0.lastNotice) }
+        let restarts = workerRestarts.withLock { $0 }
+        Gauge(label: "secretsfs_live_inodes").record(liveInodes)
+        Gauge(label: "secretsfs_cached_envs").record(cachedEnvs)
+        Gauge(label: "secretsfs_worker_restarts").record(Int64(restarts))
+        return CoreStatus(
+            stores: resolver.topNames.map { name in
+                (name, health[name] ?? StoreHealth(ok: true, since: mountedAt, error: nil))
+            }, liveInodes: liveInodes, cachedEnvs: cachedEnvs, notices: notices, lastNotice: lastNotice,
+            workerRestarts: restarts)
+    }
+}

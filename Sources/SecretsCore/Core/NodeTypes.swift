@@ -1,0 +1,47 @@
+/// What the kernel is told about a file or directory.
+public struct NodeAttributes: Sendable, Equatable {
+    public var inode: UInt64
+    public var isDirectory: Bool
+    public var size: Int
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Fixed for the life of the inode.
+    public var modified: WallTime
+
+    public static func == (lhs: NodeAttributes, rhs: NodeAttributes) -> Bool {
+        lhs.inode == rhs.inode && lhs.isDirectory == rhs.isDirectory && lhs.size == rhs.size && lhs.mode == rhs.mode
+            && lhs.uid == rhs.uid && lhs.gid == rhs.gid && lhs.modified == rhs.modified
+    }
+}
+
+/// The answer to a lookup: the node and how long the kernel may keep the name and the attributes.
+public struct EntryReply: Sendable {
+    public var attributes: NodeAttributes
+    public var entryTimeout: Double
+    public var attributeTimeout: Double
+}
+
+public struct DirectoryEntry: Sendable, Equatable {
+    public var name: String
+    public var inode: UInt64
+    public var isDirectory: Bool
+
+    public init(name: String, inode: UInt64, isDirectory: Bool) {
+        self.name = name
+        self.inode = inode
+        self.isDirectory = isDirectory
+    }
+}
+
+/// What /status shows and /healthz decides from.
+public struct CoreStatus: Sendable {
+    public var stores: [(name: String, health: StoreHealth)]
+    public var liveInodes: Int
+    public var cachedEnvs: Int
+    public var notices: Int
+    public var lastNotice: WallTime?
+    public var workerRestarts: UInt64
+
+    public var failing: [String] { stores.filter { !$0.health.ok }.map(\.name) }
+}

@@ -1,0 +1,76 @@
+import Synchronization
+
+/// One env of one top, the unit the cache keeps.
+public struct EnvKey: Hashable, Sendable {
+    public var top: String
+    public var env: String
+
+    public init(top: String, env: String) {
+        self.top = top
+        self.env = env
+    }
+}
+
+/// The cached env views: each env's listing and values fetched together and expiring together, after `ttl`.
+/// When the store fails, an expired view is served for up to `stale_if_error` more (with a short timeout, so names
+/// are asked again soon).
+public final class EnvViewCache: Sendable {
+    /// A view, how long the kernel may keep its names, and whether it is served past its ttl.
+    public struct Answer: Sendable {
+        public var view: EnvView
+        public var remaining: Double
+        public var stale: Bool
+    }
+
+    struct Entry {
+        var view: EnvView
+        var fetchedAt: Double
+    }
+
+    let entries = Mutex<[EnvKey: Entry]>([:])
+    let resolver: Resolver
+    let health: StoreHealthBoard
+    let ttl: Double
+    let staleIfError: Double
+
+    public init(resolver: Resolver, health: StoreHealthBoard, ttl: Double, staleIfError: Double) {
+        self.resolver = resolver
+        self.health = health
+        self.ttl = ttl
+        self.staleIfError = staleIfError
+    }
+
+    /// The cached view while its ttl runs, else one fetched now; a stale one while the store fails, within bounds.
+    public func view(_ key: EnvKey, now: Double) throws(SecretsError) -> Answer {
+        let cached = entries.withLock { $0[key] }
+        if let cached, now - cached.fetchedAt < ttl {
+            return Answer(view: cached.view, remaining: ttl - (now - cached.fetchedAt), stale: false)
+        }
+        do {
+            let view = try fetch(key)
+            store(view, for: key, at: now)
+            return Answer(view: view, remaining: ttl, stale: false)
+        } catch {
+            if error.code != .notFound, let cached, now - cached.fetchedAt < ttl + staleIfError {
+                health.warn(top: key.top, "'\(key.top)' failed, serving cached values for up to stale_if_error: \(error)")
+                return Answer(view: cached.view, remaining: min(1, ttl), stale: true)
+            }
+            health.warn(top: key.top, "reading '\(key.top)/\(key.env)' failed: \(error)")
+            throw error
+        }
+    }
+
+    /// A view fetched now, not cached (through the health board).
+    public func fetch(_ key: EnvKey) throws(SecretsError) -> EnvView {
+        try health.call(key.top) { () throws(SecretsError) in try resolver.view(top: key.top, env: key.env) }
+    }
+
+    public func store(_ view: EnvView, for key: EnvKey, at now: Double) {
+        entries.withLock { $0[key] = Entry(view: view, fetchedAt: now) }
+    }
+
+    /// The envs held now.
+    public var keys: Set<EnvKey> { entries.withLock { Set($0.keys) } }
+
+    public var count: Int { entries.withLock { $0.count } }
+}

@@ -1,0 +1,70 @@
+/// Serves values to every front door by the same rules: a fresh key fetched now (sharing the fetch with opens that
+/// wait on it), any other from its env's cached view (stale while the store fails, within `stale_if_error`).
+public final class SecretReader: Sendable {
+    public let resolver: Resolver
+    public let views: EnvViewCache
+    let fresh: FreshFetcher
+    let health: StoreHealthBoard
+    let gate: AccessGate
+
+    public init(resolver: Resolver, views: EnvViewCache, fresh: FreshFetcher, health: StoreHealthBoard, gate: AccessGate) {
+        self.resolver = resolver
+        self.views = views
+        self.fresh = fresh
+        self.health = health
+        self.gate = gate
+    }
+
+    /// What reading `path` now gives: the bytes, how long the kernel may keep the name, and how it was served.
+    public struct Answer: Sendable {
+        public var bytes: SecretBytes
+        public var timeout: Double
+        public var cache: String
+    }
+
+    public func value(_ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
+        let resolved: SecretValue?
+        let timeout: Double
+        var cache = "cached"
+        if resolver.isFresh(top: path.top, key: path.key) {
+            cache = "fresh"
+            do {
+                resolved = try fresh.value(path)
+            } catch where error.code != .notFound {
+                health.warn(top: path.top, "reading '\(path.top)/\(path.env)' failed: \(error)")
+                throw error
+            }
+            timeout = 0
+        } else {
+            let answer = try views.view(EnvKey(top: path.top, env: path.env), now: now)
+            resolved = answer.view.value(of: path.key)
+            timeout = answer.remaining
+            if answer.stale { cache = "stale" }
+        }
+        guard let resolved else {
+            throw SecretsError(.notFound, "no key '\(path.key)' in '\(path.top)/\(path.env)'")
+        }
+        return Answer(bytes: resolved.fileBytes(), timeout: timeout, cache: cache)
+    }
+
+    /// The bytes `top/env/key` would read through the mount, for the secrets API (counted like an open).
+    public func apiRead(top: String, env: String, key: String, now: Double) throws(SecretsError) -> SecretBytes {
+        let path = InodeTable.FilePath(top: top, env: env, key: key)
+        return try gate.read(path, caller: nil, via: "api") { () throws(SecretsError) in
+            let answer = try value(path, now: now)
+            return (answer.bytes, answer.cache)
+        }
+    }
+
+    /// Every key of an env with its bytes, from one view: the cached one, or one fetched now when any of its keys is
+    /// fresh (so a bulk answer is one consistent view and fresh keys are never older than the request).
+    public func apiList(top: String, env: String, now: Double) throws(SecretsError) -> [(String, SecretBytes)] {
+        let key = EnvKey(top: top, env: env)
+        var view = try views.view(key, now: now).view
+        if view.keys.contains(where: { resolver.isFresh(top: top, key: $0) }) { view = try views.fetch(key) }
+        return view.keys.compactMap { name in
+            guard EntryName.isValid(name), let value = view.value(of: name) else { return nil }
+            return (name, value.fileBytes())
+        }
+    }
+}

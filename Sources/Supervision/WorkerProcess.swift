@@ -1,0 +1,160 @@
+import Glibc
+import Handover
+import SecretsCore
+
+/// A worker as the supervisor sees it: its process, its control channel, what it was started for.
+struct WorkerProcess {
+    var pid: pid_t
+    var channel: ControlChannel
+    var configText: String
+    var reload: Bool
+    var serving = false
+    var startedAt: Double
+    var closed = false
+
+    /// Signals the supervisor handles; a worker starts with all of them at their defaults and unblocked.
+    static let handledSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD]
+
+    /// Starts `binary worker` with the connection on fd 3 and its control socket on fd 4, and says hello in
+    /// `version`.
+    static func spawn(
+        binary: String, fuseFD: Int32, logLevel: String, version: UInt16, hello: HandoverMessage.Hello
+    ) throws(SecretsError) -> WorkerProcess {
+        let (mine, theirs) = try ControlChannel.pair(version: version)
+        defer { theirs.close() }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fuseFD, 3)
+        posix_spawn_file_actions_adddup2(&actions, theirs.fd, 4)
+        let argv = [binary, "worker", "--fuse-fd", "3", "--control-fd", "4", "--log-level", logLevel]
+        let pid: pid_t
+        do {
+            pid = try spawnProcess(binary, argv, actions: &actions)
+        } catch {
+            mine.close()
+            throw error
+        }
+        mine.open()
+        mine.send(.hello(hello))
+        return WorkerProcess(
+            pid: pid, channel: mine, configText: hello.configText, reload: hello.reload,
+            startedAt: CoreClock.monotonic())
+    }
+
+    /// posix_spawn with every handled signal unblocked and at its default.
+    static func spawnProcess(
+        _ binary: String, _ argv: [String], actions: inout posix_spawn_file_actions_t
+    ) throws(SecretsError) -> pid_t {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in handledSignals + [SIGPIPE] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let cArgv = argv.map { strdup($0) } + [nil]
+        defer { cArgv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, binary, &actions, &attributes, cArgv, Glibc.environ)
+        guard result == 0 else { throw SecretsError(.io, "cannot start \(binary): \(FileIO.errnoText(result))") }
+        return pid
+    }
+}
+
+/// Which handover protocol versions a binary speaks, asked by running `binary handover-protocol` (bounded in
+/// time). A binary of version 0 does not know that command and exits with a usage error. Answers are kept per file
+/// identity (device, inode, size, mtime), so a restart after a crash does not ask again.
+struct BinaryVersions {
+    struct Identity: Hashable {
+        var device: UInt64
+        var inode: UInt64
+        var size: Int64
+        var modified: Int
+        var modifiedNanoseconds: Int
+    }
+
+    var known: [Identity: ClosedRange<UInt16>] = [:]
+    static let timeout = 5.0
+
+    /// This process's own binary speaks what this build speaks.
+    init() {
+        if let own = Self.identity("/proc/self/exe") { known[own] = HandoverProtocol.supported }
+    }
+
+    static func identity(_ path: String) -> Identity? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return Identity(
+            device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
+            modified: Int(info.st_mtim.tv_sec), modifiedNanoseconds: Int(info.st_mtim.tv_nsec))
+    }
+
+    /// The versions `binary` speaks, or an error saying why it cannot be asked.
+    mutating func versions(of binary: String) throws(SecretsError) -> ClosedRange<UInt16> {
+        guard let identity = Self.identity(binary) else {
+            throw SecretsError(.io, "cannot stat \(binary): \(FileIO.errnoText(errno))")
+        }
+        if let range = known[identity] { return range }
+        let range = try Self.ask(binary)
+        known[identity] = range
+        return range
+    }
+
+    static func ask(_ binary: String) throws(SecretsError) -> ClosedRange<UInt16> {
+        var pipeFDs: [Int32] = [-1, -1]
+        guard pipe(&pipeFDs) == 0 else { throw SecretsError(.io, "pipe: \(FileIO.errnoText(errno))") }
+        for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let pid: pid_t
+        do {
+            pid = try WorkerProcess.spawnProcess(binary, [binary, "handover-protocol"], actions: &actions)
+        } catch {
+            close(pipeFDs[0])
+            close(pipeFDs[1])
+            throw error
+        }
+        close(pipeFDs[1])
+        defer { close(pipeFDs[0]) }
+        var output: [UInt8] = []
+        let deadline = CoreClock.monotonic() + timeout
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var ended = false
+        while !ended && output.count < 65536 {
+            let left = deadline - CoreClock.monotonic()
+            guard left > 0 else { break }
+            var ready = pollfd(fd: pipeFDs[0], events: Int16(POLLIN), revents: 0)
+            let polled = poll(&ready, 1, Int32(left * 1000) + 1)
+            if polled < 0 && errno == EINTR { continue }
+            guard polled > 0 else { break }
+            let count = buffer.withUnsafeMutableBytes { read(pipeFDs[0], $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            if count > 0 { output += buffer[0..<count] } else { ended = true }
+        }
+        var status: Int32 = 0
+        if !ended { kill(pid, SIGKILL) }
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        if !ended { throw SecretsError(.timeout, "\(binary) handover-protocol did not answer within \(Int(timeout)) s") }
+        if let range = HandoverProtocol.parseAnnouncement(String(decoding: output, as: UTF8.self)) { return range }
+        // A release from before versions: it does not know the command (ArgumentParser's usage error).
+        if Exit.code(status) == ExitStatus.usage.rawValue { return 0...0 }
+        throw SecretsError(.io, "\(binary) handover-protocol: \(Exit.describe(status)), no answer")
+    }
+}
+
+/// waitpid statuses.
+enum Exit {
+    static func code(_ status: Int32) -> Int32? { status & 0x7f == 0 ? (status >> 8) & 0xff : nil }
+
+    static func describe(_ status: Int32) -> String {
+        status & 0x7f == 0 ? "exit \((status >> 8) & 0xff)" : "signal \(status & 0x7f)"
+    }
+}

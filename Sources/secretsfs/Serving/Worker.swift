@@ -1,0 +1,195 @@
+import ArgumentParser
+import Crypto
+import DaprGRPC
+import Foundation
+import FuseBridge
+import Handover
+import Logging
+import Prometheus
+import SecretsCore
+import StatusServer
+
+/// A worker process: takes the handshake from its supervisor, builds stores and the core from the config it was
+/// handed, says ready, adopts the node table, then serves the FUSE connection (and the status and Dapr listeners)
+/// until the connection ends or the supervisor goes away.
+struct Worker {
+    let fuseFD: Int32
+    let controlFD: Int32
+    let logLevel: String
+
+    /// Everything built from the config before the worker says ready.
+    struct Prepared {
+        var config: Config
+        var stores: [String: any SecretStore]
+        var resolver: Resolver
+        var core: FileSystemCore
+        var registry: PrometheusCollectorRegistry?
+    }
+
+    func run() -> ExitStatus {
+        // Ctrl-C and SIGHUP are the supervisor's; a terminal's SIGINT must not take the worker down with it.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        var logger = Runtime.bootstrapLogging(level: logLevel)
+        logger[metadataKey: "worker"] = "\(getpid())"
+        // The worker holds decrypted values for as long as it runs: keep them out of swap.
+        if let problem = ProcessHardening.lockMemory() { logger.warning("\(problem)") }
+        let channel: ControlChannel
+        let hello: HandoverMessage.Hello
+        do {
+            (channel, hello) = try WorkerHandshake.accept(fd: controlFD)
+        } catch {
+            printError("\(error)")
+            logger.error("handover refused", metadata: ["error": "\(error)"])
+            return error.code == .unsupported ? .protocolMismatch : .failure
+        }
+        let prepared: Prepared
+        do {
+            prepared = try prepare(hello, logger: logger)
+        } catch let exit as ExitCode {
+            return ExitStatus(rawValue: exit.rawValue) ?? .failure
+        } catch {
+            printError("\(error)")
+            return .invalidConfig
+        }
+        let core = prepared.core
+        let probe: @Sendable () -> Void = { [logger, resolver = prepared.resolver] in
+            Self.probeStores(core, resolver, logger: logger)
+        }
+        // Say which stores are broken (they still get their directories and answer EIO). On a reload this runs while
+        // the old worker still serves, warming connections; after a crash it runs once this worker serves, so a hung
+        // backend never delays the failover.
+        if hello.reload { probe() }
+        channel.send(.ready)
+        guard let (records, nextInode) = WorkerHandshake.receiveTable(channel) else {
+            logger.info("the supervisor retired this worker before it served")
+            return .success
+        }
+        let key = SymmetricKey(data: hello.digestKey)
+        let digest: @Sendable (SecretBytes) -> [UInt8] = { bytes in
+            bytes.withUnsafeBytes { Array(HMAC<SHA256>.authenticationCode(for: $0, using: key)) }
+        }
+        core.adopt(records, nextInode: nextInode, handoff: NodeHandoff(journal: channel, digest: digest))
+        logger.debug("took over the node table", metadata: ["nodes": "\(records.count)", "next": "\(nextInode)"])
+        defer { prepared.stores.values.forEach { $0.close() } }
+        // Only now, with the previous worker gone: it held the listening addresses until then.
+        startListeners(prepared, logger: logger)
+        watchSupervisor(channel, mountPath: hello.mountPath, logger: logger)
+        let server = FuseServer(core: core, mount: prepared.config.mount, logger: logger)
+        let serving = logger
+        do {
+            try server.serve(fd: fuseFD, initRequest: hello.initRequest, reload: hello.reload) {
+                channel.send(.serving)
+                let reload = hello.reload
+                Thread {
+                    if !reload { probe() }
+                    // Change notices start once this worker serves (subscribing may wait on a backend).
+                    Self.startWatches(prepared, core: core, logger: serving)
+                }.start()
+            }
+        } catch {
+            printError("\(error)")
+            return .failure
+        }
+        return .success
+    }
+
+    /// The config, stores, resolver, audit log and core.
+    /// Errors are printed here (ExitCode) or are config errors.
+    func prepare(_ hello: HandoverMessage.Hello, logger: Logger) throws -> Prepared {
+        var config = try Config.parse(text: hello.configText, file: hello.configPath)
+        if config.mount.noOpen != hello.noOpen {
+            logger.warning("no_open is fixed for the life of the mount; keeping \(hello.noOpen)")
+        }
+        config.mount.noOpen = hello.noOpen
+        let stores = try Runtime.buildStores(config, logger: logger)
+        let resolver = try Runtime.resolver(config, stores: stores)
+        let audit = config.audit.enabled ? try AuditLog(config: config.audit, logger: logger) : nil
+        for rule in AccessPolicy(config: config).unmatchedRules(tops: resolver.topNames) {
+            logger.warning(
+                "access rule matches no store or scope (a typo?)",
+                metadata: ["rule": "\(rule.path)", "at": "\(rule.location.file):\(rule.location.line):\(rule.location.column)"])
+        }
+        // Metrics must report somewhere before the first one is made.
+        let registry: PrometheusCollectorRegistry? = config.metrics.map { _ in StatusServer.bootstrapMetrics() }
+        let core = FileSystemCore(config: config, resolver: resolver, logger: logger, audit: audit)
+        core.setWorkerRestarts(hello.restarts)
+        // logrotate: SIGUSR1 (forwarded by the supervisor) reopens the audit log.
+        SignalThread.on(SIGUSR1) { audit?.reopen() }
+        return Prepared(config: config, stores: stores, resolver: resolver, core: core, registry: registry)
+    }
+
+    static func probeStores(_ core: FileSystemCore, _ resolver: Resolver, logger: Logger) {
+        for name in resolver.topNames {
+            do {
+                let envs = try core.probe(name)
+                logger.info("ready", metadata: ["store": "\(name)", "envs": "\(envs.count)"])
+            } catch {
+                logger.error("store failing; its paths answer EIO", metadata: ["store": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    static func startWatches(_ prepared: Prepared, core: FileSystemCore, logger: Logger) {
+        for (name, store) in prepared.stores {
+            let pushes = store.watch(locations: prepared.config.scopeLocations(of: name)) { changes in
+                core.storeChanged(name, changes)
+            }
+            logger.debug("change notices", metadata: ["store": "\(name)", "push": "\(pushes)"])
+        }
+    }
+
+    func startListeners(_ prepared: Prepared, logger: Logger) {
+        if let listen = prepared.config.metrics, let registry = prepared.registry {
+            StatusServer.start(listen: listen, core: prepared.core, registry: registry, logger: logger)
+        }
+        guard let api = prepared.config.api else { return }
+        var token: String?
+        if let file = api.tokenFile {
+            do {
+                token = try FileIO.readText(file).trimmingCharacters(in: .whitespacesAndNewlines)
+            } catch {
+                logger.error("the Dapr API token file cannot be read; the API stays off", metadata: ["error": "\(error)"])
+                return
+            }
+        }
+        let secrets = SecretsAPI(config: api, core: prepared.core, token: token)
+        if let listen = api.daprHTTP { DaprAPI.start(secrets, listen: listen, logger: logger) }
+        if let listen = api.daprGRPC { DaprGRPC.start(secrets, listen: listen, logger: logger) }
+    }
+
+    /// The supervisor going away ends the worker: nothing would restart it, and the mount goes with them.
+    func watchSupervisor(_ channel: ControlChannel, mountPath: String, logger: Logger) {
+        Thread {
+            while true {
+                if case .closed = channel.receive() { break }
+            }
+            // Unmount before leaving: left to fusermount3 (auto_unmount), the order in which the last holders close
+            // the connection and its socket decides whether it unmounts.
+            logger.error("the supervisor is gone; the worker unmounts and stops")
+            FuseMount(fd: -1, path: mountPath).unmount()
+            _exit(ExitStatus.failure.rawValue)
+        }.start()
+    }
+}
+
+/// Runs a body on a thread of its own each time a signal arrives (blocked everywhere else; threads started after
+/// this inherit the mask).
+enum SignalThread {
+    static func on(_ signal: Int32, _ body: @escaping @Sendable () -> Void) {
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, signal)
+        pthread_sigmask(SIG_BLOCK, &mask, nil)
+        Thread {
+            var received: Int32 = 0
+            var wanted = sigset_t()
+            sigemptyset(&wanted)
+            sigaddset(&wanted, signal)
+            while true {
+                if sigwait(&wanted, &received) == 0 { body() }
+            }
+        }.start()
+    }
+}

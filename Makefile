@@ -8,7 +8,7 @@ RELEASE_BIN := $(CURDIR)/.build/release/secretsfs
 APT_PACKAGES := fuse3 libfuse3-dev libcurl4-openssl-dev age redis-server pkg-config python3-venv
 PREFIX ?= /usr/local
 
-.PHONY: all deps build test demo demo-stop bench install clean check-warnings fuzz test-sanitize soak proto
+.PHONY: all deps build previous-release test demo demo-stop bench install clean check-warnings fuzz test-sanitize soak proto
 
 all: build
 
@@ -32,8 +32,15 @@ build:
 	@grep -q "Build complete" .build-log.txt || { tail -40 .build-log.txt; rm -f .build-log.txt; exit 1; }
 	@rm -f .build-log.txt
 
+# The release the version-skew tests (Tests/MountTests/SkewTests.swift) reload and re-exec into and back: the last
+# commit before handover protocol versions. Built once into .build-prev/, reusing the main build's objects.
+PREVIOUS_RELEASE ?= 64aab13
+previous-release:
+	@Tests/Skew/build-previous.sh $(PREVIOUS_RELEASE)
+
 test: deps build
 	$(SWIFT) build --build-tests 2>&1 | grep -E "error|warning: " | grep -E "$(CURDIR)/(Sources|Tests)" && exit 1 || true
+	@Tests/Skew/build-previous.sh $(PREVIOUS_RELEASE)
 	$(SWIFT) test --skip-build --no-parallel
 
 # Fresh machine to a mounted demo: an identity, an encrypted store, a config, a mount in the background.

@@ -6,7 +6,8 @@ import TestSupport
 final class Fixture: @unchecked Sendable {
     let dir: TemporaryDirectory
     let identity = X25519Identity.generate()
-    let binary: String
+    /// The binary `mount` starts (the skew tests point it at a copy they replace).
+    var binary: String
     var mounted: MountedSecretsFS?
 
     init() throws {

@@ -26,7 +26,8 @@ public final class ContainerReader: @unchecked Sendable {
         failures, seen = {}, {name: [] for name in spec}
         print("started", flush=True)
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        stop = os.path.join(os.path.dirname(spec_path), "stop")
+        while time.monotonic() < end and not os.path.exists(stop):
             for name, allowed in spec.items():
                 start = time.monotonic()
                 try:
@@ -80,6 +81,14 @@ public final class ContainerReader: @unchecked Sendable {
             throw TestFailure.message("container reader did not start: \(String(decoding: first, as: UTF8.self))")
         }
     }
+
+    /// Ends the loop now (before its `seconds` ran out), for tests that stop when their last event happened.
+    public func stop() {
+        _ = FileManager.default.createFile(atPath: folder + "/stop", contents: nil)
+    }
+
+    /// Whether the loop still runs (a test checks its events all happened while it read).
+    public var isReading: Bool { process.isRunning }
 
     /// Waits for the loop to end (at most `timeout` seconds; then `onTimeout` runs, e.g. to abort the connection).
     public func wait(timeout: Double, onTimeout: () -> Void) throws -> Report {

@@ -142,6 +142,23 @@ public func secretsfsBinary() throws -> String {
     return path
 }
 
+/// The checkout the tests run from (the folder holding `.build`).
+public func repositoryRoot() -> String {
+    var url = URL(fileURLWithPath: productsDirectory())
+    while url.path != "/" && url.lastPathComponent != ".build" { url = url.deletingLastPathComponent() }
+    return url.deletingLastPathComponent().path
+}
+
+/// The binary of the previous release, built by `make previous-release` (Tests/Skew/build-previous.sh); fails loudly
+/// when it is missing.
+public func previousReleaseBinary() throws -> String {
+    let path = repositoryRoot() + "/.build-prev/secretsfs-previous"
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw TestFailure.message("\(path) is missing: run `make previous-release` (make test does)")
+    }
+    return path
+}
+
 /// Sends `signal` to a server process started by a test harness, if it is still running (SIGSTOP pauses it like a
 /// hung backend, SIGCONT lets it go on).
 public func signalServer(_ process: Process?, _ signal: Int32) {

@@ -40,13 +40,10 @@ static inline void secretsfs_process_raw(struct fuse_session *se, const void *me
 
 // Capability bits are macros too.
 static inline unsigned int secretsfs_cap_auto_inval_data(void) { return FUSE_CAP_AUTO_INVAL_DATA; }
-static inline unsigned int secretsfs_cap_export_support(void) { return FUSE_CAP_EXPORT_SUPPORT; }
 static inline unsigned int secretsfs_cap_no_open_support(void) { return FUSE_CAP_NO_OPEN_SUPPORT; }
-static inline unsigned int secretsfs_cap_no_opendir_support(void) { return FUSE_CAP_NO_OPENDIR_SUPPORT; }
 
 // fuse_file_info carries bit-fields, which Swift imports awkwardly; set them here.
 static inline void secretsfs_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }
-static inline void secretsfs_fi_set_direct_io(struct fuse_file_info *fi, int on) { fi->direct_io = on ? 1 : 0; }
 static inline void secretsfs_fi_set_noflush(struct fuse_file_info *fi, int on) { fi->noflush = on ? 1 : 0; }
 
 #endif

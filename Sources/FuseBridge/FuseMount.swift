@@ -18,7 +18,7 @@ public struct FuseMount: Sendable {
 
     /// Mounts `mount.path` and returns the connection with the kernel's FUSE_INIT request, read and kept unanswered.
     public static func mount(_ mount: MountConfig, logger: Logger) throws(SecretsError) -> (FuseMount, [UInt8]) {
-        try FuseServer.prepareMountpoint(mount.path, logger: logger)
+        try prepareMountpoint(mount.path, logger: logger)
         let argv = ["secretsfs", "-o", FuseServer.mountOptions(mount)]
         // libfuse keeps pointers into argv for the life of the session, which is the life of this process.
         let cArgv = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: argv.count + 1)
@@ -76,10 +76,44 @@ public struct FuseMount: Sendable {
         return found
     }
 
+    /// Creates the mount point when missing; clears a dead mount left by a killed daemon.
+    static func prepareMountpoint(_ path: String, logger: Logger) throws(SecretsError) {
+        var info = stat()
+        if stat(path, &info) != 0 {
+            let code = errno
+            if code == ENOTCONN {
+                logger.warning("clearing a dead mount left by an earlier daemon", metadata: ["path": "\(path)"])
+                _ = runCommand(["/usr/bin/fusermount3", "-u", "-z", path])
+            } else if code == ENOENT {
+                var built = ""
+                for part in path.split(separator: "/") {
+                    built += "/" + part
+                    _ = mkdir(built, 0o755)
+                }
+            }
+            guard stat(path, &info) == 0 else {
+                throw SecretsError(.io, "mount point \(path): \(FileIO.errnoText(errno))")
+            }
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw SecretsError(.invalidConfig, "mount point \(path) is not a directory")
+        }
+    }
+
+    static func runCommand(_ argv: [String]) -> Int32 {
+        var pid: pid_t = 0
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        guard posix_spawn(&pid, argv[0], nil, nil, cArgs, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return status
+    }
+
     /// Detaches the mount (readers still inside get errors, new lookups see the folder below).
     public func unmount() {
         if umount2(path, Int32(MNT_DETACH)) != 0 {
-            _ = FuseServer.runCommand(["/usr/bin/fusermount3", "-u", "-z", path])
+            _ = Self.runCommand(["/usr/bin/fusermount3", "-u", "-z", path])
         }
     }
 }

@@ -82,50 +82,11 @@ public final class FuseServer: Sendable {
             throw SecretsError(.io, "FUSE session loop failed: \(FileIO.errnoText(-status))")
         }
     }
-
-    /// Creates the mount point when missing; clears a dead mount left by a killed daemon.
-    static func prepareMountpoint(_ path: String, logger: Logger) throws(SecretsError) {
-        var info = stat()
-        if stat(path, &info) != 0 {
-            let code = errno
-            if code == ENOTCONN {
-                logger.warning("clearing a dead mount left by an earlier daemon", metadata: ["path": "\(path)"])
-                _ = runCommand(["/usr/bin/fusermount3", "-u", "-z", path])
-            } else if code == ENOENT {
-                var built = ""
-                for part in path.split(separator: "/") {
-                    built += "/" + part
-                    _ = mkdir(built, 0o755)
-                }
-            }
-            guard stat(path, &info) == 0 else {
-                throw SecretsError(.io, "mount point \(path): \(FileIO.errnoText(errno))")
-            }
-        }
-        guard info.st_mode & S_IFMT == S_IFDIR else {
-            throw SecretsError(.invalidConfig, "mount point \(path) is not a directory")
-        }
-    }
-
-    static func runCommand(_ argv: [String]) -> Int32 {
-        var pid: pid_t = 0
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        guard posix_spawn(&pid, argv[0], nil, nil, cArgs, environ) == 0 else { return -1 }
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-        return status
-    }
 }
 
 /// A pointer to the live session, only used for kernel notifications.
 struct SessionPointer: @unchecked Sendable {
     let raw: OpaquePointer
-}
-
-/// A request handle crossing threads; each request gets exactly one reply.
-struct Request: @unchecked Sendable {
-    let raw: fuse_req_t
 }
 
 /// What the C callbacks reach through `fuse_req_userdata`.
@@ -134,15 +95,13 @@ final class FuseContext: Sendable, KernelNotifier {
     let mount: MountConfig
     let logger: Logger
     let session: Mutex<SessionPointer?>
-    let directoryHandles: Mutex<(next: UInt64, open: [UInt64: [DirectoryEntry]])>
+    let directoryHandles = DirectoryHandles()
 
     init(core: FileSystemCore, mount: MountConfig, logger: Logger) {
         self.core = core
         self.mount = mount
         self.logger = logger
         self.session = Mutex(nil)
-        // Handles of one worker never collide with those of an earlier worker the kernel may still hold.
-        self.directoryHandles = Mutex((UInt64.random(in: 1...UInt64(1 << 31)) << 32, [:]))
     }
 
     func invalidateEntry(parent: UInt64, name: String) {

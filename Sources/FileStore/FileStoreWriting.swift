@@ -184,3 +184,13 @@ extension SecretsError {
         (error as? SecretsError) ?? SecretsError(.io, "unexpected error")
     }
 }
+
+extension FileStore: WritableSecretStore {
+    /// At a level's location (a file path relative to the config's folder), else in the store's last file.
+    public func update(env: String, at location: String?, set: [(String, SecretValue)], remove: [String], replace: Bool)
+        throws(SecretsError)
+    {
+        let file = location.map { FileIO.absolute($0, in: settings.directory) } ?? primaryFile
+        try update(env: env, in: file, set: set, remove: remove, replace: replace)
+    }
+}

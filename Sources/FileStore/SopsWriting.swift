@@ -219,7 +219,7 @@ extension Sops {
         switch node {
         case .mapping(let mapping):
             if mapping.isEmpty { return "{}" }
-            let fields = mapping.map { pad + AuditEntry.quoted($0.key.string ?? "") + ": " + json($0.value, indent: indent + 1) }
+            let fields = mapping.map { pad + JSONText.quoted($0.key.string ?? "") + ": " + json($0.value, indent: indent + 1) }
             return "{\n" + fields.joined(separator: ",\n") + "\n" + close + "}"
         case .sequence(let sequence):
             if sequence.isEmpty { return "[]" }
@@ -233,7 +233,7 @@ extension Sops {
                 default: break
                 }
             }
-            return AuditEntry.quoted(scalar.string)
+            return JSONText.quoted(scalar.string)
         case .alias:
             return "null"
         }
@@ -354,7 +354,7 @@ extension Sops {
                 throw SecretsError(.io, "\(file): cannot show the document")
             }
         case .json:
-            let fields = opened.entries.map { "\t" + AuditEntry.quoted($0.0) + ": " + $0.1.jsonText() }
+            let fields = opened.entries.map { "\t" + JSONText.quoted($0.0) + ": " + $0.1.jsonText() }
             return "{\n" + fields.joined(separator: ",\n") + "\n}\n"
         case .dotenv:
             return opened.entries.map { name, value in

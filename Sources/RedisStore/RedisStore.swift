@@ -69,7 +69,7 @@ public struct RedisStoreSettings: Sendable {
 }
 
 /// `type = "redis"`: Dynaconf's Redis layout, one hash `<PREFIX>_<ENV>` per env.
-public final class RedisStore: SecretStore {
+public final class RedisStore: WritableSecretStore {
     public let name: String
     public let configuration: RedisStoreSettings
     let pool: RedisPool

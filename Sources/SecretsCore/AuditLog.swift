@@ -31,37 +31,15 @@ public struct AuditEntry: Sendable {
     /// One JSON object on one line.
     public func jsonLine(time: (seconds: Int, nanoseconds: Int)) -> String {
         var fields: [(String, String)] = [
-            ("time", Self.quoted(Self.timestamp(time))), ("via", Self.quoted(via)), ("path", Self.quoted(path)),
-            ("decision", Self.quoted(decision.rawValue)), ("uid", "\(caller.uid)"), ("gid", "\(caller.gid)"),
+            ("time", JSONText.quoted(Self.timestamp(time))), ("via", JSONText.quoted(via)), ("path", JSONText.quoted(path)),
+            ("decision", JSONText.quoted(decision.rawValue)), ("uid", "\(caller.uid)"), ("gid", "\(caller.gid)"),
             ("pid", "\(caller.pid)"),
         ]
-        if let exe = details.exe { fields.append(("exe", Self.quoted(exe))) }
-        if let unit = details.unit { fields.append(("unit", Self.quoted(unit))) }
-        if let cgroup = details.cgroup { fields.append(("cgroup", Self.quoted(cgroup))) }
-        if let cache { fields.append(("cache", Self.quoted(cache))) }
+        if let exe = details.exe { fields.append(("exe", JSONText.quoted(exe))) }
+        if let unit = details.unit { fields.append(("unit", JSONText.quoted(unit))) }
+        if let cgroup = details.cgroup { fields.append(("cgroup", JSONText.quoted(cgroup))) }
+        if let cache { fields.append(("cache", JSONText.quoted(cache))) }
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
-    }
-
-    /// A JSON string literal (for the audit and /status).
-    public static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
     }
 
     /// RFC 3339 UTC with milliseconds.

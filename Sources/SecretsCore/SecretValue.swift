@@ -38,10 +38,10 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
     func appendJSON(to out: inout [UInt8]) {
         switch self {
         case .string(let text), .datetime(let text):
-            Self.appendJSONString(text, to: &out)
+            JSONText.appendString(text, to: &out)
         case .bytes(let raw):
             // JSON carries text only: inside a structure, invalid sequences become U+FFFD.
-            Self.appendJSONString(String(decoding: raw, as: UTF8.self), to: &out)
+            JSONText.appendString(String(decoding: raw, as: UTF8.self), to: &out)
         case .int(let number):
             out.append(contentsOf: String(number).utf8)
         case .float(let number):
@@ -61,7 +61,7 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
             out.append(UInt8(ascii: "{"))
             for (index, key) in fields.keys.sorted().enumerated() {
                 if index > 0 { out.append(UInt8(ascii: ",")) }
-                Self.appendJSONString(key, to: &out)
+                JSONText.appendString(key, to: &out)
                 out.append(UInt8(ascii: ":"))
                 fields[key]?.appendJSON(to: &out)
             }
@@ -73,29 +73,6 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
     /// infinity, so those become null.
     static func formatFloat(_ number: Double) -> String {
         number.isFinite ? String(number) : "null"
-    }
-
-    static func appendJSONString(_ text: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out.append(contentsOf: "\\\"".utf8)
-            case "\\": out.append(contentsOf: "\\\\".utf8)
-            case "\n": out.append(contentsOf: "\\n".utf8)
-            case "\r": out.append(contentsOf: "\\r".utf8)
-            case "\t": out.append(contentsOf: "\\t".utf8)
-            case "\u{08}": out.append(contentsOf: "\\b".utf8)
-            case "\u{0C}": out.append(contentsOf: "\\f".utf8)
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out.append(contentsOf: ("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).utf8)
-                } else {
-                    out.append(contentsOf: String(scalar).utf8)
-                }
-            }
-        }
-        out.append(UInt8(ascii: "\""))
     }
 
     /// Never the value itself: only its kind, so that a value printed by accident leaks nothing.

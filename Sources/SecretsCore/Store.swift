@@ -62,3 +62,11 @@ extension SecretStore {
         return nil
     }
 }
+
+/// A store that `set`, `write`, `import` and `--delete` can change. `location` is a scope level's path (nil: the
+/// store's own); reads of the same env and location see the write (writes land where reads look).
+public protocol WritableSecretStore: SecretStore {
+    /// Sets keys, removes keys, or with `replace` makes the env hold exactly `set`, in one write.
+    func update(env: String, at location: String?, set: [(String, SecretValue)], remove: [String], replace: Bool)
+        throws(SecretsError)
+}

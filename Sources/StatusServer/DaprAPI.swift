@@ -17,7 +17,7 @@ public enum DaprAPI {
             let options = metadata(request)
             switch await SecretsAPI.offload({ () throws(SecretsAPIError) in try api.bulk(store: store, metadata: options) }) {
             case .success(let entries):
-                let fields = entries.map { "\(AuditEntry.quoted($0.name)):{\(AuditEntry.quoted($0.name)):\(AuditEntry.quoted($0.value))}" }
+                let fields = entries.map { "\(JSONText.quoted($0.name)):{\(JSONText.quoted($0.name)):\(JSONText.quoted($0.value))}" }
                 return json("{" + fields.joined(separator: ",") + "}")
             case .failure(let error):
                 return failure(error)
@@ -31,7 +31,7 @@ public enum DaprAPI {
             switch await SecretsAPI.offload({ () throws(SecretsAPIError) in
                 try api.secret(store: store, name: name, metadata: options)
             }) {
-            case .success(let value): return json("{\(AuditEntry.quoted(name)):\(AuditEntry.quoted(value))}")
+            case .success(let value): return json("{\(JSONText.quoted(name)):\(JSONText.quoted(value))}")
             case .failure(let error): return failure(error)
             }
         }
@@ -73,6 +73,6 @@ public enum DaprAPI {
     static func body(_ status: HTTPResponse.Status, _ code: String, _ message: String) -> Response {
         Response(
             status: status, headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(string: "{\"errorCode\":\"\(code)\",\"message\":\(AuditEntry.quoted(message))}")))
+            body: .init(byteBuffer: ByteBuffer(string: "{\"errorCode\":\"\(code)\",\"message\":\(JSONText.quoted(message))}")))
     }
 }

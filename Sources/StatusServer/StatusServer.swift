@@ -69,7 +69,7 @@ public enum StatusServer {
     }
 
     static func statusJSON(_ status: CoreStatus) -> String {
-        let quoted = AuditEntry.quoted
+        let quoted = JSONText.quoted
         let stores = status.stores.map { store in
             var fields = [
                 "\"name\":\(quoted(store.name))", "\"ok\":\(store.health.ok)",

@@ -4,7 +4,7 @@ import SecretsCore
 import Synchronization
 
 /// `type = "vault"`: KV v1 or v2 in Dynaconf's layout, env `<env>` at `<mount>/<path>/<env>`.
-public final class VaultStore: SecretStore {
+public final class VaultStore: WritableSecretStore {
     public let name: String
     public let settings: VaultSettings
     let http: HTTPClient

@@ -1,9 +1,6 @@
 import ArgumentParser
-import FileStore
 import Logging
-import RedisStore
 import SecretsCore
-import VaultStore
 
 /// Where `write`, `set --level`, `import` and `--delete` write: a store's own location, or one level of a scope
 /// (that element's store at that element's location), whatever kind of store it is.
@@ -53,29 +50,8 @@ struct LevelWriter {
                 throw SecretsError(.invalidArgument, "a key must be usable as a file name; one is \(problem)")
             }
         }
-        do {
-            switch storeConfig.type {
-            case "redis":
-                let redis = try RedisStore(config: storeConfig, logger: logger)
-                defer { redis.close() }
-                try redis.update(env: env, at: location, set: set, remove: remove, replace: replace)
-            case "vault":
-                let vault = try VaultStore(config: storeConfig, logger: logger)
-                defer { vault.close() }
-                try vault.update(env: env, at: location, set: set, remove: remove, replace: replace)
-            case "file":
-                let file = try FileStore(config: storeConfig, logger: logger)
-                let target = location.map { FileIO.absolute($0, in: storeConfig.section.directory) } ?? file.primaryFile
-                try file.update(env: env, in: target, set: set, remove: remove, replace: replace)
-            default:
-                throw SecretsError(.unsupported, "store '\(storeConfig.name)' of type \(storeConfig.type) cannot be written")
-            }
-        } catch let error as LocatedError {
-            throw SecretsError(.invalidConfig, error.description)
-        } catch let error as SecretsError {
-            throw error
-        } catch {
-            throw SecretsError(.io, "writing failed")
-        }
+        let store = try StoreRegistry.writable(storeConfig, logger: logger)
+        defer { store.close() }
+        try store.update(env: env, at: location, set: set, remove: remove, replace: replace)
     }
 }

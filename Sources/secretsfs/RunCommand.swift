@@ -152,22 +152,24 @@ struct RunCommand: ParsableCommand {
     }
 }
 
-/// Reads secrets for `get` and `run` with the mount's rules: access `allow` lists and the audit.
+/// Reads secrets for `get` and `run` through the mount's access and audit path (`AccessGate`): `allow` lists apply
+/// to this process's caller, audited paths are recorded with `via`. Values are fetched now (no cache in a one-shot
+/// command).
 struct AuditedReader {
     let resolver: Resolver
-    let policy: AccessPolicy
-    let audit: AuditLog?
+    let gate: AccessGate
     let via: String
 
     init(config: Config, resolver: Resolver, logger: Logger, via: String) throws {
         self.resolver = resolver
-        policy = AccessPolicy(config: config)
+        let audit: AuditLog?
         do {
             audit = config.audit.enabled ? try AuditLog(config: config.audit, logger: logger) : nil
         } catch {
             printError("\(error)")
             throw ExitCode(ExitStatus.invalidConfig.rawValue)
         }
+        gate = AccessGate(policy: AccessPolicy(config: config), audit: audit)
         self.via = via
     }
 
@@ -180,24 +182,12 @@ struct AuditedReader {
     }
 
     func read(top: String, env: String, key: String) throws(SecretsError) -> SecretBytes {
-        let caller = Caller.current
-        let details = CallerDetails.read(pid: caller.pid)
-        func record(_ decision: AuditEntry.Decision) {
-            guard let audit, policy.isAudited(top: top, env: env, key: key) else { return }
-            audit.record(
-                AuditEntry(
-                    via: via, path: "\(top)/\(env)/\(key)", decision: decision, caller: caller, details: details,
-                    cache: decision == .allowed ? "fresh" : nil))
+        let path = InodeTable.FilePath(top: top, env: env, key: key)
+        return try gate.read(path, caller: Caller.current, via: via) { () throws(SecretsError) in
+            guard let value = try resolver.resolve(top: top, env: env, key: key) else {
+                throw SecretsError(.notFound, "no key '\(key)' in '\(top)/\(env)'")
+            }
+            return (value.fileBytes(), "fresh")
         }
-        guard policy.allows(caller, top: top, env: env, key: key, details: { details }) else {
-            record(.denied)
-            throw SecretsError(.permissionDenied, "an access rule does not allow this caller to read '\(top)/\(env)/\(key)'")
-        }
-        guard let value = try resolver.resolve(top: top, env: env, key: key) else {
-            record(.notFound)
-            throw SecretsError(.notFound, "no key '\(key)' in '\(top)/\(env)'")
-        }
-        record(.allowed)
-        return value.fileBytes()
     }
 }

@@ -1,8 +1,5 @@
 import ArgumentParser
-import EnvStore
 import FileStore
-import RedisStore
-import VaultStore
 import Foundation
 import Logging
 import SecretsCore
@@ -38,34 +35,9 @@ enum Runtime {
         }
     }
 
-    /// How each store `type` is built from its `[stores.<name>]` table (each store reads its own keys).
-    static func storeMakers(logger: Logger) -> [String: (StoreConfig) throws(LocatedError) -> any SecretStore] {
-        [
-            "file": { config throws(LocatedError) in try FileStore(config: config, logger: logger) },
-            "redis": { config throws(LocatedError) in try RedisStore(config: config, logger: logger) },
-            "vault": { config throws(LocatedError) in try VaultStore(config: config, logger: logger) },
-            "env": { config throws(LocatedError) in try EnvStore(config: config) },
-        ]
-    }
-
-    /// Builds every store; an unknown type or bad backend key exits 2 with its location.
+    /// Builds every store (see `StoreRegistry`); a bad one exits 2 with its location.
     static func buildStores(_ config: Config, logger: Logger) throws -> [String: any SecretStore] {
-        let makers = storeMakers(logger: logger)
-        var stores: [String: any SecretStore] = [:]
-        for storeConfig in config.stores {
-            guard let make = makers[storeConfig.type] else {
-                let known = makers.keys.sorted().joined(separator: ", ")
-                printError("\(storeConfig.section.error("type", "unknown store type '\(storeConfig.type)' (known: \(known))"))")
-                throw ExitCode(ExitStatus.invalidConfig.rawValue)
-            }
-            do {
-                stores[storeConfig.name] = try make(storeConfig)
-            } catch {
-                printError("\(error)")
-                throw ExitCode(ExitStatus.invalidConfig.rawValue)
-            }
-        }
-        return stores
+        try StoreRegistry.buildStores(config, logger: logger)
     }
 
     static func resolver(_ config: Config, stores: [String: any SecretStore]) throws -> Resolver {

@@ -144,17 +144,20 @@ let package = Package(
             name: "secretsfs-bench", dependencies: ["RedisClient", "VaultStore", "TestSupport"], swiftSettings: strict),
         // Helpers shared by the test targets: subprocesses with timeouts, temporary folders, the built binary.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        // What every store must do (reads, layers, changes, watch, close), run by each store's tests and the fake's.
+        .target(name: "StoreConformance", dependencies: ["SecretsCore"], path: "Tests/StoreConformance", swiftSettings: strict),
         .target(
             name: "FuzzTargets", dependencies: ["SecretsCore", "Age", "RedisClient", "RedisStore", "VaultStore"],
             path: "Tests/Fuzz/Targets", swiftSettings: strict),
         .testTarget(
-            name: "CoreTests", dependencies: ["SecretsCore", "Handover", "Supervision", "TestSupport", "FuzzTargets", "Age"],
+            name: "CoreTests", dependencies: ["SecretsCore", "Handover", "Supervision", "TestSupport", "FuzzTargets", "Age", "StoreConformance"],
             swiftSettings: strict),
         .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "StoreTests",
             dependencies: [
                 "SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "EnvStore", "TestSupport",
+                "StoreConformance",
             ],
             swiftSettings: strict),
         .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport", "RedisClient", "CLinux"], swiftSettings: strict),

@@ -1,13 +1,16 @@
 import Logging
 import SecretsCore
+import StoreConformance
 import Synchronization
+import Testing
 
-/// An in-memory store that counts backend calls and can be told to fail.
+/// An in-memory store that counts backend calls, can be told to fail, and pushes its own changes while watched.
 final class FakeStore: SecretStore {
     let name: String
     let data: Mutex<[String: [String: [String: SecretValue]]]>  // location ("" = default) -> env -> fields
     let calls = Mutex(0)
     let failing = Mutex(false)
+    let watcher = Mutex<(@Sendable ([StoreChange]) -> Void)?>(nil)
 
     init(name: String, envs: [String: [String: SecretValue]], locations: [String: [String: [String: SecretValue]]] = [:]) {
         self.name = name
@@ -18,7 +21,15 @@ final class FakeStore: SecretStore {
 
     func set(_ env: String, _ key: String, _ value: SecretValue?, at location: String = "") {
         data.withLock { $0[location, default: [:]][env, default: [:]][key] = value }
+        watcher.withLock { $0 }?([.at(location: location.isEmpty ? nil : location, env: env)])
     }
+
+    func watch(locations: [String], _ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool {
+        watcher.withLock { $0 = onChange }
+        return true
+    }
+
+    func close() { watcher.withLock { $0 = nil } }
 
     private func snapshot(_ location: String?) throws(SecretsError) -> [String: [String: SecretValue]] {
         calls.withLock { $0 += 1 }
@@ -61,4 +72,13 @@ func makeConfig(_ extra: String = "", ttl: String = "60s", fresh: String = "[\"F
             type = "fake"
             \(extra)
             """, file: "test.toml")
+}
+
+@Suite("fake store")
+struct FakeStoreConformanceTests {
+    @Test("the in-memory fake passes the store conformance suite, watch and close included")
+    func conformance() throws {
+        let store = FakeStore(name: "fake", envs: StoreConformance.seed)
+        try StoreConformance(store: store) { env, key, value in store.set(env, key, value) }.checkConformance()
+    }
 }

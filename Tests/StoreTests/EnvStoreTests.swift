@@ -1,6 +1,7 @@
 import EnvStore
 import Glibc
 import SecretsCore
+import StoreConformance
 import Testing
 
 @Suite("env store", .serialized)

@@ -3,6 +3,7 @@ import FileStore
 import Foundation
 import Logging
 import SecretsCore
+import StoreConformance
 import Synchronization
 import Testing
 import TestSupport

@@ -3,6 +3,7 @@ import Logging
 import RedisClient
 import RedisStore
 import SecretsCore
+import StoreConformance
 import Synchronization
 import Testing
 import TestSupport

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SecretsCore
+import StoreConformance
 import Synchronization
 import Testing
 import TestSupport

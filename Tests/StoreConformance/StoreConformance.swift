@@ -1,13 +1,16 @@
+import Dispatch
 import Foundation
 import Glibc
 import SecretsCore
+import Synchronization
 import Testing
 
-/// What every store must do, whatever its backend. A backend's tests call `checkConformance` with a way to build
-/// the store over given data and a way to change that data afterwards.
-struct StoreConformance {
+/// What every store must do, whatever its backend: reads, layers, outside changes, change notices (`watch`) and
+/// `close`. A library so that every store's tests run it, the in-memory fake included. A backend's tests call
+/// `checkConformance` with the store built over `seed` and a way to change that data afterwards.
+public struct StoreConformance {
     /// Seed data: env -> key -> value. Must contain what `checkConformance` reads.
-    static let seed: [String: [String: SecretValue]] = [
+    public static let seed: [String: [String: SecretValue]] = [
         "default": ["PORT": .int(1234), "SHARED": .string("default")],
         "production": [
             "PASSWORD": .string("0x1F"), "RATIO": .float(1.5), "ENABLED": .bool(true),
@@ -15,14 +18,16 @@ struct StoreConformance {
         ],
     ]
 
-    let store: any SecretStore
+    public let store: any SecretStore
     /// A store whose backend holds strings only (environment variables): values are compared by the bytes a file
     /// would serve, which is what readers see.
     var stringsOnly = false
     /// Replaces one key's value in the backend, as an outside writer would.
     let update: (String, String, SecretValue) throws -> Void
 
-    init(store: any SecretStore, stringsOnly: Bool = false, update: @escaping (String, String, SecretValue) throws -> Void) {
+    public init(
+        store: any SecretStore, stringsOnly: Bool = false, update: @escaping (String, String, SecretValue) throws -> Void
+    ) {
         self.store = store
         self.stringsOnly = stringsOnly
         self.update = update
@@ -33,7 +38,13 @@ struct StoreConformance {
         return stringsOnly ? actual.fileBytes() == expected.fileBytes() : actual == expected
     }
 
-    func checkConformance() throws {
+    /// Every check, ending with `close`: the store is closed afterwards.
+    public func checkConformance() throws {
+        try checkReads()
+        try checkWatchAndClose()
+    }
+
+    func checkReads() throws {
         #expect(try Set(store.envs(at: nil)).isSuperset(of: ["default", "production"]))
         let production = try #require(try store.fields(of: "production", at: nil))
         #expect(same(production["PASSWORD"], .string("0x1F")))
@@ -53,13 +64,61 @@ struct StoreConformance {
         try update("production", "PASSWORD", .string("rotated"))
         #expect(same(try store.value(of: "PASSWORD", layers: ["production"], at: nil), .string("rotated")))
     }
+
+    /// A store that says it pushes changes (`watch` returns true) reports an outside change of an env, naming it or
+    /// everything; `close` returns promptly, may be called twice, and no notice arrives after it returned.
+    func checkWatchAndClose() throws {
+        let notices = Mutex<[[StoreChange]]>([])
+        let arrived = DispatchSemaphore(value: 0)
+        let closed = Mutex(false)
+        let late = Mutex(0)
+        let pushes = store.watch(locations: []) { changes in
+            if closed.withLock({ $0 }) { late.withLock { $0 += 1 } }
+            notices.withLock { $0.append(changes) }
+            arrived.signal()
+        }
+        if pushes {
+            // A polling store may take its first look after the first write: write until a notice comes.
+            var noticed = false
+            for round in 0..<30 where !noticed {
+                try update("production", "PASSWORD", .string("watched-\(round)"))
+                noticed = arrived.wait(timeout: .now() + 1) == .success
+            }
+            #expect(noticed, "a store that pushes changes reported none")
+            let reported = notices.withLock { $0 }.flatMap { $0 }
+            #expect(
+                reported.contains { change in
+                    switch change {
+                    case .all: return true
+                    case .at(let location, let env): return location == nil && (env == nil || env == "production")
+                    }
+                }, "the notice names the env or everything: \(reported)")
+        }
+        let done = DispatchSemaphore(value: 0)
+        let store = self.store
+        Thread {
+            store.close()
+            store.close()
+            done.signal()
+        }.start()
+        #expect(done.wait(timeout: .now() + 15) == .success, "close did not return")
+        closed.withLock { $0 = true }
+        if pushes {
+            // After close, changes reach no one (a notice already in flight may still land: give it a moment).
+            usleep(200_000)
+            let before = late.withLock { $0 }
+            try update("production", "PASSWORD", .string("after-close"))
+            usleep(500_000)
+            #expect(late.withLock { $0 } == before, "a notice arrived after close returned")
+        }
+    }
 }
 
 /// A backend outage as every networked store must take it, with `timeout = "1s"`: paused (SIGSTOP), a read fails
 /// after about the timeout with EIO and reads again once resumed; stopped, a read fails at once with EIO and reads
 /// again once the server is back and `rewrite` has put "after" in. Returns the hung read's error for more checks.
 @discardableResult
-func checkOutages(
+public func checkOutages(
     read: () throws -> SecretValue?, pause: () -> Void, resume: () -> Void, stop: () -> Void,
     restart: () throws -> Void, rewrite: () throws -> Void
 ) throws -> SecretsError? {

@@ -74,17 +74,21 @@ struct VaultMountTests {
         let fs = try fixture.mount(config: try config(fixture, server: server, ttl: "5m", extra: "watch = \"1s\""))
         #expect(try fs.readText("vault/production/PASSWORD") == "watched-1")
         #expect(try fs.readText("vault/staging/TOKEN") == "staging-1")
-        usleep(1_200_000)  // one poll has recorded the versions
-        // While nothing changes: about one metadata GET per env per interval (counted by the server's audit device).
-        let before = server.requests(path: "secret/metadata/dynaconf/production", operation: "read")
+        // One poll has recorded the versions (seen by the server's audit device).
+        let metadata = { server.requests(path: "secret/metadata/dynaconf/production", operation: "read") }
+        try waitUntil("the first metadata poll", seconds: 10) { metadata() > 0 }
+        // While nothing changes: about one metadata GET per env per interval, never one per read (the window is
+        // wide: a loaded machine may delay polls, never multiply them).
+        let before = metadata()
+        for _ in 0..<20 { _ = try fs.readText("vault/production/PASSWORD") }
         usleep(3_000_000)
-        let polls = server.requests(path: "secret/metadata/dynaconf/production", operation: "read") - before
-        #expect((2...4).contains(polls), "\(polls) metadata reads of one env in 3 s at watch = 1s")
+        let polls = metadata() - before
+        #expect((1...6).contains(polls), "\(polls) metadata reads of one env in 3 s at watch = 1s")
         try server.cli(["kv", "put", "secret/dynaconf/production", "PASSWORD=watched-2"])
         let written = Date()
-        #expect(try fs.readText("vault/production/PASSWORD", until: "watched-2", within: 4) == "watched-2")
+        #expect(try fs.readText("vault/production/PASSWORD", until: "watched-2", within: 10) == "watched-2")
         let delay = Date().timeIntervalSince(written)
-        #expect(delay < 2.5, "seen after \(delay) s")
+        #expect(delay < 8, "seen after \(delay) s, long before the 5 min ttl")
         try server.cli(["kv", "metadata", "delete", "secret/dynaconf/staging"])
         var gone = false
         for _ in 0..<40 where !gone {

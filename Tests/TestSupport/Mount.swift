@@ -60,19 +60,41 @@ public final class MountedSecretsFS: @unchecked Sendable {
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
-        if !environment.isEmpty {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        // Ready is the daemon's own word: READY=1 on a notify socket of ours, sent once a worker serves the mount
+        // (unless the test listens on NOTIFY_SOCKET itself; then the mount table is watched).
+        var environment = environment
+        var notify: NotifySocket?
+        if environment["NOTIFY_SOCKET"] == nil {
+            let socket = try NotifySocket(name: logPath + ".notify")
+            chmod(socket.name, 0o666)
+            notify = socket
+            environment["NOTIFY_SOCKET"] = socket.name
         }
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        defer { notify?.close() }
         try process.run()
         let deadline = Date().addingTimeInterval(15)
-        while !Self.isMounted(mountpoint) {
-            if !process.isRunning || Date() > deadline {
-                let output = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-                _ = try? run(["fusermount3", "-u", "-z", mountpoint], timeout: 10)
-                throw TestFailure.message("secretsfs did not mount at \(mountpoint):\n\(output)")
+        let daemon = process
+        func fail() throws -> Never {
+            let output = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) }
+            _ = try? run(["fusermount3", "-u", "-z", mountpoint], timeout: 10)
+            throw TestFailure.message("secretsfs did not mount at \(mountpoint):\n\(output)")
+        }
+        if let notify {
+            var ready = false
+            while !ready {
+                guard daemon.isRunning, Date() < deadline else { try fail() }
+                // In slices, so that a daemon that exits is noticed at once.
+                if let message = try? notify.receive(timeout: 0.2) {
+                    ready = message.split(separator: "\n").contains("READY=1")
+                }
             }
-            usleep(20_000)
+        } else {
+            while !Self.isMounted(mountpoint) {
+                guard daemon.isRunning, Date() < deadline else { try fail() }
+                usleep(20_000)
+            }
         }
         var info = stat()
         device = stat(mountpoint, &info) == 0 ? UInt64(info.st_dev) : 0

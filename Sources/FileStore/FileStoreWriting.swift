@@ -18,7 +18,7 @@ extension FileStore {
         }
         if let sops = try sopsFile(path) {
             // A SOPS file: the document decrypted, as `sops edit` shows it.
-            return Array(try Sops.decryptedDocument(sops.text, format: sops.format, file: path, identities: try sopsIdentities()).utf8)
+            return Array(try Sops.decryptedDocument(sops, file: path, identities: try sopsIdentities()).utf8)
         }
         if AgeFile.looksLikeAge(bytes) {
             let identities = try loadIdentities()
@@ -50,7 +50,7 @@ extension FileStore {
                 throw SecretsError(.invalidData, "\(path): not UTF-8 text")
             }
             try replaceSops(
-                path, with: try Sops.reencrypted(edited, current: sops.text, format: sops.format, file: path, identities: try sopsIdentities()))
+                path, with: try Sops.reencrypted(edited, current: sops, file: path, identities: try sopsIdentities()))
             return
         }
         if path.hasSuffix(".age") {
@@ -135,20 +135,19 @@ extension FileStore {
     {
         guard let sops = try sopsFile(file) else { return false }
         let updated = try Sops.updated(
-            sops.text, format: sops.format, file: file, layout: layout(of: file), env: env, set: set, remove: remove,
-            replace: replace, identities: try sopsIdentities())
+            sops, file: file, layout: layout(of: file), env: env, set: set, remove: remove, replace: replace,
+            identities: try sopsIdentities())
         try replaceSops(file, with: updated)
         return true
     }
 
-    /// The text and format of `path` when it is a SOPS file (as it is, not inside an age file); nil otherwise,
-    /// also when it cannot be read (the caller's own read then says why).
-    func sopsFile(_ path: String) throws(SecretsError) -> (text: String, format: Sops.Format)? {
+    /// `path` parsed once when it is a SOPS file (as it is, not inside an age file); nil otherwise, also when it
+    /// cannot be read (the caller's own read then says why). Every SOPS write works on this one parse.
+    func sopsFile(_ path: String) throws(SecretsError) -> SopsDocument? {
         guard let format = SecretsDocument.format(of: path).sops, !path.lowercased().hasSuffix(".age"),
-            let bytes = try? FileIO.read(path), let text = String(validating: bytes, as: UTF8.self),
-            try Sops.parse(text, format: format, file: path) != nil
+            let bytes = try? FileIO.read(path), let text = String(validating: bytes, as: UTF8.self)
         else { return nil }
-        return (text, format)
+        return try Sops.document(text, format: format, file: path)
     }
 
     /// Replaces a SOPS file atomically, keeping its mode (SOPS files often live in git, readable by all: their

@@ -53,18 +53,34 @@ public enum Sops {
 
     // MARK: Parsing
 
-    /// The document and its metadata when `text` is a SOPS file of `format`, else nil (an ordinary file).
-    static func parse(_ text: String, format: Format, file: String) throws(SecretsError) -> ([(String, Node)], Metadata)? {
-        switch format {
-        case .yaml, .json:
+    /// The parsed document when `text` is a SOPS file of `format`, else nil (an ordinary file).
+    static func document(_ text: String, format: Format, file: String) throws(SecretsError) -> SopsDocument? {
+        var root: Yams.Node?
+        if format == .yaml || format == .json {
             // JSON is read with the YAML parser too: it keeps the order of keys, which the MAC depends on.
             guard text.contains("sops") else { return nil }
-            let root: Yams.Node?
             do {
                 root = try Yams.compose(yaml: text)
             } catch {
                 throw SecretsError(.invalidData, "\(file): not valid \(format == .json ? "JSON" : "YAML")")
             }
+        }
+        guard let (body, metadata) = try parseBody(text, format: format, root: root, file: file) else { return nil }
+        return SopsDocument(text: text, format: format, root: root, body: body, metadata: metadata)
+    }
+
+    /// The body and metadata when `text` is a SOPS file of `format`, else nil (an ordinary file).
+    static func parse(_ text: String, format: Format, file: String) throws(SecretsError) -> ([(String, Node)], Metadata)? {
+        guard let document = try document(text, format: format, file: file) else { return nil }
+        return (document.body, document.metadata)
+    }
+
+    /// `root`: the composed tree of a YAML or JSON `text`.
+    private static func parseBody(
+        _ text: String, format: Format, root: Yams.Node?, file: String
+    ) throws(SecretsError) -> ([(String, Node)], Metadata)? {
+        switch format {
+        case .yaml, .json:
             guard let root, case .map(let entries) = node(root), let index = entries.firstIndex(where: { $0.0 == "sops" }),
                 case .map(let sops) = entries[index].1
             else { return nil }
@@ -394,4 +410,14 @@ public enum Sops {
     }
 
     struct SopsFormatError: Error {}
+}
+
+/// A SOPS file parsed once: its text, the composed YAML/JSON tree (that a write edits), the body without the `sops`
+/// entry and the metadata.
+struct SopsDocument {
+    var text: String
+    var format: Sops.Format
+    var root: Yams.Node?
+    var body: [(String, Sops.Node)]
+    var metadata: Sops.Metadata
 }

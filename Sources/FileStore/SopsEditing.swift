@@ -8,11 +8,9 @@ import Yams
 /// again under the same data key and metadata.
 extension Sops {
     /// The decrypted document in its own format (nested tables with their keys sorted).
-    static func decryptedDocument(_ text: String, format: Format, file: String, identities: [Identity]) throws(SecretsError) -> String {
-        guard let (body, metadata) = try parse(text, format: format, file: file) else {
-            throw SecretsError(.invalidData, "\(file) is not a SOPS file")
-        }
-        var opened = try open(body, metadata: metadata, identities: identities, file: file)
+    static func decryptedDocument(_ document: SopsDocument, file: String, identities: [Identity]) throws(SecretsError) -> String {
+        let format = document.format
+        var opened = try open(document.body, metadata: document.metadata, identities: identities, file: file)
         wipe(&opened.dataKey)
         switch format {
         case .yaml:
@@ -59,12 +57,11 @@ extension Sops {
 
     /// `edited` (a plain document in the file's format) encrypted as the SOPS file `current` is: every value
     /// encrypted (or left clear) by the file's rules, under its data key, with its recipients and options.
-    static func reencrypted(_ edited: String, current: String, format: Format, file: String, identities: [Identity])
+    static func reencrypted(_ edited: String, current: SopsDocument, file: String, identities: [Identity])
         throws(SecretsError) -> String
     {
-        guard let (currentBody, metadata) = try parse(current, format: format, file: file) else {
-            throw SecretsError(.invalidData, "\(file) is not a SOPS file")
-        }
+        let format = current.format
+        let currentBody = current.body
         let entries: [(String, SecretValue)]
         switch format {
         case .yaml, .json:
@@ -84,11 +81,11 @@ extension Sops {
         case .dotenv:
             entries = SecretsDocument.dotenv(edited)
         case .ini:
-            return try reencryptedINI(edited, current: current, metadata: metadata, file: file, identities: identities)
+            return try reencryptedINI(edited, current: current, file: file, identities: identities)
         }
         // The whole body replaced: every key of the file as if it were one flat env.
         return try updated(
-            current, format: format, file: file, layout: .flat(env: "default"), env: "default", set: entries,
+            current, file: file, layout: .flat(env: "default"), env: "default", set: entries,
             remove: currentBody.map(\.0), replace: true, identities: identities)
     }
 
@@ -111,13 +108,11 @@ extension Sops {
     /// An edited INI document encrypted as the SOPS file `current`: every section and key written anew (values
     /// encrypted by the file's rules, with their `section:key:` path), then the `[sops]` section of `current` with a
     /// new MAC and `lastmodified`.
-    static func reencryptedINI(_ edited: String, current: String, metadata: Metadata, file: String, identities: [Identity])
+    static func reencryptedINI(_ edited: String, current: SopsDocument, file: String, identities: [Identity])
         throws(SecretsError) -> String
     {
-        guard let (body, _) = try parse(current, format: .ini, file: file) else {
-            throw SecretsError(.invalidData, "\(file) is not a SOPS file")
-        }
-        var key = try open(body, metadata: metadata, identities: identities, file: file).dataKey
+        let metadata = current.metadata
+        var key = try open(current.body, metadata: metadata, identities: identities, file: file).dataKey
         defer { wipe(&key) }
         let rules = Rules(metadata.options)
         var draft: [String] = []
@@ -138,7 +133,7 @@ extension Sops {
             throw SecretsError(.io, "\(file): cannot encrypt the edited document")
         }
         var inSops = false
-        for line in current.split(separator: "\n", omittingEmptySubsequences: false) {
+        for line in current.text.split(separator: "\n", omittingEmptySubsequences: false) {
             let trimmed = line.trimmingCharacters(in: .whitespaces)
             if trimmed.hasPrefix("["), trimmed.hasSuffix("]") { inSops = trimmed == "[sops]" }
             if inSops { draft.append(String(line)) }

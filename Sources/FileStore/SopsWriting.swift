@@ -110,12 +110,13 @@ extension Sops {
 
     /// The document with `set` and `remove` applied to one env (or, for a flat file, to its keys).
     static func updated(
-        _ text: String, format: Format, file: String, layout: FileLayout, env: String,
+        _ document: SopsDocument, file: String, layout: FileLayout, env: String,
         set: [(String, SecretValue)], remove: [String], replace: Bool, identities: [Identity]
     ) throws(SecretsError) -> String {
-        guard let (body, metadata) = try parse(text, format: format, file: file) else {
-            throw SecretsError(.invalidData, "\(file) is not a SOPS file")
-        }
+        let text = document.text
+        let format = document.format
+        let body = document.body
+        let metadata = document.metadata
         var key = try open(body, metadata: metadata, identities: identities, file: file).dataKey
         defer { wipe(&key) }
         let prefix: [String]
@@ -135,8 +136,9 @@ extension Sops {
         do {
             switch format {
             case .yaml, .json:
+                guard let root = document.root else { throw SecretsError(.invalidData, "\(file): not a mapping") }
                 output = try updatedTree(
-                    text, format: format, prefix: prefix, set: set, remove: remove, replace: replace, key: key, rules: rules,
+                    root, format: format, prefix: prefix, set: set, remove: remove, replace: replace, key: key, rules: rules,
                     macOnlyEncrypted: metadata.macOnlyEncrypted, lastModified: lastModified, file: file)
             case .dotenv, .ini:
                 output = try updatedLines(
@@ -151,11 +153,12 @@ extension Sops {
         return output
     }
 
+    /// `root`: the file's tree as `SopsDocument` composed it (not parsed again).
     static func updatedTree(
-        _ text: String, format: Format, prefix: [String], set: [(String, SecretValue)], remove: [String], replace: Bool,
+        _ root: Yams.Node, format: Format, prefix: [String], set: [(String, SecretValue)], remove: [String], replace: Bool,
         key: [UInt8], rules: Rules, macOnlyEncrypted: Bool, lastModified: String, file: String
     ) throws -> String {
-        guard case .mapping(let rootMapping)? = try Yams.compose(yaml: text) else {
+        guard case .mapping(let rootMapping) = root else {
             throw SecretsError(.invalidData, "\(file): not a mapping")
         }
         let all = Array(rootMapping).map { ($0.key, $0.value) }

@@ -22,9 +22,11 @@ if [ -d "$root/.build" ] && unshare --mount --propagation private bash -euo pipe
     mount --bind "$out/merged" "$out/src/.build"
     mount --rbind "$out/src" "$root"
     cd "$root"
-    swift build --product secretsfs > "$out/merged/prev-build.log" 2>&1 || { tail -20 "$out/merged/prev-build.log" >&2; exit 1; }
-    tail -1 "$out/merged/prev-build.log"
-    cp "$root/.build/debug/secretsfs" "$out/merged/prev-binary"
+    # From here on "$out" is hidden under the old sources; "$root/.build" is the overlay (its upper layer is
+    # "$out/upper" outside the namespace).
+    swift build --product secretsfs > "$root/.build/prev-build.log" 2>&1 || { tail -20 "$root/.build/prev-build.log" >&2; exit 1; }
+    tail -1 "$root/.build/prev-build.log"
+    cp "$root/.build/debug/secretsfs" "$root/.build/prev-binary"
 ' _ "$root" "$out"; then
     cp "$out/upper/prev-binary" "$binary"
 else

@@ -184,18 +184,6 @@ public final class FileSystemCore: Sendable {
 
     public func isDirectory(_ inode: UInt64) -> Bool { inodes.read { $0.directories[inode] != nil } }
 
-    /// `sourceAttribute` of a file (nil for directories and unknown inodes).
-    public func source(of inode: UInt64) throws(SecretsError) -> String? {
-        guard let node = inodes.read({ $0.files[inode] }) else { return nil }
-        let sources = try health.call(node.path.top) { () throws(SecretsError) in
-            try resolver.sources(top: node.path.top, env: node.path.env, key: node.path.key)
-        }
-        guard let served = sources.first else { throw SecretsError(.notFound, "no level holds the key now") }
-        var text = "level=\(served.level) store=\(served.store) env=\(served.layer)"
-        if sources.count > 1 { text += " shadowed=" + sources.dropFirst().map(\.level).joined(separator: ",") }
-        return text
-    }
-
     // MARK: - Directories
 
     public func list(_ inode: UInt64) throws(SecretsError) -> [DirectoryEntry] {
@@ -240,35 +228,10 @@ public final class FileSystemCore: Sendable {
     /// The parent of a directory, for `..`.
     public func parent(of inode: UInt64) -> UInt64 { inodes.read { $0.parent(of: inode) } }
 
-    // MARK: - Changes, health, status
+    // MARK: - Changes (health and status: FileSystemCore+Status.swift)
 
     /// A store reported changes (see `ChangePropagation`).
     public func storeChanged(_ storeName: String, _ changes: [StoreChange] = [.all]) {
         self.changes.storeChanged(storeName, changes)
-    }
-
-    /// Asks the top's stores for their envs once, so health is known before the first read.
-    public func probe(_ top: String) throws(SecretsError) -> [String] {
-        try health.call(top) { () throws(SecretsError) in try resolver.envs(top: top) }
-    }
-
-    /// How many workers died and were replaced on this mount before this one (from the supervisor).
-    public func setWorkerRestarts(_ count: UInt64) { workerRestarts.withLock { $0 = count } }
-
-    /// Every top's health, counts for /status and gauges for /metrics.
-    public func status() -> CoreStatus {
-        let health = self.health.snapshot
-        let liveInodes = inodes.read { $0.files.count }
-        let cachedEnvs = reader.views.count
-        let (notices, lastNotice) = changes.stats.withLock { ($0.notices, $0.lastNotice) }
-        let restarts = workerRestarts.withLock { $0 }
-        Gauge(label: "secretsfs_live_inodes").record(liveInodes)
-        Gauge(label: "secretsfs_cached_envs").record(cachedEnvs)
-        Gauge(label: "secretsfs_worker_restarts").record(Int64(restarts))
-        return CoreStatus(
-            stores: resolver.topNames.map { name in
-                (name, health[name] ?? StoreHealth(ok: true, since: mountedAt, error: nil))
-            }, liveInodes: liveInodes, cachedEnvs: cachedEnvs, notices: notices, lastNotice: lastNotice,
-            workerRestarts: restarts)
     }
 }

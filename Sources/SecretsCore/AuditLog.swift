@@ -61,13 +61,20 @@ public final class AuditLog: Sendable {
     let path: String?
     let journal: Bool
     let logger: Logger
-    let descriptor: Mutex<Int32>
+    /// The open log; a writer takes a reference under the lock and writes after releasing it (no syscall under a
+    /// lock FUSE threads take), so a reopen never closes a descriptor a write still uses.
+    let descriptor = Mutex<OpenFile?>(nil)
+
+    final class OpenFile: Sendable {
+        let fd: Int32
+        init(_ fd: Int32) { self.fd = fd }
+        deinit { close(fd) }
+    }
 
     public init(config: AuditConfig, logger: Logger) throws(SecretsError) {
         path = config.path
         journal = config.journal
         self.logger = logger
-        descriptor = Mutex(-1)
         if let path { try open(path) }
     }
 
@@ -76,11 +83,13 @@ public final class AuditLog: Sendable {
         guard fd >= 0 else { throw SecretsError(.io, "cannot open the audit log \(path): \(FileIO.errnoText(errno))") }
         // An existing file keeps its owner; its mode is made private.
         fchmod(fd, 0o600)
-        let old = descriptor.withLock { state -> Int32 in
-            defer { state = fd }
+        let opened = OpenFile(fd)
+        // The old file is closed when its last writer lets go of it (outside the lock).
+        let old = descriptor.withLock { state -> OpenFile? in
+            defer { state = opened }
             return state
         }
-        if old >= 0 { close(old) }
+        _ = old
     }
 
     /// After logrotate moved the file away: write to a new one at the same path.
@@ -100,7 +109,8 @@ public final class AuditLog: Sendable {
         guard path != nil else { return }
         let bytes = Array((line + "\n").utf8)
         // One write per line on an O_APPEND descriptor: lines from several threads never interleave.
-        let written = descriptor.withLock { fd in bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+        guard let file = descriptor.withLock({ $0 }) else { return }
+        let written = bytes.withUnsafeBytes { write(file.fd, $0.baseAddress, $0.count) }
         if written != bytes.count {
             logger.error("audit log write failed", metadata: ["errno": "\(errno)"])
         }

@@ -6,9 +6,11 @@
 # its own when overlays are not available.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-commit="${1:?usage: build-previous.sh COMMIT}"
+commit="${1:?usage: build-previous.sh COMMIT [debug|release]}"
+configuration="${2:-debug}"
 out="$root/.build-prev"
 binary="$out/secretsfs-$commit"
+[ "$configuration" = debug ] || binary="$binary-$configuration"
 if [ -x "$binary" ]; then echo "$binary"; exit 0; fi
 git -C "$root" cat-file -e "$commit^{commit}" || { echo "commit $commit is not in this clone (a shallow clone?)" >&2; exit 1; }
 rm -rf "$out/src" "$out/upper" "$out/work" "$out/merged"
@@ -24,16 +26,16 @@ if [ -d "$root/.build" ] && unshare --mount --propagation private bash -euo pipe
     cd "$root"
     # From here on "$out" is hidden under the old sources; "$root/.build" is the overlay (its upper layer is
     # "$out/upper" outside the namespace).
-    swift build --product secretsfs > "$root/.build/prev-build.log" 2>&1 || { tail -20 "$root/.build/prev-build.log" >&2; exit 1; }
+    swift build -c "$3" --product secretsfs > "$root/.build/prev-build.log" 2>&1 || { tail -20 "$root/.build/prev-build.log" >&2; exit 1; }
     tail -1 "$root/.build/prev-build.log"
-    cp "$root/.build/debug/secretsfs" "$root/.build/prev-binary"
-' _ "$root" "$out"; then
+    cp "$root/.build/$3/secretsfs" "$root/.build/prev-binary"
+' _ "$root" "$out" "$configuration"; then
     cp "$out/upper/prev-binary" "$binary"
 else
     echo "overlay build failed; building $commit in a build folder of its own" >&2
-    (cd "$out/src" && swift build --product secretsfs --scratch-path "$out/scratch" 2>&1 | tail -3)
-    cp "$out/scratch/debug/secretsfs" "$binary"
+    (cd "$out/src" && swift build -c "$configuration" --product secretsfs --scratch-path "$out/scratch" 2>&1 | tail -3)
+    cp "$out/scratch/$configuration/secretsfs" "$binary"
 fi
 rm -rf "$out/src" "$out/upper" "$out/work" "$out/merged"
-ln -sf "$(basename "$binary")" "$out/secretsfs-previous"
+[ "$configuration" = debug ] && ln -sf "$(basename "$binary")" "$out/secretsfs-previous"
 echo "$binary"

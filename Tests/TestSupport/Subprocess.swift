@@ -142,11 +142,14 @@ public func secretsfsBinary() throws -> String {
     return path
 }
 
-/// The checkout the tests run from (the folder holding `.build`).
+/// The checkout the tests run from: the nearest folder above the build products that holds Package.swift (the
+/// build folder may be `.build`, `.build-tsan`, ...).
 public func repositoryRoot() -> String {
     var url = URL(fileURLWithPath: productsDirectory())
-    while url.path != "/" && url.lastPathComponent != ".build" { url = url.deletingLastPathComponent() }
-    return url.deletingLastPathComponent().path
+    while url.path != "/" && !FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) {
+        url = url.deletingLastPathComponent()
+    }
+    return url.path
 }
 
 /// The binary of the previous release, built by `make previous-release` (Tests/Skew/build-previous.sh); fails loudly

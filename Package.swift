@@ -34,13 +34,17 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // C edge for TLS: only RedisClient imports this module.
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // C edge for ThreadSanitizer's annotations (weak: absent outside a TSan build). Only Locking imports it.
+        .systemLibrary(name: "CSanitizer"),
+        // The project's lock: Synchronization.Mutex, with its ordering made visible to ThreadSanitizer.
+        .target(name: "Locking", dependencies: ["CSanitizer"], swiftSettings: strict),
         // C edge for the supervisor's Linux calls (signalfd, memfd) that Glibc's module lacks.
         .systemLibrary(name: "CLinux"),
         // Pure Swift core: values, errors, config, resolver, cache, inode table, store protocol.
         .target(
             name: "SecretsCore",
             dependencies: [
-                "CLinux",
+                "CLinux", "Locking",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -68,7 +72,7 @@ let package = Package(
         .target(
             name: "FileStore",
             dependencies: [
-                "SecretsCore", "Age",
+                "SecretsCore", "Age", "Locking",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Yams", package: "Yams"),
@@ -79,7 +83,7 @@ let package = Package(
         // A small RESP2 client: TCP, unix sockets, TLS, AUTH/ACL, SELECT, timeouts, pool.
         .target(
             name: "RedisClient",
-            dependencies: ["COpenSSL"],
+            dependencies: ["COpenSSL", "Locking"],
             swiftSettings: strict
         ),
         // Backend: the daemon's environment (Prefect-style secrets).
@@ -87,13 +91,13 @@ let package = Package(
         // Backend: Redis hashes in Dynaconf's layout.
         .target(
             name: "RedisStore",
-            dependencies: ["SecretsCore", "RedisClient", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SecretsCore", "RedisClient", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Backend: HashiCorp Vault / OpenBao KV v1 and v2 in Dynaconf's layout, over libcurl.
         .target(
             name: "VaultStore",
-            dependencies: ["SecretsCore", "CCurl", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SecretsCore", "CCurl", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // [metrics]: /metrics (Prometheus text), /healthz and /status over Hummingbird, for the worker.
@@ -126,7 +130,7 @@ let package = Package(
         // Translates FUSE low-level requests to the core.
         .target(
             name: "FuseBridge",
-            dependencies: ["CFuse3", "SecretsCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CFuse3", "SecretsCore", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -143,24 +147,24 @@ let package = Package(
         .executableTarget(
             name: "secretsfs-bench", dependencies: ["RedisClient", "VaultStore", "TestSupport"], swiftSettings: strict),
         // Helpers shared by the test targets: subprocesses with timeouts, temporary folders, the built binary.
-        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["Locking"], path: "Tests/TestSupport", swiftSettings: strict),
         // What every store must do (reads, layers, changes, watch, close), run by each store's tests and the fake's.
-        .target(name: "StoreConformance", dependencies: ["SecretsCore"], path: "Tests/StoreConformance", swiftSettings: strict),
+        .target(name: "StoreConformance", dependencies: ["SecretsCore", "Locking"], path: "Tests/StoreConformance", swiftSettings: strict),
         .target(
             name: "FuzzTargets", dependencies: ["SecretsCore", "Age", "RedisClient", "RedisStore", "VaultStore"],
             path: "Tests/Fuzz/Targets", swiftSettings: strict),
         .testTarget(
-            name: "CoreTests", dependencies: ["SecretsCore", "Handover", "Supervision", "TestSupport", "FuzzTargets", "Age", "StoreConformance"],
+            name: "CoreTests", dependencies: ["SecretsCore", "Handover", "Supervision", "TestSupport", "FuzzTargets", "Age", "StoreConformance", "Locking"],
             swiftSettings: strict),
         .testTarget(name: "AgeTests", dependencies: ["Age", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "StoreTests",
             dependencies: [
                 "SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "EnvStore", "TestSupport",
-                "StoreConformance",
+                "StoreConformance", "Locking",
             ],
             swiftSettings: strict),
-        .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport", "RedisClient", "CLinux"], swiftSettings: strict),
+        .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport", "RedisClient", "CLinux", "Locking"], swiftSettings: strict),
         .testTarget(
             name: "DeployTests", dependencies: ["TestSupport", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),

@@ -2,7 +2,7 @@ import Age
 import Foundation
 import Logging
 import SecretsCore
-import Synchronization
+import Locking
 
 /// How a file's document maps to envs: `envs` (Dynaconf's layout: top-level tables are envs) or `flat` (the whole
 /// document is one env: what most SOPS files, helm values and dotenv files are).
@@ -101,9 +101,9 @@ public final class FileStore: SecretStore {
     public let name: String
     public let settings: FileStoreSettings
     private let logger: Logger
-    private let loaded: Mutex<[String: LoadedFile]>
-    private let views: Mutex<[String: MergedView]>
-    private let watcher: Mutex<FileWatcher?>
+    private let loaded: Locked<[String: LoadedFile]>
+    private let views: Locked<[String: MergedView]>
+    private let watcher: Locked<FileWatcher?>
 
     struct LoadedFile {
         var status: FileIO.Status
@@ -121,9 +121,9 @@ public final class FileStore: SecretStore {
         self.name = config.name
         self.settings = try FileStoreSettings(config: config)
         self.logger = logger
-        self.loaded = Mutex([:])
-        self.views = Mutex([:])
-        self.watcher = Mutex(nil)
+        self.loaded = Locked([:])
+        self.views = Locked([:])
+        self.watcher = Locked(nil)
     }
 
     /// The files behind a location: a chain element's path (relative to the config file's folder), else the
@@ -358,8 +358,8 @@ public final class FileStore: SecretStore {
 /// including atomic replacement by rename, as editors and `secretsfs edit` do.
 final class FileWatcher: Sendable {
     private let descriptor: Int32
-    private let running: Mutex<Bool>
-    private let done: Mutex<Bool>
+    private let running: Locked<Bool>
+    private let done: Locked<Bool>
 
     /// `paths`: each file to watch and the store location it is (nil: the store's own files).
     init?(paths: [String: String?], logger: Logger, onChange: @escaping @Sendable ([StoreChange]) -> Void) {
@@ -378,8 +378,8 @@ final class FileWatcher: Sendable {
             return nil
         }
         self.descriptor = fd
-        self.running = Mutex(true)
-        self.done = Mutex(false)
+        self.running = Locked(true)
+        self.done = Locked(false)
         let names = watches
         let thread = Thread { [self] in
             self.loop(names: names, onChange: onChange)

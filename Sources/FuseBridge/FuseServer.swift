@@ -2,7 +2,7 @@ import CFuse3
 import Glibc
 import Logging
 import SecretsCore
-import Synchronization
+import Locking
 
 /// Serves a `FileSystemCore` on a FUSE connection with libfuse's low-level API (a worker's job; `FuseMount` is the
 /// supervisor's).
@@ -94,14 +94,14 @@ final class FuseContext: Sendable, KernelNotifier {
     let core: FileSystemCore
     let mount: MountConfig
     let logger: Logger
-    let session: Mutex<SessionPointer?>
+    let session: Locked<SessionPointer?>
     let directoryHandles = DirectoryHandles()
 
     init(core: FileSystemCore, mount: MountConfig, logger: Logger) {
         self.core = core
         self.mount = mount
         self.logger = logger
-        self.session = Mutex(nil)
+        self.session = Locked(nil)
     }
 
     func invalidateEntry(parent: UInt64, name: String) {

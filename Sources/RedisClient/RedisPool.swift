@@ -1,4 +1,4 @@
-import Synchronization
+import Locking
 
 /// A small pool: parallel readers each get their own connection instead of queueing behind one socket. A
 /// connection that failed is dropped; a command that fails on a reused connection (for example after a server
@@ -7,7 +7,7 @@ import Synchronization
 /// former master are never reused.
 public final class RedisPool: Sendable {
     public let target: RedisTarget
-    private let idle: Mutex<[UnsafeTransfer]>
+    private let idle: Locked<[UnsafeTransfer]>
     private let maxIdle: Int
 
     /// Moves a connection between threads; only one user holds it at a time.
@@ -22,7 +22,7 @@ public final class RedisPool: Sendable {
 
     public init(target: RedisTarget, maxIdle: Int = 8) {
         self.target = target
-        self.idle = Mutex([])
+        self.idle = Locked([])
         self.maxIdle = maxIdle
     }
 

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 
 /// `redis+sentinel://[user:password@]host1:26379,host2:26379/<master-name>/<db>` (`rediss+sentinel://` for TLS to
 /// the data nodes): the sentinels to ask, the master's name, and how to talk to the data nodes. The credentials are
@@ -88,17 +88,17 @@ public final class RedisTarget: Sendable {
         var generation: Int
     }
 
-    let state: Mutex<State>
+    let state: Locked<State>
     public let sentinel: SentinelEndpoint?
     /// Timeout and CA file for every connection, data node or sentinel.
     let template: RedisSettings
-    let monitor = Mutex<RunningFlag?>(nil)
-    let lastRefresh = Mutex<Double>(0)
+    let monitor = Locked<RunningFlag?>(nil)
+    let lastRefresh = Locked<Double>(0)
     /// Called after the master moved, however that was found (a `+switch-master`, or a failure that made us ask).
-    let onMove = Mutex<(@Sendable (String) -> Void)?>(nil)
+    let onMove = Locked<(@Sendable (String) -> Void)?>(nil)
 
     public init(fixed settings: RedisSettings) {
-        state = Mutex(State(settings: settings, generation: 0))
+        state = Locked(State(settings: settings, generation: 0))
         sentinel = nil
         template = settings
     }
@@ -110,7 +110,7 @@ public final class RedisTarget: Sendable {
             address: sentinel.sentinels.first ?? .tcp(host: "127.0.0.1", port: 26379), tls: sentinel.tls,
             username: sentinel.username, password: sentinel.password, database: sentinel.database)
         template = RedisSettings(endpoint: placeholder, timeout: timeout, caFile: caFile)
-        state = Mutex(State(settings: template, generation: -1))
+        state = Locked(State(settings: template, generation: -1))
     }
 
     public var settings: RedisSettings { state.withLock { $0.settings } }
@@ -261,7 +261,7 @@ public final class RedisTarget: Sendable {
 
 /// A background loop's "keep going" flag.
 final class RunningFlag: Sendable {
-    private let running = Mutex(true)
+    private let running = Locked(true)
     var isRunning: Bool { running.withLock { $0 } }
     func stop() { running.withLock { $0 = false } }
 

@@ -2,13 +2,13 @@ import Foundation
 import Logging
 import RedisClient
 import SecretsCore
-import Synchronization
+import Locking
 
 /// Subscribes to keyspace notifications for the store's hashes and reports changes (debounced). Reconnects with
 /// backoff after a disconnect, resubscribes, and reports a change then too (events may have been missed).
 final class KeyspaceWatcher: Sendable {
-    private let running: Mutex<Bool>
-    private let done: Mutex<Bool>
+    private let running: Locked<Bool>
+    private let done: Locked<Bool>
 
     /// Nil when the server says notifications are off: the store then relies on the cache ttl.
     init?(
@@ -46,8 +46,8 @@ final class KeyspaceWatcher: Sendable {
                 metadata: ["store": "\(store)"])
             return nil
         }
-        running = Mutex(true)
-        done = Mutex(false)
+        running = Locked(true)
+        done = Locked(false)
         let thread = Thread { [self] in
             self.loop(
                 target: target, patterns: patterns, store: store, logger: logger, describe: describe,

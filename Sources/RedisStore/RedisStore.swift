@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import RedisClient
 import SecretsCore
-import Synchronization
+import Locking
 
 /// Settings of a Redis store, read from its `[stores.<name>]` table.
 public struct RedisStoreSettings: Sendable {
@@ -74,7 +74,7 @@ public final class RedisStore: WritableSecretStore {
     public let configuration: RedisStoreSettings
     let pool: RedisPool
     let logger: Logger
-    private let watcher: Mutex<KeyspaceWatcher?>
+    private let watcher: Locked<KeyspaceWatcher?>
 
     public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
         self.name = config.name
@@ -86,7 +86,7 @@ public final class RedisStore: WritableSecretStore {
             self.pool = RedisPool(settings: configuration.settings)
         }
         self.logger = logger
-        self.watcher = Mutex(nil)
+        self.watcher = Locked(nil)
     }
 
     /// The hash holding an env: `<PREFIX>_<ENV>`; a scope's `path` replaces the prefix.

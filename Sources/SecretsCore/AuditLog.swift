@@ -1,6 +1,6 @@
 import Glibc
 import Logging
-import Synchronization
+import Locking
 
 /// One recorded decision. Never a value, never a token.
 public struct AuditEntry: Sendable {
@@ -63,7 +63,7 @@ public final class AuditLog: Sendable {
     let logger: Logger
     /// The open log; a writer takes a reference under the lock and writes after releasing it (no syscall under a
     /// lock FUSE threads take), so a reopen never closes a descriptor a write still uses.
-    let descriptor = Mutex<OpenFile?>(nil)
+    let descriptor = Locked<OpenFile?>(nil)
 
     final class OpenFile: Sendable {
         let fd: Int32

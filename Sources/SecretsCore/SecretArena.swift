@@ -1,5 +1,5 @@
 import Glibc
-import Synchronization
+import Locking
 
 /// Where `SecretBytes` keep their bytes: pages of their own, mapped for secrets only, locked in memory (never
 /// swapped; best effort, as RLIMIT_MEMLOCK allows) and marked `MADV_DONTDUMP` (left out of any core dump). Small
@@ -24,7 +24,7 @@ final class SecretArena: Sendable {
         var mappedBytes = 0
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Whether the pages could be locked (false: RLIMIT_MEMLOCK reached; they are still left out of dumps).
     private static func map(_ size: Int) -> (UnsafeMutableRawPointer, Bool)? {

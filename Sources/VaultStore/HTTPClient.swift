@@ -1,7 +1,7 @@
 import CCurl
 import Foundation
 import SecretsCore
-import Synchronization
+import Locking
 
 /// A response: status and body. The body may hold secrets: it is never logged.
 struct HTTPResponse: Sendable {
@@ -29,19 +29,19 @@ final class HTTPClient: Sendable {
 
     let settings: Settings
     /// The base URL that answered last.
-    private let current: Mutex<String>
+    private let current: Locked<String>
     /// When the active node was last looked for (nil: due; reset by every switch). Looked for again every 10 s, so
     /// readers left on a standby after an election find the new active node.
-    private let leaderCheckedAt = Mutex<Double?>(nil)
+    private let leaderCheckedAt = Locked<Double?>(nil)
     /// When each node last failed a request: a node that failed in the last 10 s is not moved to as "active" (a
     /// standby keeps naming a dead leader until the election ends).
-    private let failedAt = Mutex<[String: Double]>([:])
+    private let failedAt = Locked<[String: Double]>([:])
     /// Called when requests move to another node: (from, to, why). Addresses and reasons only.
     private let onSwitch: @Sendable (String, String, String) -> Void
-    private let idle: Mutex<[Handle]>
+    private let idle: Locked<[Handle]>
     /// Multi handles keep their own connection cache: they live as long as the client so that connections are
     /// reused between lookups. Each is used by one thread at a time.
-    private let multis: Mutex<[Multi]>
+    private let multis: Locked<[Multi]>
 
     final class Multi: @unchecked Sendable {
         let raw: UnsafeMutableRawPointer
@@ -87,10 +87,10 @@ final class HTTPClient: Sendable {
     init(settings: Settings, onSwitch: @escaping @Sendable (String, String, String) -> Void = { _, _, _ in }) {
         _ = Self.globalInit
         self.settings = settings
-        self.current = Mutex(settings.addresses.first ?? "")
+        self.current = Locked(settings.addresses.first ?? "")
         self.onSwitch = onSwitch
-        self.idle = Mutex([])
-        self.multis = Mutex([])
+        self.idle = Locked([])
+        self.multis = Locked([])
     }
 
     func close() {

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import SecretsCore
-import Synchronization
+import Locking
 
 /// Logs in once and caches the token; renews a renewable token when about two thirds of its TTL have passed; logs in
 /// again (once per failure) when renewal fails or a request is refused. Never logs in per read, never logs a token.
@@ -19,9 +19,9 @@ final class TokenManager: Sendable {
     let logger: Logger
     let clock: @Sendable () -> Double
     private let environment: [String: String]
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// Serializes logins and renewals so concurrent readers do not each log in.
-    private let loginLock: Mutex<Void>
+    private let loginLock: Locked<Void>
 
     init(settings: VaultSettings, http: HTTPClient, store: String, logger: Logger,
          environment: [String: String] = ProcessInfo.processInfo.environment,
@@ -33,8 +33,8 @@ final class TokenManager: Sendable {
         self.store = store
         self.logger = logger
         self.clock = clock
-        self.state = Mutex(State())
-        self.loginLock = Mutex(())
+        self.state = Locked(State())
+        self.loginLock = Locked(())
     }
 
     /// The current token, logging in or renewing first when due.

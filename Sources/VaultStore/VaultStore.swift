@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import SecretsCore
-import Synchronization
+import Locking
 
 /// `type = "vault"`: KV v1 or v2 in Dynaconf's layout, env `<env>` at `<mount>/<path>/<env>`.
 public final class VaultStore: WritableSecretStore {
@@ -10,10 +10,10 @@ public final class VaultStore: WritableSecretStore {
     let http: HTTPClient
     let logger: Logger
     let tokens: TokenManager
-    private let detectedVersion: Mutex<VaultSettings.KVVersion?>
-    private let envListing: Mutex<[String: (envs: Set<String>, at: Double)]>
+    private let detectedVersion: Locked<VaultSettings.KVVersion?>
+    private let envListing: Locked<[String: (envs: Set<String>, at: Double)]>
     /// The metadata watch's running flag, when one runs.
-    private let watcher = Mutex<RunningFlag?>(nil)
+    private let watcher = Locked<RunningFlag?>(nil)
 
     /// `environment` supplies VAULT_ADDR, VAULT_TOKEN and the other defaults (the process's own by default).
     public init(
@@ -33,8 +33,8 @@ public final class VaultStore: WritableSecretStore {
         }
         tokens = TokenManager(
             settings: settings, http: http, store: config.name, logger: logger, environment: environment)
-        detectedVersion = Mutex(settings.kvVersion == .auto ? nil : settings.kvVersion)
-        envListing = Mutex([:])
+        detectedVersion = Locked(settings.kvVersion == .auto ? nil : settings.kvVersion)
+        envListing = Locked([:])
         if settings.skipVerify {
             logger.warning(
                 """
@@ -342,5 +342,5 @@ public final class VaultStore: WritableSecretStore {
 
 /// A background loop's "keep going" flag, shared between the loop and `close`.
 final class RunningFlag: Sendable {
-    let running = Mutex(true)
+    let running = Locked(true)
 }

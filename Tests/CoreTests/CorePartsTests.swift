@@ -1,7 +1,7 @@
 import Glibc
 import Logging
 import SecretsCore
-import Synchronization
+import Locking
 import Testing
 
 /// The parts of the core, each on its own (FileSystemCore's tests cover them together).
@@ -70,7 +70,7 @@ struct CorePartsTests {
         let handles = DirectoryHandles(first: 100)
         let one = handles.open([DirectoryEntry(name: "a", inode: 2, isDirectory: false)])
         #expect(one == 100 && handles.open([]) == 101)
-        let lists = Mutex(0)
+        let lists = Locked(0)
         let list: () throws(SecretsError) -> [DirectoryEntry] = {
             lists.withLock { $0 += 1 }
             return [DirectoryEntry(name: "b", inode: 3, isDirectory: false)]
@@ -118,7 +118,7 @@ struct CorePartsTests {
             policy: AccessPolicy(config: config), audit: nil,
             callerDetails: { _ in CallerDetails(exe: nil, cgroup: nil, groups: []) })
         let secret = InodeTable.FilePath(top: "fake", env: "production", key: "SECRET")
-        let reads = Mutex(0)
+        let reads = Locked(0)
         let body: () throws(SecretsError) -> (Int, String) = {
             reads.withLock { $0 += 1 }
             return (42, "cached")

@@ -1,7 +1,7 @@
 import Dispatch
 import Glibc
 import Logging
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -308,7 +308,7 @@ struct FileSystemCoreTests {
         let core = try core()
         let env = try envInode(core)
         let store = self.store
-        let failures = Mutex(0)
+        let failures = Locked(0)
         DispatchQueue.concurrentPerform(iterations: 4) { worker in
             for round in 0..<300 {
                 if worker == 0 { store.set("production", "FRESH_X", .string(String(repeating: "x", count: round % 7 + 1))) }

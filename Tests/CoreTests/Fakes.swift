@@ -1,22 +1,22 @@
 import Logging
 import SecretsCore
 import StoreConformance
-import Synchronization
+import Locking
 import Testing
 
 /// An in-memory store that counts backend calls, can be told to fail, and pushes its own changes while watched.
 final class FakeStore: SecretStore {
     let name: String
-    let data: Mutex<[String: [String: [String: SecretValue]]]>  // location ("" = default) -> env -> fields
-    let calls = Mutex(0)
-    let failing = Mutex(false)
-    let watcher = Mutex<(@Sendable ([StoreChange]) -> Void)?>(nil)
+    let data: Locked<[String: [String: [String: SecretValue]]]>  // location ("" = default) -> env -> fields
+    let calls = Locked(0)
+    let failing = Locked(false)
+    let watcher = Locked<(@Sendable ([StoreChange]) -> Void)?>(nil)
 
     init(name: String, envs: [String: [String: SecretValue]], locations: [String: [String: [String: SecretValue]]] = [:]) {
         self.name = name
         var all = locations
         all[""] = envs
-        self.data = Mutex(all)
+        self.data = Locked(all)
     }
 
     func set(_ env: String, _ key: String, _ value: SecretValue?, at location: String = "") {
@@ -45,12 +45,12 @@ final class FakeStore: SecretStore {
 }
 
 final class RecordingNotifier: KernelNotifier {
-    let invalidated = Mutex<[(UInt64, String)]>([])
+    let invalidated = Locked<[(UInt64, String)]>([])
     func invalidateEntry(parent: UInt64, name: String) { invalidated.withLock { $0.append((parent, name)) } }
 }
 
 final class FakeClock: Sendable {
-    let now = Mutex(1000.0)
+    let now = Locked(1000.0)
     func advance(_ seconds: Double) { now.withLock { $0 += seconds } }
     var function: @Sendable () -> Double { { [self] in self.now.withLock { $0 } } }
 }

@@ -4,13 +4,13 @@ import Glibc
 import Handover
 import Logging
 import SecretsCore
-import Synchronization
+import Locking
 import Testing
 
 /// Records what a worker's core reports, as the supervisor would.
 final class RecordingJournal: NodeJournal {
-    let table = Mutex(NodeTable())
-    let messages = Mutex<[HandoverMessage]>([])
+    let table = Locked(NodeTable())
+    let messages = Locked<[HandoverMessage]>([])
     func report(_ events: [NodeEvent]) {
         for event in events {
             switch event {
@@ -317,8 +317,8 @@ struct SecretMemoryTests {
 /// A store whose every read takes 20 ms and returns the current version, and counts reads.
 final class SlowStore: SecretStore {
     let name = "slow"
-    let version = Mutex(0)
-    let calls = Mutex(0)
+    let version = Locked(0)
+    let calls = Locked(0)
     func envs(at location: String?) throws(SecretsError) -> [String] { ["production"] }
     func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
         env == "production" ? ["FRESH_V": .string("\(version.withLock { $0 })")] : nil
@@ -364,8 +364,8 @@ struct SharedFetchTests {
     func strict() throws {
         let store = SlowStore()
         let (core, env) = try core(store, maxAge: "0")
-        let stale = Mutex(0)
-        let reads = Mutex(0)
+        let stale = Locked(0)
+        let reads = Locked(0)
         Self.onThreads(16) { index in
             for _ in 0..<10 {
                 if index == 0 { store.version.withLock { $0 += 1 } }

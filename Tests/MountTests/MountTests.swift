@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -197,7 +197,7 @@ struct MountTests {
         defer { socket.close() }
         // Wait for READY=1 on another thread and note whether the mount was there when it came.
         let mountpoint = fixture.mountpoint
-        let heard = Mutex<(String, Bool)?>(nil)
+        let heard = Locked<(String, Bool)?>(nil)
         let listener = Thread {
             if let message = try? socket.receive(timeout: 20) {
                 heard.withLock { $0 = (message, MountedSecretsFS.isMounted(mountpoint)) }

@@ -1,6 +1,6 @@
 import Foundation
 import RedisClient
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -88,10 +88,10 @@ struct RedisMountTests {
         }
         for maxAge in ["0", "100ms"] {
             let fs = try fixture.mount(config: try config(fixture, server: server, fresh: ["COUNTER"], extra: "fresh_max_age = \"\(maxAge)\""))
-            let written = Mutex(0)
-            let stop = Mutex(false)
-            let stale = Mutex(0)
-            let reads = Mutex(0)
+            let written = Locked(0)
+            let stop = Locked(false)
+            let stale = Locked(0)
+            let reads = Locked(0)
             let path = fs.path("redis/production/COUNTER")
             let before = try hgets()
             let group = DispatchGroup()
@@ -145,7 +145,7 @@ struct RedisMountTests {
         #expect(try fs.readText("redis/production/DB_HOST") == "in-flight-1")
         // The backend hangs: the worker takes the LOOKUP and waits on Redis with the request unanswered.
         server.pause()
-        let result = Mutex<Result<String, FSError>?>(nil)
+        let result = Locked<Result<String, FSError>?>(nil)
         let reader = Thread {
             do {
                 result.withLock { $0 = .success((try? fs.readText("redis/production/DB_HOST", timeout: 30)) ?? "") }

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -50,7 +50,7 @@ struct SoakTests {
         defer { fixture.tearDown() }
 
         // Every value ever written, per file path under the mount; a read must return one of them.
-        let written = Mutex<[String: Set<String>]>([:])
+        let written = Locked<[String: Set<String>]>([:])
         func value(_ round: Int, _ key: String) -> String {
             "\(key.lowercased())-\(round)-" + String(repeating: "x", count: (round * 7) % 61)
         }
@@ -91,9 +91,9 @@ struct SoakTests {
         var warm: (rssKiB: Int, fds: Int, threads: Int)?
 
         // Windows in which a backend was down (from stop to some time after it is back), per store.
-        let downs = Mutex<[String: [(Date, Date)]]>([:])
-        let tally = Mutex(Tally())
-        let stop = Mutex(false)
+        let downs = Locked<[String: [(Date, Date)]]>([:])
+        let tally = Locked(Tally())
+        let stop = Locked(false)
         let end = Date().addingTimeInterval(seconds)
         let readers = DispatchGroup()
         for reader in 0..<16 {

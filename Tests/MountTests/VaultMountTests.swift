@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -110,8 +110,8 @@ struct VaultMountTests {
             let path = fs.path("vault/production/COUNTER")
             #expect(try fs.readText("vault/production/COUNTER") == "0")
             let before = server.requests(path: "secret/data/dynaconf/production", operation: "read")
-            let stop = Mutex(false)
-            let reads = Mutex(0)
+            let stop = Locked(false)
+            let reads = Locked(0)
             let group = DispatchGroup()
             for _ in 0..<16 {
                 group.enter()

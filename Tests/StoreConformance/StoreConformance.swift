@@ -2,7 +2,7 @@ import Dispatch
 import Foundation
 import Glibc
 import SecretsCore
-import Synchronization
+import Locking
 import Testing
 
 /// What every store must do, whatever its backend: reads, layers, outside changes, change notices (`watch`) and
@@ -68,10 +68,10 @@ public struct StoreConformance {
     /// A store that says it pushes changes (`watch` returns true) reports an outside change of an env, naming it or
     /// everything; `close` returns promptly, may be called twice, and no notice arrives after it returned.
     func checkWatchAndClose() throws {
-        let notices = Mutex<[[StoreChange]]>([])
+        let notices = Locked<[[StoreChange]]>([])
         let arrived = DispatchSemaphore(value: 0)
-        let closed = Mutex(false)
-        let late = Mutex(0)
+        let closed = Locked(false)
+        let late = Locked(0)
         let pushes = store.watch(locations: []) { changes in
             if closed.withLock({ $0 }) { late.withLock { $0 += 1 } }
             notices.withLock { $0.append(changes) }

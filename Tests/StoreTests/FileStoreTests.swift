@@ -4,7 +4,7 @@ import Foundation
 import Logging
 import SecretsCore
 import StoreConformance
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -54,7 +54,7 @@ struct FileStoreTests {
         let dir = try TemporaryDirectory()
         let identity = X25519Identity.generate()
         _ = try dir.write("identity.txt", identity.secretString + "\n")
-        let data = Mutex(StoreConformance.seed)
+        let data = Locked(StoreConformance.seed)
         let path = dir.file(fileName)
         let write: @Sendable () throws -> Void = {
             let text = render(data.withLock { $0 })

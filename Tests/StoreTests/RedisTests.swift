@@ -4,7 +4,7 @@ import RedisClient
 import RedisStore
 import SecretsCore
 import StoreConformance
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -305,7 +305,7 @@ struct RedisStoreTests {
         _ = try server.cli(["ACL", "SETUSER", "reader", "+psubscribe", "&__keyspace@0__:DYNACONF_*"])
         let granted = try store(RecordingLogHandler.Storage())
         defer { granted.close() }
-        let changes = Mutex(0)
+        let changes = Locked(0)
         #expect(granted.watch { _ in changes.withLock { $0 += 1 } })
         Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "pushed")])
@@ -386,7 +386,7 @@ struct RedisStoreTests {
         defer { server.remove() }
         let store = try redisStore(server.url)
         defer { store.close() }
-        let notices = Mutex<[[StoreChange]]>([])
+        let notices = Locked<[[StoreChange]]>([])
         #expect(store.watch(locations: ["SVC"]) { changes in notices.withLock { $0.append(changes) } })
         Thread.sleep(forTimeInterval: 0.3)
         try server.hset("DYNACONF_STAGING", [("A", "1")])
@@ -412,7 +412,7 @@ struct RedisStoreTests {
         defer { server.remove() }
         let store = try redisStore(server.url)
         defer { store.close() }
-        let changes = Mutex<[Date]>([])
+        let changes = Locked<[Date]>([])
         #expect(store.watch { _ in changes.withLock { $0.append(Date()) } })
         Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
         let written = Date()

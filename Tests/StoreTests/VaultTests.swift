@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import SecretsCore
 import StoreConformance
-import Synchronization
+import Locking
 import Testing
 import TestSupport
 
@@ -26,7 +26,7 @@ struct VaultStoreTests {
     func conformance() throws {
         let server = try BaoServer()
         defer { server.remove() }
-        let data = Mutex(StoreConformance.seed)
+        let data = Locked(StoreConformance.seed)
         for (env, fields) in StoreConformance.seed { try dynaconfWrite(server, env: env, fields) }
         let token = try server.dir.write("token", "root\n")
         let store = try vaultStore(server, "token_file = \"\(token)\"")
@@ -371,7 +371,7 @@ struct VaultStoreTests {
             reply: Array("HTTP/1.1 307 Temporary Redirect\r\nLocation: \(server.address)/v1/secret/data/dynaconf/production\r\nContent-Length: 0\r\n\r\n".utf8))
         defer { standby.stop() }
         let dead = "http://127.0.0.1:\(try freePort())"
-        let switches = Mutex<[String]>([])
+        let switches = Locked<[String]>([])
         let client = HTTPClient(
             settings: .init(
                 timeout: 3, caFile: nil, skipVerify: false,
@@ -476,7 +476,7 @@ struct VaultRequestTests {
 /// Collects log messages so tests can check what was logged.
 struct RecordingLogHandler: LogHandler {
     final class Storage: Sendable {
-        let messages = Mutex<[String]>([])
+        let messages = Locked<[String]>([])
     }
 
     let storage: Storage

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Locking
 
 /// Reads files of a mount in a loop on its own thread (each read bounded by the mount's read timeout) and records
 /// every outcome with its time, for tests that change a backend under readers.
@@ -12,8 +12,8 @@ public final class LoopReader: @unchecked Sendable {
         public var errno: Int32?
     }
 
-    let outcomes = Mutex<[Outcome]>([])
-    let running = Mutex(true)
+    let outcomes = Locked<[Outcome]>([])
+    let running = Locked(true)
     let done = DispatchSemaphore(value: 0)
 
     public init(_ fs: MountedSecretsFS, paths: [String], pause: Double = 0.02) {

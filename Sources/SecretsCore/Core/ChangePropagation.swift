@@ -1,6 +1,6 @@
 import Logging
 import Metrics
-import Synchronization
+import Locking
 
 /// How the core tells the kernel that a name now leads elsewhere. The FUSE bridge implements it; tests record it.
 public protocol KernelNotifier: Sendable {
@@ -19,8 +19,8 @@ final class ChangePropagation: Sendable {
         var window = (notices: 0, envs: 0, changed: 0, since: 0.0)
     }
 
-    let stats = Mutex(Stats())
-    let notifier = Mutex<(any KernelNotifier)?>(nil)
+    let stats = Locked(Stats())
+    let notifier = Locked<(any KernelNotifier)?>(nil)
     let resolver: Resolver
     let views: EnvViewCache
     let inodes: InodeRegistry

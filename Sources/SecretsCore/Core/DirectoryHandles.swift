@@ -1,4 +1,4 @@
-import Synchronization
+import Locking
 
 /// Open directory handles: one listing per handle, so paging through a directory sees one consistent snapshot.
 /// Handles are stable values that survive a worker: a handle an earlier worker opened (the kernel keeps it across the
@@ -9,11 +9,11 @@ public final class DirectoryHandles: Sendable {
         var open: [UInt64: [DirectoryEntry]] = [:]
     }
 
-    let state: Mutex<State>
+    let state: Locked<State>
 
     /// Handles of one worker start at a random high number, so they never collide with an earlier worker's.
     public init(first: UInt64 = UInt64.random(in: 1...UInt64(1 << 31)) << 32) {
-        state = Mutex(State(next: first))
+        state = Locked(State(next: first))
     }
 
     /// A new handle holding `entries`.

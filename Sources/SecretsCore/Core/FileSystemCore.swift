@@ -1,6 +1,6 @@
 import Logging
 import Metrics
-import Synchronization
+import Locking
 
 /// The filesystem without FUSE, a façade over its parts: the inode table (`InodeRegistry`), the reader every front
 /// door uses (`SecretReader`, with `EnvViewCache` and `FreshFetcher`), the access and audit path (`AccessGate`),
@@ -27,7 +27,7 @@ public final class FileSystemCore: Sendable {
     let cache: CacheConfig
     let clock: @Sendable () -> Double
     let mountedAt: WallTime
-    let workerRestarts = Mutex<UInt64>(0)
+    let workerRestarts = Locked<UInt64>(0)
 
     public init(
         config: Config, resolver: Resolver, logger: Logger,

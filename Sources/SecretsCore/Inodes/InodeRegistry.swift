@@ -1,4 +1,4 @@
-import Synchronization
+import Locking
 
 /// Where a worker reports every node id it issues and every file node the kernel forgets, so that the next worker
 /// on the same connection knows them. Reported after the table's lock is released, before the reply that hands
@@ -21,8 +21,8 @@ public struct NodeHandoff: Sendable {
 /// The owner of the inode table: one lock, held only for table work (no syscall, no backend call, no socket write
 /// under it); the events a change produces go to the journal once the lock is released.
 public final class InodeRegistry: Sendable {
-    let table = Mutex(InodeTable())
-    let handoff = Mutex<NodeHandoff?>(nil)
+    let table = Locked(InodeTable())
+    let handoff = Locked<NodeHandoff?>(nil)
 
     public init() {}
 

@@ -1,4 +1,4 @@
-import Synchronization
+import Locking
 
 /// One env of one top, the unit the cache keeps.
 public struct EnvKey: Hashable, Sendable {
@@ -27,7 +27,7 @@ public final class EnvViewCache: Sendable {
         var fetchedAt: Double
     }
 
-    let entries = Mutex<[EnvKey: Entry]>([:])
+    let entries = Locked<[EnvKey: Entry]>([:])
     let resolver: Resolver
     let health: StoreHealthBoard
     let ttl: Double

@@ -1,5 +1,5 @@
 import Dispatch
-import Synchronization
+import Locking
 
 /// Fresh keys reach their backend on every open, but concurrent opens share fetches.
 ///
@@ -32,7 +32,7 @@ public final class FreshFetcher: Sendable {
         var ticket: UInt64 = 0
     }
 
-    let state = Mutex(State())
+    let state = Locked(State())
     let resolver: Resolver
     let health: StoreHealthBoard
     let clock: @Sendable () -> Double

@@ -1,6 +1,6 @@
 import Logging
 import Metrics
-import Synchronization
+import Locking
 
 /// Whether a top's last backend call was answered, since when (wall clock), and what failed.
 public struct StoreHealth: Sendable {
@@ -20,7 +20,7 @@ public final class StoreHealthBoard: Sendable {
         var warnedNames: Set<String> = []
     }
 
-    let state = Mutex(State())
+    let state = Locked(State())
     let clock: @Sendable () -> Double
     let logger: Logger
 

@@ -9,7 +9,7 @@ public enum StoreChange: Sendable, Hashable {
 /// A backend that holds secrets in Dynaconf's layout: envs, each a flat set of keys.
 ///
 /// A store answers raw data only; layering (default, env, global) and scope chains live in the `Resolver`, caching
-/// in `FileSystemCore`. Every store must pass the shared conformance suite (Tests/StoreTests/StoreConformance.swift).
+/// in `FileSystemCore`. Every store must pass the shared conformance suite (Tests/StoreConformance/StoreConformance.swift).
 ///
 /// `location` is where inside the backend to look; nil means the store's configured location. A scope chain element
 /// `{ store = "x", path = "..." }` passes its path here (the file store: a file; Vault: a KV path; Redis: a prefix).

@@ -39,18 +39,23 @@ struct FailoverTests {
             config: try containerConfig(fixture, extra: "[metrics]\nlisten = \"unix:\(fixture.dir.file("metrics.sock"))\"\n"))
         let reader = try ContainerReader(
             source: fs.path("local/production"), files: ["DB_HOST": ["db-1", "db-2"], "PASSWORD": ["pw-1", "pw-2"]],
-            seconds: 6)
-        usleep(700_000)
+            seconds: 120)
+        defer { reader.stop() }
+        try reader.waitForReads()
         var killed: Set<pid_t> = []
         for round in 1...2 {
             let worker = try #require(fs.workerPID())
             killed.insert(worker)
             kill(worker, SIGKILL)
             try fs.waitForLog("a new worker serves the connection", count: round)
-            usleep(500_000)
+            try reader.waitForReads()  // the container reads through the new worker
         }
         #expect(fs.workerPID().map { !killed.contains($0) } == true)
         try fixture.writeEncrypted("secrets.toml.age", secrets(2))
+        try reader.waitForValue("PASSWORD", index: 1)
+        try reader.waitForValue("DB_HOST", index: 1)
+        try reader.waitForReads()
+        reader.stop()
         let report = try reader.wait(timeout: 40, onTimeout: fs.abortConnection)
         #expect(report.failures.isEmpty, "failed reads in the container: \(report.failures)")
         #expect(report.unexpected == 0)
@@ -74,8 +79,9 @@ struct FailoverTests {
         #expect(try fs.list("") == ["local"])
         let reader = try ContainerReader(
             source: fs.path("local/production"), files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"], "PORT": ["1234"]],
-            seconds: 5)
-        usleep(500_000)
+            seconds: 120)
+        defer { reader.stop() }
+        try reader.waitForReads()
         let first = try #require(fs.workerPID())
         // A scope added to the config appears after the reload, from a new worker.
         let text = try String(contentsOfFile: config, encoding: .utf8)
@@ -97,6 +103,8 @@ struct FailoverTests {
         try fs.waitForLog("the new worker failed before taking over; the running worker keeps serving")
         #expect(fs.workerPID() == second)
         #expect(try fs.readText("local/production/PASSWORD") == "pw-1")
+        try reader.waitForReads()
+        reader.stop()
         let report = try reader.wait(timeout: 40, onTimeout: fs.abortConnection)
         #expect(report.failures.isEmpty, "failed reads in the container: \(report.failures)")
         #expect(report.unexpected == 0 && report.ok > 50)
@@ -110,8 +118,9 @@ struct FailoverTests {
         try fixture.writeEncrypted("secrets.toml.age", secrets(1))
         let fs = try fixture.mount(config: try containerConfig(fixture))
         let reader = try ContainerReader(
-            source: fs.path("local/production"), files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"]], seconds: 4)
-        usleep(500_000)
+            source: fs.path("local/production"), files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"]], seconds: 120)
+        defer { reader.stop() }
+        try reader.waitForReads()
         let worker = try #require(fs.workerPID())
         let supervisor = fs.process.processIdentifier
         kill(supervisor, SIGUSR2)
@@ -121,6 +130,8 @@ struct FailoverTests {
         #expect(fs.workerPID() == worker)
         kill(worker, SIGKILL)
         try fs.waitForLog("a new worker serves the connection")
+        try reader.waitForReads()
+        reader.stop()
         let report = try reader.wait(timeout: 40, onTimeout: fs.abortConnection)
         #expect(report.failures.isEmpty, "failed reads in the container: \(report.failures)")
         #expect(report.unexpected == 0 && report.ok > 50)

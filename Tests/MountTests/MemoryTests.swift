@@ -36,7 +36,12 @@ struct MemoryTests {
         defer { fixture.tearDown() }
         try fixture.writeEncrypted("secrets.toml.age", "[production]\nPASSWORD = \"private-value-2\"\n")
         let config = try fixture.writeConfig()
-        let editor = try fixture.dir.write("editor.sh", "#!/bin/sh\nsleep 2\n", mode: 0o755)
+        // The editor says when edit has reached it (the decrypted copy exists), and holds until the test is done.
+        let editing = fixture.dir.file("editing"), finished = fixture.dir.file("finished")
+        let editor = try fixture.dir.write(
+            "editor.sh",
+            "#!/bin/sh\ntouch '\(editing)'\nfor i in $(seq 300); do [ -e '\(finished)' ] && exit 0; sleep 0.05; done\n",
+            mode: 0o755)
         for path in [fixture.dir.path, config, fixture.dir.file("identity.txt"), fixture.dir.file("secrets.toml.age"), editor] {
             chown(path, 65534, 65534)
         }
@@ -55,6 +60,7 @@ struct MemoryTests {
         try edit.run()
         defer {
             // Let edit finish on its own: killed, it could not wipe its tmpfs copy.
+            _ = FileManager.default.createFile(atPath: finished, contents: nil)
             let deadline = Date().addingTimeInterval(20)
             while edit.isRunning && Date() < deadline { usleep(20_000) }
             if edit.isRunning { kill(edit.processIdentifier, SIGTERM) }
@@ -69,7 +75,12 @@ struct MemoryTests {
             control.terminate()
             control.waitUntilExit()
         }
-        usleep(500_000)
+        try waitUntil("edit runs its editor", seconds: 20, every: 0.01) { FileManager.default.fileExists(atPath: editing) }
+        // setpriv has dropped to uid 65534 and exec'd sleep.
+        try waitUntil("the control process runs as 65534", seconds: 10, every: 0.01) {
+            let comm = try? String(contentsOfFile: "/proc/\(control.processIdentifier)/comm", encoding: .utf8)
+            return Self.status(control.processIdentifier, "Uid") == 65534 && comm == "sleep\n"
+        }
         #expect(Self.status(edit.processIdentifier, "Uid") == 65534)
         #expect(try run(asNobody + ["/bin/cat", "/proc/\(control.processIdentifier)/environ"], timeout: 10).status == 0)
         for file in ["environ", "mem", "maps"] {

@@ -152,7 +152,7 @@ struct RedisMountTests {
             }
         }
         reader.start()
-        usleep(500_000)
+        try fs.waitForWaitingRequests()  // the read is in the worker, which waits on Redis
         let worker = try #require(fs.workerPID())
         kill(worker, SIGKILL)
         try fs.waitForLog("a new worker serves the connection")
@@ -170,7 +170,7 @@ struct RedisMountTests {
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v1")])
         let fs = try fixture.mount(config: try config(fixture, server: server))
         #expect(try fs.readText("redis/production/PASSWORD") == "v1")
-        Thread.sleep(forTimeInterval: 0.3)  // the subscription settles after mount
+        try server.waitForPatternSubscriptions()  // the worker's watcher listens
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v2")])
         let written = Date()
         var seen = ""

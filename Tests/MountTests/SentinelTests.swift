@@ -35,7 +35,7 @@ struct SentinelTests {
         #expect(try fs.readText("redis/production/NAME") == "cached-1")
         #expect(try fs.readText("redis/production/PORT") == "6379")
         let reader = LoopReader(fs, paths: ["redis/production/DB_PASS", "redis/production/NAME"])
-        usleep(300_000)
+        try reader.waitForReads()
         let killed = Date()
         set.master.crash()
         try set.waitForPromotion()

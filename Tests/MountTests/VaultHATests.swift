@@ -42,14 +42,14 @@ struct VaultHATests {
         #expect(try fs.readText("vault/production/DB_PASS") == "ha-1")
         #expect(try fs.readText("vault/production/NAME") == "cached-1")
         let reader = LoopReader(fs, paths: ["vault/production/DB_PASS", "vault/production/NAME"])
-        usleep(500_000)
+        try reader.waitForReads(10)
         let stopped = Date()
         leader.stop(signal)
         let newLeader = try cluster.waitForNewLeader(after: leader)
         let elected = Date()
         try cluster.cli(newLeader, ["kv", "put", "secret/dynaconf/production", "DB_PASS=ha-2", "NAME=cached-1"])
         let seen = reader.waitFor("vault/production/DB_PASS", text: "ha-2", since: elected, seconds: 20)
-        usleep(500_000)
+        try reader.waitForReads(10)  // reads of both keys after the new leader serves
         let outcomes = reader.stop()
         #expect(seen != nil, "the rotation written to the new leader is read")
         let cached = outcomes.filter { $0.path.hasSuffix("NAME") }

@@ -24,12 +24,17 @@ public struct StoreConformance {
     var stringsOnly = false
     /// Replaces one key's value in the backend, as an outside writer would.
     let update: (String, String, SecretValue) throws -> Void
+    /// Opens another store over the same backend. For a store whose notices arrive asynchronously: after `close`,
+    /// the witness hearing of a change is the event that says the closed store would have heard of it too.
+    let witness: (() throws -> any SecretStore)?
 
     public init(
-        store: any SecretStore, stringsOnly: Bool = false, update: @escaping (String, String, SecretValue) throws -> Void
+        store: any SecretStore, stringsOnly: Bool = false, witness: (() throws -> any SecretStore)? = nil,
+        update: @escaping (String, String, SecretValue) throws -> Void
     ) {
         self.store = store
         self.stringsOnly = stringsOnly
+        self.witness = witness
         self.update = update
     }
 
@@ -104,11 +109,23 @@ public struct StoreConformance {
         #expect(done.wait(timeout: .now() + 15) == .success, "close did not return")
         closed.withLock { $0 = true }
         if pushes {
-            // After close, changes reach no one (a notice already in flight may still land: give it a moment).
-            usleep(200_000)
+            // After close, changes reach no one. A store with asynchronous notices: a witness over the same backend
+            // hears of the change, and by then the closed store would have.
             let before = late.withLock { $0 }
-            try update("production", "PASSWORD", .string("after-close"))
-            usleep(500_000)
+            if let witness {
+                let other = try witness()
+                defer { other.close() }
+                let heard = DispatchSemaphore(value: 0)
+                #expect(other.watch(locations: []) { _ in heard.signal() }, "the witness store does not push")
+                var noticed = false
+                for round in 0..<30 where !noticed {
+                    try update("production", "PASSWORD", .string("after-close-\(round)"))
+                    noticed = heard.wait(timeout: .now() + 1) == .success
+                }
+                #expect(noticed, "the witness heard of no change")
+            } else {
+                try update("production", "PASSWORD", .string("after-close"))
+            }
             #expect(late.withLock { $0 } == before, "a notice arrived after close returned")
         }
     }

@@ -66,8 +66,10 @@ struct FileStoreTests {
         let config = try Config.parse(
             text: "[stores.local]\ntype = \"file\"\nfiles = [\"\(path)\"]\nidentity = \"\(dir.file("identity.txt"))\"\n",
             file: dir.file("config.toml"))
-        let store = try FileStore(config: try #require(config.stores.first), logger: Logger(label: "test"))
-        let conformance = StoreConformance(store: store) { env, key, value in
+        let storeConfig = try #require(config.stores.first)
+        let store = try FileStore(config: storeConfig, logger: Logger(label: "test"))
+        let witness = { () throws -> any SecretStore in try FileStore(config: storeConfig, logger: Logger(label: "test")) }
+        let conformance = StoreConformance(store: store, witness: witness) { env, key, value in
             data.withLock { $0[env, default: [:]][key] = value }
             try write()
         }

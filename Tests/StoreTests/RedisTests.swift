@@ -217,7 +217,7 @@ struct RedisStoreTests {
         }
         let store = try redisStore(server.url)
         defer { store.close() }
-        try StoreConformance(store: store) { env, key, value in
+        try StoreConformance(store: store, witness: { try redisStore(server.url) }) { env, key, value in
             try server.hset("DYNACONF_\(env.uppercased())", [(key, DynaconfTokens.encode(value))])
         }.checkConformance()
     }
@@ -307,7 +307,7 @@ struct RedisStoreTests {
         defer { granted.close() }
         let changes = Locked(0)
         #expect(granted.watch { _ in changes.withLock { $0 += 1 } })
-        Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
+        try server.waitForPatternSubscriptions()
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "pushed")])
         var seen = false
         for _ in 0..<100 where !seen {
@@ -388,7 +388,7 @@ struct RedisStoreTests {
         defer { store.close() }
         let notices = Locked<[[StoreChange]]>([])
         #expect(store.watch(locations: ["SVC"]) { changes in notices.withLock { $0.append(changes) } })
-        Thread.sleep(forTimeInterval: 0.3)
+        try server.waitForPatternSubscriptions()
         try server.hset("DYNACONF_STAGING", [("A", "1")])
         try server.hset("SVC_PRODUCTION", [("B", "2")])
         for _ in 0..<200 where notices.withLock({ Set($0.flatMap { $0 }).count }) < 2 { usleep(5000) }
@@ -400,8 +400,13 @@ struct RedisStoreTests {
         var script = ""
         for index in 0..<200 { script += "HSET DYNACONF_PRODUCTION K\(index) v\(index)\n" }
         _ = try run(["redis-cli", "-p", "\(server.port)"], input: Array(script.utf8), timeout: 30)
-        Thread.sleep(forTimeInterval: 0.3)
-        let burst = notices.withLock { $0 }
+        // Notices keep their order: once the one for a write made after the burst arrives, the burst's have.
+        let marker = StoreChange.at(location: nil, env: "marker")
+        try server.hset("DYNACONF_MARKER", [("M", "1")])
+        try waitUntil("the notice after the burst", seconds: 10, every: 0.005) {
+            notices.withLock { $0.contains { $0.contains(marker) } }
+        }
+        let burst = notices.withLock { $0 }.map { $0.filter { $0 != marker } }.filter { !$0.isEmpty }
         #expect(!burst.isEmpty && burst.count < 50, "\(burst.count) notices for 200 HSETs")
         #expect(Set(burst.flatMap { $0 }) == [.at(location: nil, env: "production")])
     }
@@ -414,7 +419,7 @@ struct RedisStoreTests {
         defer { store.close() }
         let changes = Locked<[Date]>([])
         #expect(store.watch { _ in changes.withLock { $0.append(Date()) } })
-        Thread.sleep(forTimeInterval: 0.3)  // let the subscription settle
+        try server.waitForPatternSubscriptions()
         let written = Date()
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "pushed")])
         var seen: Date?
@@ -428,7 +433,7 @@ struct RedisStoreTests {
         // After a server restart the watcher reconnects, resubscribes, and keeps reporting.
         server.stop()
         try server.start()
-        Thread.sleep(forTimeInterval: 2.5)  // reconnect backoff is at most 2 s
+        try server.waitForPatternSubscriptions()  // the watcher reconnected and subscribed again
         let before = changes.withLock { $0.count }
         try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after-restart")])
         var reported = false

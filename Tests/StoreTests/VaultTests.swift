@@ -31,7 +31,8 @@ struct VaultStoreTests {
         let token = try server.dir.write("token", "root\n")
         let store = try vaultStore(server, "token_file = \"\(token)\"")
         defer { store.close() }
-        try StoreConformance(store: store) { env, key, value in
+        try StoreConformance(store: store, witness: { try vaultStore(server, "token_file = \"\(token)\"") }) {
+            env, key, value in
             let fields = data.withLock { state -> [String: SecretValue] in
                 state[env, default: [:]][key] = value
                 return state[env, default: [:]]

@@ -1,4 +1,5 @@
 import Foundation
+import Locking
 
 /// A simulated container: its own mount namespace (`unshare --mount`), one folder of the mount bound into it, and a
 /// non-root reader (`setpriv`, uid/gid 65534) that opens and reads files in a loop for a while, the way an
@@ -38,6 +39,9 @@ public final class ContainerReader: @unchecked Sendable {
                         index = allowed.index(text)
                         if index not in seen[name]:
                             seen[name].append(index)
+                            print("seen", name, index, flush=True)
+                        if ok % 5 == 0:
+                            print("ok", ok, flush=True)
                     else:
                         unexpected += 1
                 except OSError as error:
@@ -48,9 +52,20 @@ public final class ContainerReader: @unchecked Sendable {
                           "longest_ms": longest * 1000}), flush=True)
         """
 
+    /// What the reader reported while it ran: progress lines, then the report.
+    struct Progress {
+        var ok = 0
+        var seen: [String: Set<Int>] = [:]
+        var lines: [String] = []
+        var ended = false
+    }
+
     public let process: Process
     let output: Pipe
     let folder: String
+    let progress = Locked(Progress())
+    let ended = DispatchSemaphore(value: 0)
+    let started = DispatchSemaphore(value: 0)
 
     /// Starts the reader: `source` (a folder in the mount) is bound at a private path inside a new mount namespace;
     /// `files` maps a file name to the values it may hold, in the order they are expected to appear.
@@ -75,10 +90,58 @@ public final class ContainerReader: @unchecked Sendable {
         process.standardError = output
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        let handle = output.fileHandleForReading
+        Thread { [self] in
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
+                    pending = Data(pending[pending.index(after: newline)...])
+                    let words = line.split(separator: " ")
+                    progress.withLock { state in
+                        state.lines.append(line)
+                        if words.first == "ok", words.count == 2, let count = Int(words[1]) { state.ok = count }
+                        if words.first == "seen", words.count == 3, let index = Int(words[2]) {
+                            state.seen[String(words[1]), default: []].insert(index)
+                        }
+                    }
+                    if line == "started" { started.signal() }
+                }
+            }
+            progress.withLock { $0.ended = true }
+            started.signal()
+            ended.signal()
+        }.start()
         // Wait until the bind is made and the loop runs.
-        let first = output.fileHandleForReading.availableData
-        guard String(decoding: first, as: UTF8.self).hasPrefix("started") else {
-            throw TestFailure.message("container reader did not start: \(String(decoding: first, as: UTF8.self))")
+        _ = started.wait(timeout: .now() + 30)
+        let first = progress.withLock { $0.lines.first ?? "" }
+        guard first == "started" else {
+            throw TestFailure.message("container reader did not start: \(first)")
+        }
+    }
+
+    /// Waits until the reader has made `count` more reads that returned an expected value (it reads through the
+    /// mount now), failing after `seconds`.
+    public func waitForReads(_ count: Int = 5, seconds: Double = 30) throws {
+        let base = progress.withLock { $0.ok }
+        try waitUntil("\(count) more good reads in the container", seconds: seconds, every: 0.005) {
+            progress.withLock { $0.ok >= base + count || $0.ended }
+        }
+        guard progress.withLock({ $0.ok >= base + count }) else {
+            throw TestFailure.message("the container's reader ended before \(count) more good reads")
+        }
+    }
+
+    /// Waits until the reader has read value number `index` (in `files`' order) of `file`.
+    public func waitForValue(_ file: String, index: Int, seconds: Double = 30) throws {
+        try waitUntil("value \(index) of \(file) read in the container", seconds: seconds, every: 0.005) {
+            progress.withLock { $0.seen[file]?.contains(index) == true || $0.ended }
+        }
+        guard progress.withLock({ $0.seen[file]?.contains(index) == true }) else {
+            throw TestFailure.message("the container's reader ended before reading value \(index) of \(file)")
         }
     }
 
@@ -101,8 +164,8 @@ public final class ContainerReader: @unchecked Sendable {
             process.waitUntilExit()
             throw TestFailure.message("the container's reader hung")
         }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+        _ = ended.wait(timeout: .now() + 10)
+        let line = progress.withLock { $0.lines.last ?? "" }
         guard let report = try? JSONDecoder().decode(Report.self, from: Data(line.utf8)) else {
             throw TestFailure.message("container reader failed (status \(process.terminationStatus))")
         }

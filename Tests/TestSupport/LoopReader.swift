@@ -48,6 +48,14 @@ public final class LoopReader: @unchecked Sendable {
 
     public var results: [Outcome] { outcomes.withLock { $0 } }
 
+    /// Waits until the loop has made `count` more successful reads (of any of its paths), failing after `seconds`.
+    public func waitForReads(_ count: Int = 5, seconds: Double = 30) throws {
+        let base = outcomes.withLock { $0.count { $0.text != nil } }
+        try waitUntil("\(count) more good reads", seconds: seconds, every: 0.005) {
+            outcomes.withLock { $0.count { $0.text != nil } } >= base + count
+        }
+    }
+
     /// Waits until `path` reads `text` (a read after `since`), up to `seconds`; returns when it was first read.
     public func waitFor(_ path: String, text: String, since: Date = .distantPast, seconds: Double) -> Date? {
         let deadline = Date().addingTimeInterval(seconds)

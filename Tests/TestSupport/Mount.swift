@@ -107,11 +107,32 @@ public final class MountedSecretsFS: @unchecked Sendable {
 
     public func path(_ relative: String) -> String { mountpoint + "/" + relative }
 
+    /// A file of this mount's FUSE connection in the fusectl filesystem (mounted here if the machine has not).
+    func connectionFile(_ name: String) -> String {
+        let root = "/sys/fs/fuse/connections"
+        if !Self.isMounted(root) {
+            _ = try? run(["/usr/bin/mount", "-t", "fusectl", "fusectl", root], timeout: 10)
+        }
+        let minor = device & 0xff | ((device >> 12) & 0xfff00)
+        return "\(root)/\(minor)/\(name)"
+    }
+
+    /// How many requests the kernel has sent on this connection that have no answer yet (fusectl's `waiting`).
+    public func waitingRequests() -> Int? {
+        guard let text = try? String(contentsOfFile: connectionFile("waiting"), encoding: .utf8) else { return nil }
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Waits until at least `count` requests are unanswered on the connection (a reader is blocked in the daemon).
+    public func waitForWaitingRequests(_ count: Int = 1, seconds: Double = 10) throws {
+        try waitUntil("\(count) unanswered FUSE request(s)", seconds: seconds, every: 0.01) {
+            (waitingRequests() ?? 0) >= count
+        }
+    }
+
     /// Aborts this mount's FUSE connection, so that any call stuck on it returns.
     public func abortConnection() {
-        let minor = device & 0xff | ((device >> 12) & 0xfff00)
-        let abort = "/sys/fs/fuse/connections/\(minor)/abort"
-        if let handle = FileHandle(forWritingAtPath: abort) {
+        if let handle = FileHandle(forWritingAtPath: connectionFile("abort")) {
             handle.write(Data("1".utf8))
             try? handle.close()
         }

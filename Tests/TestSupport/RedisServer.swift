@@ -115,6 +115,15 @@ public final class RedisServer: @unchecked Sendable {
         }
     }
 
+    /// Waits until some client has subscribed to at least `count` patterns (`PUBSUB NUMPAT`): a keyspace watcher
+    /// listens, so a change made now reaches it.
+    public func waitForPatternSubscriptions(_ count: Int = 1, seconds: Double = 15) throws {
+        try waitUntil("\(count) pattern subscription(s) on redis :\(port)", seconds: seconds, every: 0.02) {
+            guard let answer = try? cli(["PUBSUB", "NUMPAT"]), answer.status == 0 else { return false }
+            return (Int(answer.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) >= count
+        }
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, like a hung backend.
     public func pause() { signalServer(process, SIGSTOP) }
 

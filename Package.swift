@@ -161,7 +161,7 @@ let package = Package(
             name: "StoreTests",
             dependencies: [
                 "SecretsCore", "FileStore", "Age", "RedisClient", "RedisStore", "VaultStore", "EnvStore", "TestSupport",
-                "StoreConformance", "Locking",
+                "StoreConformance", "Locking", .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict),
         .testTarget(name: "MountTests", dependencies: ["Age", "TestSupport", "RedisClient", "CLinux", "Locking"], swiftSettings: strict),

@@ -18,7 +18,7 @@ extension FileStore {
         }
         if let sops = try sopsFile(path) {
             // A SOPS file: the document decrypted, as `sops edit` shows it.
-            return Array(try Sops.decryptedDocument(sops, file: path, identities: try sopsIdentities()).utf8)
+            return try Sops.decryptedDocument(sops, file: path, identities: try sopsIdentities())
         }
         if AgeFile.looksLikeAge(bytes) {
             let identities = try loadIdentities()

@@ -7,52 +7,13 @@ import Yams
 /// `secretsfs edit` on a SOPS file: the document decrypted as sops shows it, and the edited document encrypted
 /// again under the same data key and metadata.
 extension Sops {
-    /// The decrypted document in its own format (nested tables with their keys sorted).
-    static func decryptedDocument(_ document: SopsDocument, file: String, identities: [Identity]) throws(SecretsError) -> String {
-        let format = document.format
+    /// The decrypted document in its own format (nested tables with their keys sorted), as bytes the caller wipes.
+    static func decryptedDocument(_ document: SopsDocument, file: String, identities: [Identity]) throws(SecretsError)
+        -> [UInt8]
+    {
         var opened = try open(document.body, metadata: document.metadata, identities: identities, file: file)
         wipe(&opened.dataKey)
-        switch format {
-        case .yaml:
-            let root = Yams.Node.mapping(Yams.Node.Mapping(opened.entries.map { (Yams.Node($0.0), plainNode($0.1)) }))
-            do {
-                return try Yams.serialize(node: root, indent: 4, width: -1, allowUnicode: true)
-            } catch {
-                throw SecretsError(.io, "\(file): cannot show the document")
-            }
-        case .json:
-            let fields = opened.entries.map { "\t" + JSONText.quoted($0.0) + ": " + $0.1.jsonText() }
-            return "{\n" + fields.joined(separator: ",\n") + "\n}\n"
-        case .dotenv:
-            return opened.entries.map { name, value in
-                name + "=" + (value.fileBytes().utf8String() ?? "").replacingOccurrences(of: "\n", with: "\\n")
-            }.joined(separator: "\n") + "\n"
-        case .ini:
-            return opened.entries.map { section, value -> String in
-                guard case .table(let fields) = value else { return "" }
-                let lines = fields.keys.sorted().map { "\($0) = " + (fields[$0]?.fileBytes().utf8String() ?? "") }
-                return (["[\(section)]"] + lines).joined(separator: "\n") + "\n"
-            }.joined(separator: "\n")
-        }
-    }
-
-    /// A value as a plain YAML node: strings quoted (so `true` stays a string), multi-line ones as literal blocks.
-    static func plainNode(_ value: SecretValue) -> Yams.Node {
-        switch value {
-        case .table(let fields):
-            return .mapping(Yams.Node.Mapping(fields.keys.sorted().map { (Yams.Node($0), plainNode(fields[$0] ?? .null)) }))
-        case .array(let items):
-            return .sequence(Yams.Node.Sequence(items.map(plainNode)))
-        case .string(let text):
-            return Yams.Node(text, Tag(.str), text.contains("\n") ? .literal : .doubleQuoted)
-        case .bytes(let raw):
-            return Yams.Node(String(decoding: raw, as: UTF8.self), Tag(.str), .doubleQuoted)
-        case .int(let number): return Yams.Node(String(number), Tag(.int))
-        case .float(let number): return Yams.Node(plainFloat(number), Tag(.float))
-        case .bool(let flag): return Yams.Node(flag ? "true" : "false", Tag(.bool))
-        case .null: return Yams.Node("null", Tag(.null))
-        case .datetime(let text): return Yams.Node(text, Tag(.timestamp))
-        }
+        return PlainDocument.render(opened.entries, format: document.format)
     }
 
     /// `edited` (a plain document in the file's format) encrypted as the SOPS file `current` is: every value

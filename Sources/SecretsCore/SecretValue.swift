@@ -35,7 +35,8 @@ public indirect enum SecretValue: Sendable, Equatable, CustomStringConvertible {
         return String(decoding: out, as: UTF8.self)
     }
 
-    func appendJSON(to out: inout [UInt8]) {
+    /// Appends compact JSON text of this value to `out` (a buffer the caller wipes: no String of it is made).
+    public func appendJSON(to out: inout [UInt8]) {
         switch self {
         case .string(let text), .datetime(let text):
             JSONText.appendString(text, to: &out)

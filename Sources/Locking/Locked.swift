@@ -40,3 +40,10 @@ public final class LockToken: Sendable {
     @inlinable
     public init() {}
 }
+
+/// What a sanitizer build changes that tests must know about.
+public enum Sanitizers {
+    /// Whether this process runs with a sanitizer runtime (`-sanitize=thread` or `address`). Their interceptors
+    /// turn `mlock` and `mlockall` into calls that succeed and lock nothing, so memory-locking checks cannot hold.
+    public static var runtimeLinked: Bool { sfs_sanitizer_linked() != 0 }
+}

@@ -2,22 +2,29 @@ import SecretsCore
 
 /// When the supervisor starts the next worker, and what a worker's death means. Pure: no clock, no process.
 public struct RestartPolicy: Sendable, Equatable {
-    /// A worker that served this long before dying is not counted as crashing in a loop (one that dies at start,
-    /// or on the first request it is given again and again, is).
-    public static let healthyAfter = 2.0
-    public static let firstPause = 0.25
-    public static let longestPause = 10.0
+    /// The first pause after a worker died before serving; it doubles per such death in a row, up to `longestPause`,
+    /// so that the mount is never left unserved for longer than that while a worker can start.
+    public static let firstPause = 0.1
+    public static let longestPause = 1.0
+    /// How often the supervisor tries again when no binary on disk speaks its handover protocol and no worker is
+    /// left to keep serving.
+    public static let incompatibleRetry = 10.0
 
-    /// Workers that died young in a row.
+    /// Workers that died before serving, in a row.
     public private(set) var failures = 0
 
     public init() {}
 
-    /// The pause before the next worker after one died: none after a worker that served a healthy while (or the
-    /// first death), then 0.25 s doubling per young death up to 10 s.
-    public mutating func pauseAfterDeath(served: Bool, lived: Double) -> Double {
-        failures = served && lived >= Self.healthyAfter ? 1 : failures + 1
-        return failures <= 1 ? 0 : min(Self.firstPause * Double(1 << min(failures - 2, 6)), Self.longestPause)
+    /// The pause before the next worker after one died. A worker that reached `serving` is replaced at once, however
+    /// short its life (a crash that comes back with the same request is the in-flight tracking's business, not a
+    /// reason to leave every reader waiting); one that died before serving backs off 0.1 s doubling up to 1 s.
+    public mutating func pauseAfterDeath(served: Bool) -> Double {
+        guard !served else {
+            failures = 0
+            return 0
+        }
+        failures += 1
+        return min(Self.firstPause * Double(1 << min(failures - 1, 10)), Self.longestPause)
     }
 
     /// What to do when a worker that had not taken over yet dies.

@@ -221,11 +221,13 @@ public final class Supervisor {
     private func workerDied(_ worker: WorkerProcess, how: String) {
         let lived = CoreClock.monotonic() - worker.startedAt
         state.restarts += 1
-        let delay = policy.pauseAfterDeath(served: worker.serving, lived: lived)
+        let delay = policy.pauseAfterDeath(served: worker.serving)
         logger.error(
             "worker died; starting another on the same connection",
             metadata: [
-                "worker": "\(worker.pid)", "exit": "\(how)", "in_seconds": "\(delay)", "failures": "\(policy.failures)",
+                "worker": "\(worker.pid)", "exit": "\(how)", "served": "\(worker.serving)",
+                "lived_seconds": "\((lived * 1000).rounded() / 1000)", "in_seconds": "\(delay)",
+                "failures": "\(policy.failures)", "restarts": "\(state.restarts)",
             ])
         guard exitStatus == nil, pending == nil else { return }
         restartAt = CoreClock.monotonic() + delay
@@ -379,7 +381,7 @@ public final class Supervisor {
         let binary = Self.binaryPath()
         guard let version = negotiate(binary, purpose: reload ? "reload" : "worker") else {
             // After a crash there is no worker to keep: try again later (a compatible binary may be installed).
-            if !reload { restartAt = CoreClock.monotonic() + RestartPolicy.longestPause }
+            if !reload { restartAt = CoreClock.monotonic() + RestartPolicy.incompatibleRetry }
             return nil
         }
         let hello = HandoverMessage.Hello(

@@ -176,17 +176,21 @@ struct HandoverProtocolTests {
 
 @Suite("restart policy")
 struct RestartPolicyTests {
-    @Test("the first death and deaths after a healthy while restart at once; young deaths back off to 10 s")
+    @Test("a worker that served is replaced at once however short its life; deaths before serving back off to 1 s")
     func pauses() {
         var policy = RestartPolicy()
-        #expect(policy.pauseAfterDeath(served: true, lived: 30) == 0)
-        #expect(policy.pauseAfterDeath(served: true, lived: 0.1) == 0.25)
-        #expect(policy.pauseAfterDeath(served: false, lived: 5) == 0.5)
-        #expect(policy.pauseAfterDeath(served: true, lived: 1.9) == 1)
-        for _ in 0..<10 { _ = policy.pauseAfterDeath(served: false, lived: 0) }
-        #expect(policy.pauseAfterDeath(served: false, lived: 0) == 10)
-        #expect(policy.pauseAfterDeath(served: true, lived: 2) == 0, "a healthy while resets the count")
-        #expect(policy.failures == 1)
+        for _ in 0..<10 { #expect(policy.pauseAfterDeath(served: true) == 0) }
+        #expect(policy.failures == 0)
+        #expect(policy.pauseAfterDeath(served: false) == 0.1)
+        #expect(policy.pauseAfterDeath(served: false) == 0.2)
+        #expect(policy.pauseAfterDeath(served: false) == 0.4)
+        #expect(policy.pauseAfterDeath(served: false) == 0.8)
+        for _ in 0..<100 { #expect(policy.pauseAfterDeath(served: false) <= 1.0) }
+        #expect(policy.pauseAfterDeath(served: false) == 1.0, "capped: never more than 1 s unserved")
+        #expect(policy.failures == 105)
+        #expect(policy.pauseAfterDeath(served: true) == 0, "a worker that served resets the count")
+        #expect(policy.failures == 0)
+        #expect(policy.pauseAfterDeath(served: false) == 0.1)
     }
 
     @Test("a pending worker's death: nothing mounted gives up, a reload keeps serving, no worker restarts")

@@ -68,6 +68,46 @@ struct FailoverTests {
         #expect(status.stdoutText.contains("worker restarts: 2"), "\(status.stdoutText) \(status.stderr)")
     }
 
+    @Test("ten workers SIGKILLed 0.8 s apart under four container readers: every read answered, none slower than 3 s")
+    func crashStorm() throws {
+        try requireContainerTools()
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", secrets(1))
+        let fs = try fixture.mount(
+            config: try containerConfig(fixture, extra: "[metrics]\nlisten = \"unix:\(fixture.dir.file("metrics.sock"))\"\n"))
+        let readers = try (0..<4).map { _ in
+            try ContainerReader(
+                source: fs.path("local/production"), files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"], "PORT": ["1234"]],
+                seconds: 120)
+        }
+        defer { readers.forEach { $0.stop() } }
+        for reader in readers { try reader.waitForReads() }
+        // The fault schedule: a kill every 0.8 s, whether or not the last worker had served for long.
+        var next = Date()
+        for round in 1...10 {
+            let worker = try #require(fs.workerPID())
+            while Date() < next { usleep(10_000) }
+            next = Date().addingTimeInterval(0.8)
+            kill(worker, SIGKILL)
+            try fs.waitForLog("a new worker serves the connection", count: round)
+        }
+        for reader in readers { try reader.waitForReads() }
+        readers.forEach { $0.stop() }
+        for reader in readers {
+            let report = try reader.wait(timeout: 40, onTimeout: fs.abortConnection)
+            #expect(report.failures.isEmpty, "failed reads in a container: \(report.failures)")
+            #expect(report.unexpected == 0)
+            #expect(report.longest_ms < 3000, "a read waited \(report.longest_ms) ms")
+        }
+        // No pause before any replacement: each of these workers had served.
+        let deaths = fs.log.split(separator: "\n").filter { $0.contains("worker died; starting another") }
+        #expect(deaths.count == 10)
+        #expect(deaths.allSatisfy { $0.contains("in_seconds=0.0 ") && $0.contains("served=true") }, "\(deaths)")
+        let status = try fixture.cli(["status", "--config", fixture.dir.file("config.toml")])
+        #expect(status.stdoutText.contains("worker restarts: 10"), "\(status.stdoutText) \(status.stderr)")
+    }
+
     @Test("reload (SIGHUP) under a read loop: no failed read, the new config serves; a bad config keeps the old worker")
     func reload() throws {
         try requireContainerTools()

@@ -122,7 +122,9 @@ struct RedisMountTests {
             let total = reads.withLock { $0 }
             if maxAge == "0" {
                 #expect(stale.withLock { $0 } == 0, "a read older than its open")
-                #expect(fetches < total, "\(fetches) fetches for \(total) reads")
+                // Sharing needs overlapping opens; a sanitizer build runs each read many times slower (and the
+                // daemon too), so they rarely overlap there: the count says nothing about sharing in that build.
+                #expect(Sanitizers.runtimeLinked || fetches < total, "\(fetches) fetches for \(total) reads")
             } else {
                 #expect(fetches <= 2 * 12, "\(fetches) fetches in 2 s at fresh_max_age 100ms")
             }

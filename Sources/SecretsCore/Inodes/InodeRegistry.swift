@@ -21,27 +21,35 @@ public struct NodeHandoff: Sendable {
 /// The owner of the inode table: one lock, held only for table work (no syscall, no backend call, no socket write
 /// under it); the events a change produces go to the journal once the lock is released.
 public final class InodeRegistry: Sendable {
-    let table = Locked(InodeTable())
-    let handoff = Locked<NodeHandoff?>(nil)
+    struct State {
+        var table = InodeTable()
+        var handoff: NodeHandoff?
+    }
+
+    let state = Locked(State())
 
     public init() {}
 
     /// Runs `body` on the locked table; reports what it issued or released afterwards.
     public func update<T: Sendable>(_ body: (inout InodeTable, _ digest: (SecretBytes) -> [UInt8], inout [NodeEvent]) -> T) -> T {
-        let handoff = self.handoff.withLock { $0 }
-        let digest: (SecretBytes) -> [UInt8] = { bytes in handoff?.digest(bytes) ?? [] }
         var events: [NodeEvent] = []
-        let result = table.withLock { table in body(&table, digest, &events) }
+        let (result, handoff) = state.withLock { state -> (T, NodeHandoff?) in
+            let handoff = state.handoff
+            let digest: (SecretBytes) -> [UInt8] = { bytes in handoff?.digest(bytes) ?? [] }
+            return (body(&state.table, digest, &events), handoff)
+        }
         if !events.isEmpty { handoff?.journal.report(events) }
         return result
     }
 
     /// A read of the table.
-    public func read<T: Sendable>(_ body: (InodeTable) -> T) -> T { table.withLock { body($0) } }
+    public func read<T: Sendable>(_ body: (InodeTable) -> T) -> T { state.withLock { body($0.table) } }
 
     /// Takes over the nodes earlier workers issued and reports every new one to `handoff` from now on.
     public func adopt(_ records: [NodeRecord], nextInode: UInt64, handoff: NodeHandoff) {
-        self.handoff.withLock { $0 = handoff }
-        table.withLock { $0.adopt(records, nextInode: nextInode) }
+        state.withLock { state in
+            state.handoff = handoff
+            state.table.adopt(records, nextInode: nextInode)
+        }
     }
 }

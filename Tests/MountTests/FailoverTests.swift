@@ -68,6 +68,33 @@ struct FailoverTests {
         #expect(status.stdoutText.contains("worker restarts: 2"), "\(status.stdoutText) \(status.stderr)")
     }
 
+    @Test("a real container (podman + runc, uid 65534) reads through a worker SIGKILL, a reload and a re-exec")
+    func podmanContainer() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", secrets(1))
+        let fs = try fixture.mount(config: try containerConfig(fixture))
+        let container = try PodmanReader(
+            source: fs.path("local/production"), files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"], "PORT": ["1234"]],
+            seconds: 120)
+        defer { container.stop() }
+        try container.waitForReads()
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        try container.waitForReads()
+        kill(fs.process.processIdentifier, SIGHUP)
+        try fs.waitForLog("reloaded: the new worker serves")
+        try container.waitForReads()
+        kill(fs.process.processIdentifier, SIGUSR2)
+        try fs.waitForLog("supervisor re-executed; the worker keeps serving")
+        try container.waitForReads()
+        let report = try container.wait(timeout: 60, onTimeout: fs.abortConnection)
+        #expect(report.failed == 0 && report.unexpected == 0, "\(report.failed) failed, \(report.unexpected) unexpected")
+        #expect(report.ok >= 20)
+        #expect(!fs.log.contains("pw-1"))
+    }
+
     @Test("ten workers SIGKILLed 0.8 s apart under four container readers: every read answered, none slower than 3 s")
     func crashStorm() throws {
         try requireContainerTools()

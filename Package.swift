@@ -38,13 +38,15 @@ let package = Package(
         .systemLibrary(name: "CSanitizer"),
         // The project's lock: Synchronization.Mutex, with its ordering made visible to ThreadSanitizer.
         .target(name: "Locking", dependencies: ["CSanitizer"], swiftSettings: strict),
+        // One deadline per operation, shared by every backend wait inside it.
+        .target(name: "Deadline", swiftSettings: strict),
         // C edge for the supervisor's Linux calls (signalfd, memfd) that Glibc's module lacks.
         .systemLibrary(name: "CLinux"),
         // Pure Swift core: values, errors, config, resolver, cache, inode table, store protocol.
         .target(
             name: "SecretsCore",
             dependencies: [
-                "CLinux", "Locking",
+                "CLinux", "Locking", "Deadline",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -83,7 +85,7 @@ let package = Package(
         // A small RESP2 client: TCP, unix sockets, TLS, AUTH/ACL, SELECT, timeouts, pool.
         .target(
             name: "RedisClient",
-            dependencies: ["COpenSSL", "Locking"],
+            dependencies: ["COpenSSL", "Locking", "Deadline"],
             swiftSettings: strict
         ),
         // Backend: the daemon's environment (Prefect-style secrets).
@@ -91,13 +93,13 @@ let package = Package(
         // Backend: Redis hashes in Dynaconf's layout.
         .target(
             name: "RedisStore",
-            dependencies: ["SecretsCore", "RedisClient", "Locking", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SecretsCore", "RedisClient", "Locking", "Deadline", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Backend: HashiCorp Vault / OpenBao KV v1 and v2 in Dynaconf's layout, over libcurl.
         .target(
             name: "VaultStore",
-            dependencies: ["SecretsCore", "CCurl", "Locking", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SecretsCore", "CCurl", "Locking", "Deadline", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // [metrics]: /metrics (Prometheus text), /healthz and /status over Hummingbird, for the worker.

@@ -1,3 +1,4 @@
+import Deadline
 import COpenSSL
 import Glibc
 
@@ -30,13 +31,14 @@ public final class RedisConnection {
     private let parser = RESPParser()
     public private(set) var broken = false
 
+    /// Connects, TLS and AUTH/SELECT included, within the timeout (or the operation's deadline, when earlier).
     public init(_ settings: RedisSettings) throws(RedisError) {
         self.settings = settings
-        let deadline = Self.now() + settings.timeout
+        let deadline = OperationDeadline.limit(settings.timeout)
         do {
             try connect(deadline: deadline)
             if settings.endpoint.tls { try startTLS(deadline: deadline) }
-            try handshake()
+            try handshake(deadline: deadline)
         } catch {
             close()
             throw error
@@ -198,20 +200,20 @@ public final class RedisConnection {
         }
     }
 
-    private func handshake() throws(RedisError) {
+    private func handshake(deadline: Double) throws(RedisError) {
         let endpoint = settings.endpoint
         if let password = endpoint.password {
             var arguments = ["AUTH"]
             if let username = endpoint.username { arguments.append(username) }
             arguments.append(password)
-            let reply = try command(arguments.map { Array($0.utf8) })
+            let reply = try pipeline([arguments.map { Array($0.utf8) }], deadline: deadline)[0]
             if case .error(let message) = reply {
                 // The server's words ("WRONGPASS invalid username-password pair") never contain the password.
                 throw RedisError(.authentication, "authentication to \(endpoint) failed: \(message)")
             }
         }
         if endpoint.database != 0 {
-            let reply = try command(["SELECT", String(endpoint.database)].map { Array($0.utf8) })
+            let reply = try pipeline([["SELECT", String(endpoint.database)].map { Array($0.utf8) }], deadline: deadline)[0]
             if case .error(let message) = reply {
                 throw RedisError(.server, "SELECT \(endpoint.database) on \(endpoint) failed: \(message)")
             }
@@ -298,9 +300,10 @@ public final class RedisConnection {
         }
     }
 
-    /// Reads one reply, waiting until `deadline` (nil: the settings' timeout from now; .infinity: forever).
+    /// Reads one reply, waiting until `deadline` (nil: the settings' timeout from now, or the operation's deadline
+    /// when earlier; .infinity: forever).
     public func readReply(deadline: Double? = nil) throws(RedisError) -> RESPValue {
-        let limit = deadline ?? (Self.now() + settings.timeout)
+        let limit = deadline ?? OperationDeadline.limit(settings.timeout)
         while true {
             do {
                 if let (value, next) = try parser.parse(buffer, from: position) {
@@ -315,10 +318,11 @@ public final class RedisConnection {
         }
     }
 
-    /// Sends commands in one write and reads their replies (a pipeline: one round trip).
-    public func pipeline(_ commands: [[[UInt8]]]) throws(RedisError) -> [RESPValue] {
+    /// Sends commands in one write and reads their replies (a pipeline: one round trip), all within the timeout
+    /// (or the operation's deadline, when earlier).
+    public func pipeline(_ commands: [[[UInt8]]], deadline: Double? = nil) throws(RedisError) -> [RESPValue] {
         guard !broken else { throw RedisError(.connection, "connection to \(settings.endpoint) is closed") }
-        let deadline = Self.now() + settings.timeout
+        let deadline = deadline ?? OperationDeadline.limit(settings.timeout)
         var request: [UInt8] = []
         for command in commands { request += RESPParser.encode(command) }
         try writeAll(request, deadline: deadline)

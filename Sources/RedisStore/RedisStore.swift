@@ -1,4 +1,5 @@
 import Foundation
+import Deadline
 import Logging
 import RedisClient
 import SecretsCore
@@ -104,13 +105,18 @@ public final class RedisStore: WritableSecretStore {
         return SecretsError(code, "store '\(name)': \(error.message)")
     }
 
+    /// One pool call within the store's `timeout` in total (connect, AUTH, a retry on a new connection and the
+    /// commands share it), or within the deadline of the operation around it, when earlier.
     func run<T>(_ body: (RedisConnection) throws(RedisError) -> T) throws(SecretsError) -> T {
         do {
-            return try pool.withConnection(body)
+            return try OperationDeadline.within(configuration.settings.timeout) { () throws(RedisError) in try pool.withConnection(body) }
         } catch {
             throw fail(error)
         }
     }
+
+    /// The bound of one operation on this store (the core bounds a whole read by it).
+    public var operationTimeout: Double? { configuration.settings.timeout }
 
     public func envs(at location: String?) throws(SecretsError) -> [String] {
         let prefix = (location ?? configuration.prefix) + "_"
@@ -165,6 +171,10 @@ public final class RedisStore: WritableSecretStore {
     /// One round trip for the common case: HGET of the key in every layer, pipelined. Only when no layer has the
     /// exact key are the layers fetched whole to match it ignoring case.
     public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
+        try OperationDeadline.within(configuration.settings.timeout) { () throws(SecretsError) in try lookup(key, layers: layers, at: location) }
+    }
+
+    func lookup(_ key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
         let hashes = layers.map { hash($0, at: location) }
         let replies = try run { connection throws(RedisError) in
             try connection.pipeline(hashes.map { [Array("HGET".utf8), Array($0.utf8), Array(key.utf8)] })

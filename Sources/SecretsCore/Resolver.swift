@@ -25,6 +25,11 @@ public final class Resolver: Sendable {
     /// How old a fetched fresh value may be and still serve an open of the top's keys (0: strict).
     public func freshMaxAge(top name: String) -> Double { tops[name]?.freshMaxAge ?? globalFreshMaxAge }
 
+    /// The bound of one read of `top`: the longest `timeout` of the stores it reads (a scope's levels share it).
+    public func operationTimeout(top name: String) -> Double? {
+        tops[name]?.chain.compactMap { $0.store.operationTimeout }.max()
+    }
+
     public init(config: Config, stores: [String: any SecretStore]) throws(SecretsError) {
         var tops: [String: Top] = [:]
         for storeConfig in config.stores {

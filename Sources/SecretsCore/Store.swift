@@ -34,6 +34,10 @@ public protocol SecretStore: AnyObject, Sendable {
 
     /// Stops watches and releases connections.
     func close()
+
+    /// How long one operation on this store may wait on its backend in total (its `timeout`); nil when it does not
+    /// wait on anything remote. The core bounds each read that reaches the store by it.
+    var operationTimeout: Double? { get }
 }
 
 extension SecretStore {
@@ -51,6 +55,8 @@ extension SecretStore {
     public func watch(_ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool { watch(locations: [], onChange) }
 
     public func close() {}
+
+    public var operationTimeout: Double? { nil }
 
     /// Exact key first, then the first key equal ignoring case (in sorted order, so the choice is stable).
     public static func match(_ key: String, in fields: [String: SecretValue]) -> SecretValue? {

@@ -1,3 +1,4 @@
+import Deadline
 import CCurl
 import Foundation
 import SecretsCore
@@ -258,7 +259,7 @@ final class HTTPClient: Sendable {
         guard due else { return }
         let result: Result<HTTPResponse, SecretsError>
         do {
-            let prepared = try prepare("GET", base + "/v1/sys/leader", headers: [:], body: nil, timeout: min(1, settings.timeout))
+            let prepared = try prepare("GET", base + "/v1/sys/leader", headers: [:], body: nil, timeout: min(1, OperationDeadline.remaining(settings.timeout)))
             result = finish(prepared, code: curl_easy_perform(prepared.handle.raw))
         } catch {
             result = .failure(error)
@@ -284,7 +285,7 @@ final class HTTPClient: Sendable {
     func request(
         _ method: String, _ path: String, headers: [String: String] = [:], body: [UInt8]? = nil
     ) throws(SecretsError) -> HTTPResponse {
-        let deadline = CoreClock.monotonic() + settings.timeout
+        let deadline = OperationDeadline.limit(settings.timeout)
         var queue = candidates()
         var tried = 0
         var reasons: [String] = []
@@ -357,7 +358,8 @@ final class HTTPClient: Sendable {
         var prepared: [Prepared] = []
         for url in urls {
             do {
-                prepared.append(try prepare("GET", url, headers: headers, body: nil, timeout: settings.timeout))
+                prepared.append(
+                    try prepare("GET", url, headers: headers, body: nil, timeout: OperationDeadline.remaining(settings.timeout)))
             } catch {
                 return urls.map { _ in .failure(error) }
             }
@@ -370,7 +372,8 @@ final class HTTPClient: Sendable {
         for item in prepared { curl_multi_add_handle(multi, item.handle.raw) }
         var codes: [UnsafeMutableRawPointer: CURLcode] = [:]
         var running: Int32 = 1
-        let deadline = CoreClock.monotonic() + settings.timeout + 1
+        // The handles time out by themselves; this bound only guards the loop.
+        let deadline = OperationDeadline.limit(settings.timeout) + 0.5
         while running > 0 && CoreClock.monotonic() < deadline {
             curl_multi_perform(multi, &running)
             var easy: UnsafeMutableRawPointer?

@@ -1,3 +1,4 @@
+import Deadline
 import Foundation
 import Logging
 import SecretsCore
@@ -121,7 +122,16 @@ public final class VaultStore: WritableSecretStore {
 
     // MARK: SecretStore
 
+    /// The bound of one operation on this store: its `timeout`, shared by every request inside (token login or
+    /// renewal, the KV version check, LIST, GETs, a retry on another node).
+    public var operationTimeout: Double? { settings.timeout }
+
     public func envs(at location: String?) throws(SecretsError) -> [String] {
+        try OperationDeadline.within(settings.timeout) { () throws(SecretsError) in try fetchEnvs(at: location) }
+    }
+
+    /// The env names at a location from a LIST, kept as the listing `knownEnvs` uses.
+    func fetchEnvs(at location: String?) throws(SecretsError) -> [String] {
         let base = Self.escape(settings.mount)
         let path = Self.escape(location ?? settings.path)
         let listPath = kvVersion() == .v1 ? "/v1/\(base)/\(path)" : "/v1/\(base)/metadata/\(path)"
@@ -144,7 +154,9 @@ public final class VaultStore: WritableSecretStore {
     }
 
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
-        try read(secretPath(env, at: location))?.fields
+        try OperationDeadline.within(settings.timeout) { () throws(SecretsError) in
+            try read(secretPath(env, at: location))?.fields
+        }
     }
 
     /// The fields of one secret and its KV v2 version (for check-and-set); nil when it does not exist.
@@ -209,6 +221,12 @@ public final class VaultStore: WritableSecretStore {
     /// (see `knownEnvs`). The layers up to the env are fetched at once (libcurl multi, keep-alive handles), the
     /// lower ones only when those do not have the key. Usually that is one GET.
     public func value(of key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
+        try OperationDeadline.within(settings.timeout) { () throws(SecretsError) in
+            try lookup(key, layers: layers, at: location)
+        }
+    }
+
+    func lookup(_ key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
         let envLayer = layers.count == 4 ? layers[1] : layers.first
         let known = try knownEnvs(at: location)
         let wanted = layers.filter { $0 == envLayer || known?.contains($0.lowercased()) ?? true }

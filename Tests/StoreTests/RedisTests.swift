@@ -364,6 +364,38 @@ struct RedisStoreTests {
             rewrite: { try server.hset("DYNACONF_PRODUCTION", [("PASSWORD", "after")]) })
     }
 
+    @Test("one bound per operation: connect + AUTH + SELECT of a cold store, and pipelined HGETs, fail within timeout + 100 ms")
+    func oneBoundPerOperation() throws {
+        let server = try RedisServer()
+        defer { server.remove() }
+        _ = try server.cli(["ACL", "SETUSER", "reader", "on", ">reader-pass", "~DYNACONF_*", "+@all"])
+        _ = try server.cli(["-n", "2", "HSET", "DYNACONF_PRODUCTION", "PASSWORD", "bounded"])
+        let password = try server.dir.write("password", "reader-pass\n")
+        let extra = "username = \"reader\"\npassword_file = \"\(password)\"\ntimeout = \"1s\""
+        let cold = try redisStore("redis://127.0.0.1:\(server.port)/2", extra: extra)
+        defer { cold.close() }
+        let warm = try redisStore("redis://127.0.0.1:\(server.port)/2", extra: extra)
+        defer { warm.close() }
+        #expect(try warm.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("bounded"))
+        server.pause()
+        defer { server.resume() }
+        let calls: [(String, () throws -> Void)] = [
+            ("a new connection (the kernel accepts it; AUTH gets no answer)", {
+                _ = try cold.value(of: "PASSWORD", layers: ["global", "production", "dynaconf", "default"], at: nil)
+            }),
+            ("pipelined HGETs on a pooled connection", {
+                _ = try warm.value(of: "PASSWORD", layers: ["global", "production", "dynaconf", "default"], at: nil)
+            }),
+            ("a whole env", { _ = try warm.fields(of: "production", at: nil) }),
+        ]
+        for (what, call) in calls {
+            let started = Date()
+            #expect(throws: SecretsError.self, "\(what) on a frozen server") { try call() }
+            let waited = Date().timeIntervalSince(started)
+            #expect(waited >= 0.9 && waited < 1.1, "\(what): waited \(waited) s at timeout 1s")
+        }
+    }
+
     @Test("a 1 MiB value and 10,000 fields in one hash")
     func sizes() throws {
         let server = try RedisServer()

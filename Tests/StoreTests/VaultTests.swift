@@ -236,6 +236,31 @@ struct VaultStoreTests {
         #expect(try store.value(of: "PASSWORD", layers: ["production"], at: nil) == .string("team-value"))
     }
 
+    @Test("one bound per operation: a frozen server fails a cold store's first read (token lookup, KV version, LIST, GETs) within timeout + 100 ms")
+    func oneBoundPerOperation() throws {
+        let server = try BaoServer()
+        defer { server.remove() }
+        try dynaconfWrite(server, env: "production", ["PASSWORD": .string("bounded")])
+        try dynaconfWrite(server, env: "default", ["PORT": .int(1)])
+        let token = try server.dir.write("token", "root\n")
+        // Each store is new: nothing looked up or listed yet, so its first call needs every request.
+        let stores = try (0..<3).map { _ in try vaultStore(server, "token_file = \"\(token)\"\ntimeout = \"1s\"") }
+        defer { stores.forEach { $0.close() } }
+        server.pause()
+        defer { server.resume() }
+        let calls: [(String, () throws -> Void)] = [
+            ("value(of:) over four layers", { _ = try stores[0].value(of: "PASSWORD", layers: ["global", "production", "dynaconf", "default"], at: nil) }),
+            ("fields(of:)", { _ = try stores[1].fields(of: "production", at: nil) }),
+            ("envs(at:)", { _ = try stores[2].envs(at: nil) }),
+        ]
+        for (what, call) in calls {
+            let started = Date()
+            #expect(throws: SecretsError.self, "\(what) on a frozen server") { try call() }
+            let waited = Date().timeIntervalSince(started)
+            #expect(waited >= 0.9 && waited < 1.1, "\(what): waited \(waited) s at timeout 1s")
+        }
+    }
+
     @Test("a hung server (SIGSTOP) times out after `timeout`, a stopped one fails at once: both EIO; back: values")
     func serverHungOrDown() throws {
         let server = try BaoServer()

@@ -1,3 +1,4 @@
+import Deadline
 import Logging
 import Metrics
 import Locking
@@ -72,7 +73,9 @@ final class ChangePropagation: Sendable {
         for key in affected {
             let view: EnvView
             do {
-                view = try resolver.view(top: key.top, env: key.env)
+                view = try OperationDeadline.within(resolver.operationTimeout(top: key.top)) { () throws(SecretsError) in
+                    try resolver.view(top: key.top, env: key.env)
+                }
             } catch {
                 health.warn(top: key.top, "refreshing '\(key.top)/\(key.env)' after a change failed: \(error)")
                 continue

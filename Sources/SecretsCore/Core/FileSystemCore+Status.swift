@@ -5,7 +5,7 @@ extension FileSystemCore {
     /// `sourceAttribute` of a file (nil for directories and unknown inodes).
     public func source(of inode: UInt64) throws(SecretsError) -> String? {
         guard let node = inodes.read({ $0.files[inode] }) else { return nil }
-        let sources = try health.call(node.path.top) { () throws(SecretsError) in
+        let sources = try health.call(node.path.top, within: resolver.operationTimeout(top: node.path.top)) { () throws(SecretsError) in
             try resolver.sources(top: node.path.top, env: node.path.env, key: node.path.key)
         }
         guard let served = sources.first else { throw SecretsError(.notFound, "no level holds the key now") }
@@ -15,8 +15,13 @@ extension FileSystemCore {
     }
 
     /// Asks the top's stores for their envs once, so health is known before the first read.
+    /// The listing is kept for env lookups (`EnvListingCache`).
     public func probe(_ top: String) throws(SecretsError) -> [String] {
-        try health.call(top) { () throws(SecretsError) in try resolver.envs(top: top) }
+        let envs = try health.call(top, within: resolver.operationTimeout(top: top)) { () throws(SecretsError) in
+            try resolver.envs(top: top)
+        }
+        listings.store(envs, top: top, at: clock())
+        return envs
     }
 
     /// How many workers died and were replaced on this mount before this one (from the supervisor).

@@ -24,6 +24,7 @@ public final class FileSystemCore: Sendable {
     let inodes = InodeRegistry()
     let health: StoreHealthBoard
     let changes: ChangePropagation
+    let listings: EnvListingCache
     let cache: CacheConfig
     let clock: @Sendable () -> Double
     let mountedAt: WallTime
@@ -46,6 +47,7 @@ public final class FileSystemCore: Sendable {
         self.reader = SecretReader(resolver: resolver, views: views, fresh: fresh, health: health, gate: gate)
         self.changes = ChangePropagation(
             resolver: resolver, views: views, inodes: inodes, health: health, clock: clock, logger: logger)
+        self.listings = EnvListingCache(maxAge: config.cache.ttl)
         self.mountedAt = CoreClock.wall()
     }
 
@@ -74,7 +76,12 @@ public final class FileSystemCore: Sendable {
             guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no env with such a name") }
             let env: String?
             do {
-                env = try resolver.canonicalEnv(top: top, env: name)
+                let folded = name.lowercased()
+                if listings.knows(folded, top: top, now: clock()) {
+                    env = folded
+                } else {
+                    env = try probe(top).contains(folded) ? folded : nil
+                }
             } catch {
                 health.warn(top: top, "listing envs of '\(top)' failed: \(error)")
                 // An env already seen stays while its store fails, so that cached keys under it keep being served
@@ -232,6 +239,7 @@ public final class FileSystemCore: Sendable {
 
     /// A store reported changes (see `ChangePropagation`).
     public func storeChanged(_ storeName: String, _ changes: [StoreChange] = [.all]) {
+        listings.clear()
         self.changes.storeChanged(storeName, changes)
     }
 }

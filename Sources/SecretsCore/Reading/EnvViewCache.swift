@@ -62,7 +62,7 @@ public final class EnvViewCache: Sendable {
 
     /// A view fetched now, not cached (through the health board).
     public func fetch(_ key: EnvKey) throws(SecretsError) -> EnvView {
-        try health.call(key.top) { () throws(SecretsError) in try resolver.view(top: key.top, env: key.env) }
+        try health.call(key.top, within: resolver.operationTimeout(top: key.top)) { () throws(SecretsError) in try resolver.view(top: key.top, env: key.env) }
     }
 
     public func store(_ view: EnvView, for key: EnvKey, at now: Double) {

@@ -77,7 +77,7 @@ public final class FreshFetcher: Sendable {
                 let result: Result<SecretValue?, SecretsError>
                 do {
                     result = .success(
-                        try health.call(path.top) { () throws(SecretsError) in
+                        try health.call(path.top, within: resolver.operationTimeout(top: path.top)) { () throws(SecretsError) in
                             try resolver.resolve(top: path.top, env: path.env, key: path.key)
                         })
                 } catch {

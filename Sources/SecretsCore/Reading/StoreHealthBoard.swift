@@ -1,3 +1,4 @@
+import Deadline
 import Logging
 import Metrics
 import Locking
@@ -29,11 +30,13 @@ public final class StoreHealthBoard: Sendable {
         self.logger = logger
     }
 
-    public func call<T>(_ top: String, _ body: () throws(SecretsError) -> T) throws(SecretsError) -> T {
+    /// Runs one backend call for `top`, all of it within `within` seconds when given (every request behind it shares
+    /// that deadline: a read waits on a dead backend for its store's `timeout`, not once per request).
+    public func call<T>(_ top: String, within: Double? = nil, _ body: () throws(SecretsError) -> T) throws(SecretsError) -> T {
         let started = CoreClock.monotonic()
         let result: Result<T, SecretsError>
         do {
-            result = .success(try body())
+            result = .success(try OperationDeadline.within(within, body))
         } catch {
             result = .failure(error)
         }

@@ -43,7 +43,11 @@ public struct FileStoreSettings: Sendable {
             case (let other?, _): throw section.error(key, "layout must be \"envs\" or \"flat\", not \"\(other)\"")
             }
         }
-        let storeLayout = try layout(try section.string("layout"), env: try section.string("env"), key: "layout")
+        let storeLayoutName = try section.string("layout"), storeEnv = try section.string("env")
+        // A store-level `layout = "flat"` may leave the env to each files entry; a plain path then needs the store's.
+        let storeLayout = storeLayoutName == "flat" && storeEnv == nil
+            ? nil : try layout(storeLayoutName, env: storeEnv, key: "layout")
+        let flatWithoutEnv = storeLayoutName == "flat" && storeEnv == nil
         var expanded: [String] = []
         var layouts: [String: FileLayout] = [:]
         let entries: [SecretValue]
@@ -60,6 +64,10 @@ public struct FileStoreSettings: Sendable {
             case .string(let file):
                 let path = section.absolutePath(try section.expand(file, key: "files"))
                 expanded.append(path)
+                if flatWithoutEnv {
+                    throw section.error(
+                        "layout", "layout = \"flat\" needs env = \"production\" (the env the file is), on the store or in each files entry")
+                }
                 if let storeLayout { layouts[path] = storeLayout }
             case .table(let fields):
                 guard case .string(let file)? = fields["path"] else {
@@ -74,7 +82,20 @@ public struct FileStoreSettings: Sendable {
                 if case .string(let text)? = fields["layout"] { fileLayout = text }
                 let path = section.absolutePath(try section.expand(file, key: "files"))
                 expanded.append(path)
-                if let chosen = try layout(fileLayout, env: fileEnv, key: "files") ?? storeLayout { layouts[path] = chosen }
+                // The entry's own env makes the file flat under it, whatever the store's layout; its own layout
+                // takes the store's env when it names none.
+                let chosen: FileLayout?
+                if let fileLayout {
+                    chosen = try layout(fileLayout, env: fileLayout == "flat" ? fileEnv ?? storeEnv : fileEnv, key: "files")
+                } else if let fileEnv {
+                    chosen = try layout("flat", env: fileEnv, key: "files")
+                } else if flatWithoutEnv {
+                    throw section.error(
+                        "files", "layout = \"flat\" needs env = \"production\" (the env the file is), on the store or in each files entry")
+                } else {
+                    chosen = storeLayout
+                }
+                if let chosen { layouts[path] = chosen }
             default:
                 throw section.error("files", "files lists paths (strings) or { path = ..., env = ... } tables")
             }

@@ -5,8 +5,27 @@ import TOMLKit
 
 /// Reading and writing whole files, for `edit` and `set`.
 extension FileStore {
-    /// The file `edit` and `set` change by default: the last (highest-priority) one.
+    /// The file `edit` changes by default: the last (highest-priority) one.
     public var primaryFile: String { settings.files.last ?? "" }
+
+    /// The file a write to `env` goes to: the one a read of that env looks at first, the last file whose layout
+    /// holds it (`envs`, or `flat` under that env). A store none of whose files holds the env refuses the write.
+    public func writeTarget(env: String) throws(SecretsError) -> String {
+        let wanted = env.lowercased()
+        for file in settings.files.reversed() {
+            switch layout(of: file) {
+            case .envs: return file
+            case .flat(let holds) where holds == wanted: return file
+            case .flat: continue
+            }
+        }
+        let held = settings.files.map { file -> String in
+            if case .flat(let holds) = layout(of: file) { return "\(file) holds \(holds)" }
+            return "\(file) holds every env"
+        }
+        throw SecretsError(
+            .invalidArgument, "no file of store '\(name)' holds env '\(wanted)' (\(held.joined(separator: "; ")))")
+    }
 
     /// The decrypted bytes of one file; empty when the file does not exist yet.
     public func plaintext(of path: String) throws(SecretsError) -> [UInt8] {
@@ -72,31 +91,39 @@ extension FileStore {
 
     /// Decrypts `file`, sets string keys in one env, re-encrypts and replaces it atomically; plaintext copies are wiped.
     public func setKeys(_ values: [(String, String)], env: String, in file: String) throws(SecretsError) {
-        if try updateSops(env: env, in: file, set: values.map { ($0.0, .string($0.1)) }, remove: [], replace: false) { return }
-        var original = try plaintext(of: file)
-        defer { wipe(&original) }
-        var updated = try Self.settingKeys(values, env: env, in: original, file: file)
-        defer { wipe(&updated) }
-        try write(updated, to: file)
+        try update(env: env, in: file, set: values.map { ($0.0, .string($0.1)) }, remove: [], replace: false)
     }
 
-    /// Sets string keys in one env of a TOML document and returns the new document. Comments are not kept.
+    /// Sets string keys in one env of a TOML document (Dynaconf's envs layout) and returns the new document.
     public static func settingKeys(_ values: [(String, String)], env: String, in plaintext: [UInt8], file: String)
         throws(SecretsError) -> [UInt8]
     {
-        try updating(plaintext, file: file, env: env, set: values.map { ($0.0, .string($0.1)) }, remove: [], replace: false)
+        try updating(
+            plaintext, file: file, layout: .envs, env: env, set: values.map { ($0.0, .string($0.1)) }, remove: [],
+            replace: false)
     }
 
-    /// One env of a TOML document with keys set (any spelling of a key is replaced: Dynaconf keys ignore case),
-    /// removed, or with `replace` exactly `set`; returns the new document. Comments are not kept.
+    /// One env of a document with keys set (any spelling of a key is replaced: Dynaconf keys ignore case), removed,
+    /// or with `replace` exactly `set`, in the file's layout: a TOML `[env]` table, or for a flat file (TOML or
+    /// dotenv) the whole document, which must be that env. Returns the new document; comments are not kept in TOML.
     static func updating(
-        _ plaintext: [UInt8], file: String, env: String, set: [(String, SecretValue)], remove: [String], replace: Bool
+        _ plaintext: [UInt8], file: String, layout: FileLayout, env: String, set: [(String, SecretValue)],
+        remove: [String], replace: Bool
     ) throws(SecretsError) -> [UInt8] {
-        guard SecretsDocument.format(of: file) == .toml else {
-            throw SecretsError(.unsupported, "set and write work on TOML files; use edit for \(file)")
+        let envName = env.lowercased()
+        if case .flat(let holds) = layout, holds != envName {
+            throw SecretsError(
+                .invalidArgument, "\(file) is env '\(holds)' only (layout flat): a write to '\(envName)' would not be read there")
         }
+        let format = SecretsDocument.format(of: file)
         guard let text = String(validating: plaintext, as: UTF8.self) else {
             throw SecretsError(.invalidData, "\(file): not UTF-8 text")
+        }
+        if format == .dotenv, case .flat = layout {
+            return DotenvEditing.updating(text, set: set, remove: remove, replace: replace)
+        }
+        guard format == .toml else {
+            throw SecretsError(.unsupported, "set and write work on TOML and dotenv files; use edit for \(file)")
         }
         let table: TOMLTable
         do {
@@ -104,7 +131,14 @@ extension FileStore {
         } catch {
             throw SecretsError(.invalidData, "\(file): TOML syntax error")
         }
-        let envName = env.lowercased()
+        if case .flat = layout {
+            let whole = replace ? TOMLTable() : table
+            for key in remove + set.map(\.0) {
+                for existing in whole.keys where existing.lowercased() == key.lowercased() { whole.remove(at: existing) }
+            }
+            for (key, value) in set { whole[key] = toml(value) }
+            return Array(whole.convert(to: .toml).utf8) + [UInt8(ascii: "\n")]
+        }
         let section = replace ? TOMLTable() : table[envName]?.table ?? TOMLTable()
         for key in remove + set.map(\.0) {
             for existing in section.keys where existing.lowercased() == key.lowercased() { section.remove(at: existing) }
@@ -124,7 +158,8 @@ extension FileStore {
         if try updateSops(env: env, in: file, set: set, remove: remove, replace: replace) { return }
         var original = try plaintext(of: file)
         defer { wipe(&original) }
-        var updated = try Self.updating(original, file: file, env: env, set: set, remove: remove, replace: replace)
+        var updated = try Self.updating(
+            original, file: file, layout: layout(of: file), env: env, set: set, remove: remove, replace: replace)
         defer { wipe(&updated) }
         try write(updated, to: file)
     }
@@ -185,11 +220,13 @@ extension SecretsError {
 }
 
 extension FileStore: WritableSecretStore {
-    /// At a level's location (a file path relative to the config's folder), else in the store's last file.
+    /// At a level's location (a file path relative to the config's folder), else in the file a read of the env
+    /// looks at first (`writeTarget`).
     public func update(env: String, at location: String?, set: [(String, SecretValue)], remove: [String], replace: Bool)
         throws(SecretsError)
     {
-        let file = location.map { FileIO.absolute($0, in: settings.directory) } ?? primaryFile
+        let file: String
+        if let location { file = FileIO.absolute(location, in: settings.directory) } else { file = try writeTarget(env: env) }
         try update(env: env, in: file, set: set, remove: remove, replace: replace)
     }
 }

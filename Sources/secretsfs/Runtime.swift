@@ -68,11 +68,22 @@ enum Runtime {
     }
 
     /// For `edit` and `set`: the file store and the file to change (`--file`, else the store's last file).
-    static func fileStoreTarget(_ options: ConfigOptions, store: String, file: String?) throws -> (FileStore, String) {
+    /// The file store and the file to change: `file` when given, else for a write to `env` the file a read of that
+    /// env looks at first, else (edit) the store's last file.
+    static func fileStoreTarget(_ options: ConfigOptions, store: String, file: String?, env: String? = nil) throws
+        -> (FileStore, String)
+    {
         let logger = bootstrapLogging(level: options.logLevel)
         let config = try loadConfig(options.config)
         let fileStore = try fileStore(store, config: config, logger: logger)
-        return (fileStore, file ?? fileStore.primaryFile)
+        if let file { return (fileStore, file) }
+        guard let env else { return (fileStore, fileStore.primaryFile) }
+        do {
+            return (fileStore, try fileStore.writeTarget(env: env))
+        } catch {
+            printError(error.description)
+            throw exitCode(for: error)
+        }
     }
 
     static func exitCode(for error: SecretsError) -> ExitCode {

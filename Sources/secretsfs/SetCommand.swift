@@ -10,8 +10,10 @@ struct SetCommand: ParsableCommand {
             Example: secretsfs set --config c.toml local production PASSWORD=... PORT=5432
             Values are stored as TOML strings. A bare KEY (no '=') reads its value from standard input, with one \
             trailing newline removed, so the value never appears in the process list or shell history. The \
-            store's last file (or --file) is decrypted, changed, re-encrypted and replaced atomically; comments \
-            in it are not kept. Works on TOML files; use edit for JSON or YAML.
+            file a read of the env looks at first (or --file) is decrypted, changed, re-encrypted and replaced \
+            atomically: in a TOML file of envs the [env] table, in a flat file (one env: TOML or dotenv) the whole \
+            document; TOML comments are not kept, dotenv lines not named are. SOPS files of any format are \
+            changed as sops does; use edit for plain JSON or YAML.
             For a scope, --level names the level to write at, whatever its store (file, Vault, Redis); without it \
             the error lists the levels. --delete KEY removes a key at that level, so the next level's value shows.
             """
@@ -37,7 +39,7 @@ struct SetCommand: ParsableCommand {
     @Option(name: .long, help: "With --level: remove this key at that level (the next level then shows); repeatable.")
     var delete: [String] = []
 
-    @Option(name: .long, help: "Which of the store's files to change (default: the last one).")
+    @Option(name: .long, help: "Which of the store's files to change (default: the one a read of the env looks at first).")
     var file: String?
 
     func run() throws {
@@ -51,7 +53,7 @@ struct SetCommand: ParsableCommand {
             try write.run()
             return
         }
-        let (fileStore, target) = try Runtime.fileStoreTarget(options, store: store, file: file)
+        let (fileStore, target) = try Runtime.fileStoreTarget(options, store: store, file: file, env: env)
         let values = try Assignments.parse(assignments)
         do {
             try fileStore.setKeys(values, env: env, in: target)

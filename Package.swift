@@ -132,7 +132,7 @@ let package = Package(
         // Translates FUSE low-level requests to the core.
         .target(
             name: "FuseBridge",
-            dependencies: ["CFuse3", "SecretsCore", "Locking", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CFuse3", "SecretsCore", "Handover", "Locking", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .executableTarget(

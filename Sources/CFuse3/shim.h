@@ -7,20 +7,38 @@
 #include <errno.h>
 #include <stddef.h>
 #include <sys/stat.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
 
-// Several libfuse entry points are macros over versioned symbols; Swift cannot call macros.
-static inline int secretsfs_session_loop_mt(struct fuse_session *se, unsigned int max_idle_threads) {
-    struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-    if (cfg == NULL) {
-        return -ENOMEM;
+// Which slot of the in-flight page this FUSE thread serves, and where the page's culprit word is: a fault on a FUSE
+// thread (a Swift trap, an abort, a bad access) writes that thread's slot + 1 there before the process dies, so the
+// supervisor knows which request it died on. Static: only FuseBridge/SessionLoop.swift may call these (one copy).
+static __thread int secretsfs_fuse_slot = -1;
+static volatile uint32_t *secretsfs_culprit_word = NULL;
+
+static inline void secretsfs_set_fuse_slot(int slot) { secretsfs_fuse_slot = slot; }
+
+static void secretsfs_fault_handler(int signal_number) {
+    if (secretsfs_culprit_word != NULL && secretsfs_fuse_slot >= 0) {
+        *secretsfs_culprit_word = (uint32_t)secretsfs_fuse_slot + 1;
     }
-    fuse_loop_cfg_set_clone_fd(cfg, 0);
-    fuse_loop_cfg_set_idle_threads(cfg, max_idle_threads);
-    int rc = fuse_session_loop_mt(se, cfg);
-    fuse_loop_cfg_destroy(cfg);
-    return rc;
+    signal(signal_number, SIG_DFL);
+    raise(signal_number);
 }
 
+static inline void secretsfs_mark_faults(void *culprit_word) {
+    secretsfs_culprit_word = (volatile uint32_t *)culprit_word;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = secretsfs_fault_handler;
+    action.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    const int signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGTRAP, SIGABRT, SIGFPE};
+    for (unsigned i = 0; i < sizeof signals / sizeof signals[0]; i++) sigaction(signals[i], &action, NULL);
+}
+
+// Several libfuse entry points are macros over versioned symbols; Swift cannot call macros.
 static inline struct fuse_session *secretsfs_session_new(struct fuse_args *args,
                                                          const struct fuse_lowlevel_ops *ops,
                                                          void *userdata) {

@@ -55,8 +55,10 @@ enum FuseOperations {
         guard let req, let name else { return }
         // Who walks the path: the kernel's record of the calling process.
         let caller = fuse_req_ctx(req).map { Caller(uid: $0.pointee.uid, gid: $0.pointee.gid, pid: $0.pointee.pid) }
+        let key = String(cString: name)
+        if let fault = context(req).abortOnLookup, fault == key { abort() }
         do {
-            let entry = try context(req).core.lookup(parent: parent, name: String(cString: name), caller: caller)
+            let entry = try context(req).core.lookup(parent: parent, name: key, caller: caller)
             var param = fuse_entry_param()
             param.ino = entry.attributes.inode
             param.generation = 0

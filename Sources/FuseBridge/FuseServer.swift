@@ -11,7 +11,10 @@ import Locking
 public final class FuseServer: Sendable {
     let context: FuseContext
 
-    public init(core: FileSystemCore, mount: MountConfig, logger: Logger) {
+    let inflight: InflightStamps?
+
+    public init(core: FileSystemCore, mount: MountConfig, logger: Logger, inflight: InflightStamps? = nil) {
+        self.inflight = inflight
         self.context = FuseContext(core: core, mount: mount, logger: logger)
     }
 
@@ -75,7 +78,7 @@ public final class FuseServer: Sendable {
         }
         context.core.setNotifier(context)
         serving()
-        let status = secretsfs_session_loop_mt(session, 16)
+        let status = SessionLoop.run(SessionPointer(raw: session), inflight: inflight)
         context.core.setNotifier(nil)
         context.logger.info("connection ended", metadata: ["loop_status": "\(status)"])
         if status < 0 && status != -ENODEV {
@@ -96,12 +99,20 @@ final class FuseContext: Sendable, KernelNotifier {
     let logger: Logger
     let session: Locked<SessionPointer?>
     let directoryHandles = DirectoryHandles()
+    /// A fault that exists only in debug builds, for the request-of-death tests: a lookup of this key name aborts
+    /// the worker (`SECRETSFS_DEBUG_ABORT_ON_LOOKUP`).
+    let abortOnLookup: String?
 
     init(core: FileSystemCore, mount: MountConfig, logger: Logger) {
         self.core = core
         self.mount = mount
         self.logger = logger
         self.session = Locked(nil)
+        #if DEBUG
+            abortOnLookup = getenv("SECRETSFS_DEBUG_ABORT_ON_LOOKUP").map { String(cString: $0) }
+        #else
+            abortOnLookup = nil
+        #endif
     }
 
     func invalidateEntry(parent: UInt64, name: String) {

@@ -62,6 +62,9 @@ public struct HandoverReader: Sendable {
         return Array(input[position..<position + count])
     }
 
+    /// Bytes not read yet.
+    public var remaining: Int { input.count - position }
+
     /// Whether the input starts with `prefix` (consumed when it does).
     mutating func skip(prefix: [UInt8]) -> Bool {
         guard input.count - position >= prefix.count, Array(input[position..<position + prefix.count]) == prefix

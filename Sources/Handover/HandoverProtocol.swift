@@ -6,12 +6,14 @@ import SecretsCore
 ///   the re-exec state starts with the connection's descriptor.
 /// - Version 1: every message stream starts with a preamble packet, `SFSH` and the version (u16, little-endian);
 ///   the re-exec state starts with `SFSR` and its version, and records the running worker's protocol version.
+/// - Version 2: the worker takes `--inflight-fd 5`, a page where it stamps the requests it serves (`InflightPage`),
+///   so the supervisor can tell a request of death; the re-exec state records that page's descriptor.
 ///
 /// A supervisor asks a binary which versions it speaks before starting it as a worker or re-executing into it
 /// (`secretsfs handover-protocol`; a binary of version 0 does not know that command, which says so), then speaks the
 /// newest both know, or refuses with a log line and keeps the running worker.
 public enum HandoverProtocol {
-    public static let current: UInt16 = 1
+    public static let current: UInt16 = 2
     public static let oldest: UInt16 = 0
     public static var supported: ClosedRange<UInt16> { oldest...current }
 

@@ -10,12 +10,15 @@ public struct SupervisorState: Sendable, Equatable {
         public var serving: Bool
         /// The protocol its channel speaks (a version-0 state cannot say: its workers spoke 0).
         public var protocolVersion: UInt16
+        /// The descriptor of its in-flight page (`InflightPage`), -1 when it has none (states before version 2).
+        public var inflightFD: Int32
 
-        public init(pid: Int32, channelFD: Int32, serving: Bool, protocolVersion: UInt16) {
+        public init(pid: Int32, channelFD: Int32, serving: Bool, protocolVersion: UInt16, inflightFD: Int32 = -1) {
             self.pid = pid
             self.channelFD = channelFD
             self.serving = serving
             self.protocolVersion = protocolVersion
+            self.inflightFD = inflightFD
         }
     }
 
@@ -31,6 +34,9 @@ public struct SupervisorState: Sendable, Equatable {
     public var worker: RunningWorker?
     public var restarts: UInt64
     public var table: NodeTable
+    /// The memfd workers keep their encrypted last-known-good snapshot in (`ViewSnapshot`); the supervisor passes it
+    /// on and never reads it. -1: none (states before version 2).
+    public var snapshotFD: Int32 = -1
 
     public init(
         fuseFD: Int32, mountPath: String, initRequest: [UInt8], digestKey: [UInt8], configPath: String,
@@ -52,7 +58,8 @@ public struct SupervisorState: Sendable, Equatable {
     }
 
     /// Version 0 is the layout of the releases before versions (no magic, the same fields in the same order, no
-    /// worker version); version 1 adds the magic and version in front and the worker's protocol version.
+    /// worker version); version 1 adds the magic and version in front and the worker's protocol version; version 2
+    /// the descriptors of the worker's in-flight page and of the workers' snapshot.
     public func encoded(version: UInt16 = HandoverProtocol.current) -> [UInt8] {
         var writer = HandoverWriter()
         if version >= 1 {
@@ -74,6 +81,10 @@ public struct SupervisorState: Sendable, Equatable {
         writer.u64(restarts)
         writer.bytes(table.encoded())
         if version >= 1 { writer.u16(worker?.protocolVersion ?? 0) }
+        if version >= 2 {
+            writer.u64(UInt64(bitPattern: Int64(worker?.inflightFD ?? -1)))
+            writer.u64(UInt64(bitPattern: Int64(snapshotFD)))
+        }
         return writer.output
     }
 
@@ -102,10 +113,12 @@ public struct SupervisorState: Sendable, Equatable {
         state.restarts = try reader.u64()
         state.table = try NodeTable.decode(try reader.bytes())
         let workerVersion = version >= 1 ? try reader.u16() : 0
+        let inflightFD = version >= 2 ? Int32(truncatingIfNeeded: Int64(bitPattern: try reader.u64())) : -1
+        state.snapshotFD = version >= 2 ? Int32(truncatingIfNeeded: Int64(bitPattern: try reader.u64())) : -1
         try reader.finish()
         if pid > 0 && channelFD >= 0 {
             state.worker = RunningWorker(
-                pid: pid, channelFD: channelFD, serving: serving, protocolVersion: workerVersion)
+                pid: pid, channelFD: channelFD, serving: serving, protocolVersion: workerVersion, inflightFD: inflightFD)
         }
         return (state, version)
     }

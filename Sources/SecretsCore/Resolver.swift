@@ -165,11 +165,11 @@ extension Resolver {
 
 /// The fields of one env under a top, element by element (chain order), layer by layer (highest priority first).
 public struct EnvView: Sendable {
-    let elements: [[[String: SecretValue]]]
+    public let elements: [[[String: SecretValue]]]
     /// Every key, first spelling by priority, sorted.
     public let keys: [String]
 
-    init(elements: [[[String: SecretValue]]]) {
+    public init(elements: [[[String: SecretValue]]]) {
         self.elements = elements
         var seen: [String: String] = [:]  // lower-cased -> first spelling seen, highest priority first
         for layers in elements {

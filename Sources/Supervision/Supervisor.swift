@@ -35,6 +35,7 @@ public final class Supervisor {
     var pending: WorkerProcess?
     var restartAt: Double?
     var policy = RestartPolicy()
+    var deaths = RequestsOfDeath()
     var binaries = BinaryVersions()
     var exitStatus: Int32?
     let signalFD: Int32
@@ -48,6 +49,12 @@ public final class Supervisor {
         for signal in WorkerProcess.handledSignals { sigaddset(&mask, signal) }
         signalFD = secretsfs_signalfd(&mask)
         guard signalFD >= 0 else { throw SecretsError(.io, "signalfd: \(FileIO.errnoText(errno))") }
+        // Where workers keep their encrypted last-known-good snapshot for the next one; never read here.
+        if self.state.snapshotFD < 0 {
+            let fd = secretsfs_memfd("secretsfs-snapshot")
+            if fd >= 0 { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+            self.state.snapshotFD = fd
+        }
     }
 
     /// Blocks the signals the loop reads from its signalfd; call before any other thread exists.
@@ -163,6 +170,9 @@ public final class Supervisor {
             kill(old.pid, SIGKILL)
             var status: Int32 = 0
             while waitpid(old.pid, &status, 0) < 0 && errno == EINTR {}
+            // Retired, not crashed: what it had in flight is resent, and says nothing about requests of death.
+            old.inflight?.release()
+            deaths.lastCrash = []
             drain(old)
             current = nil
         }
@@ -189,11 +199,15 @@ public final class Supervisor {
             if pid <= 0 { return }
             let how = Exit.describe(status)
             if let worker = current, worker.pid == pid {
+                // Before anything is resent: a request this worker died on after the last one did gets EIO here.
+                _ = deaths.workerCrashed(worker.inflight, fuseFD: connection.fd, logger: logger)
+                worker.inflight?.release()
                 drain(worker)
                 current = nil
                 workerDied(worker, how: how)
             } else if let worker = pending, worker.pid == pid {
                 worker.channel.close()
+                worker.inflight?.release()
                 pending = nil
                 switch RestartPolicy.pendingDied(
                     everServed: state.everServed, hasCurrent: current != nil, exitCode: Exit.code(status))
@@ -315,7 +329,9 @@ public final class Supervisor {
         saved.fuseFD = connection.fd
         saved.mountPath = connection.path
         saved.worker = current.map {
-            .init(pid: $0.pid, channelFD: $0.channel.fd, serving: $0.serving, protocolVersion: $0.channel.version)
+            .init(
+                pid: $0.pid, channelFD: $0.channel.fd, serving: $0.serving, protocolVersion: $0.channel.version,
+                inflightFD: version >= 2 ? $0.inflight?.fd ?? -1 : -1)
         }
         let memfd = secretsfs_memfd("secretsfs-supervisor")
         guard memfd >= 0 else {
@@ -329,7 +345,10 @@ public final class Supervisor {
             logger.error("supervisor re-exec failed: cannot write its state")
             return
         }
-        let keep = [connection.fd] + (current.map { [$0.channel.fd] } ?? [])
+        // The in-flight page only goes to an image that reads its descriptor from the state (version 2 and later).
+        let page = version >= 2 ? current?.inflight.map { [$0.fd] } ?? [] : []
+        let snapshot = version >= 2 && state.snapshotFD >= 0 ? [state.snapshotFD] : []
+        let keep = [connection.fd] + (current.map { [$0.channel.fd] } ?? []) + page + snapshot
         for fd in keep { _ = fcntl(fd, F_SETFD, 0) }
         logger.notice("re-executing the supervisor", metadata: ["binary": "\(binary)", "state_version": "\(version)"])
         let argv = [binary, "mount", "--config", state.configPath, "--log-level", state.logLevel, "--resume-state", "\(memfd)"]
@@ -356,13 +375,16 @@ public final class Supervisor {
         close(memfd)
         let (state, version) = try SupervisorState.decode(bytes)
         _ = fcntl(state.fuseFD, F_SETFD, FD_CLOEXEC)
+        if state.snapshotFD >= 0 { _ = fcntl(state.snapshotFD, F_SETFD, FD_CLOEXEC) }
         let supervisor = try Supervisor(
             state: state, connection: connection(state.fuseFD, state.mountPath), logger: logger)
         if let worker = state.worker {
             _ = fcntl(worker.channelFD, F_SETFD, FD_CLOEXEC)
+            if worker.inflightFD >= 0 { _ = fcntl(worker.inflightFD, F_SETFD, FD_CLOEXEC) }
             supervisor.current = WorkerProcess(
                 pid: worker.pid, channel: ControlChannel(fd: worker.channelFD, version: worker.protocolVersion),
-                configText: state.configText, reload: false, serving: worker.serving, startedAt: CoreClock.monotonic())
+                configText: state.configText, reload: false, serving: worker.serving, startedAt: CoreClock.monotonic(),
+                inflight: worker.inflightFD >= 0 ? InflightMapping.map(worker.inflightFD) : nil)
         }
         logger.notice(
             "supervisor re-executed; the worker keeps serving",
@@ -390,7 +412,8 @@ public final class Supervisor {
             restarts: state.restarts)
         do {
             let worker = try WorkerProcess.spawn(
-                binary: binary, fuseFD: connection.fd, logLevel: state.logLevel, version: version, hello: hello)
+                binary: binary, fuseFD: connection.fd, logLevel: state.logLevel, version: version, hello: hello,
+                snapshotFD: state.snapshotFD)
             logger.debug(
                 "worker started", metadata: ["worker": "\(worker.pid)", "reload": "\(reload)", "protocol": "\(version)"])
             return worker

@@ -11,6 +11,8 @@ struct WorkerProcess {
     var serving = false
     var startedAt: Double
     var closed = false
+    /// The page where it stamps the requests it serves (protocol version 2 and later).
+    var inflight: InflightMapping?
 
     /// Signals the supervisor handles; a worker starts with all of them at their defaults and unblocked.
     static let handledSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD]
@@ -18,7 +20,8 @@ struct WorkerProcess {
     /// Starts `binary worker` with the connection on fd 3 and its control socket on fd 4, and says hello in
     /// `version`.
     static func spawn(
-        binary: String, fuseFD: Int32, logLevel: String, version: UInt16, hello: HandoverMessage.Hello
+        binary: String, fuseFD: Int32, logLevel: String, version: UInt16, hello: HandoverMessage.Hello,
+        snapshotFD: Int32 = -1
     ) throws(SecretsError) -> WorkerProcess {
         let (mine, theirs) = try ControlChannel.pair(version: version)
         defer { theirs.close() }
@@ -27,19 +30,31 @@ struct WorkerProcess {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fuseFD, 3)
         posix_spawn_file_actions_adddup2(&actions, theirs.fd, 4)
-        let argv = [binary, "worker", "--fuse-fd", "3", "--control-fd", "4", "--log-level", logLevel]
+        var argv = [binary, "worker", "--fuse-fd", "3", "--control-fd", "4", "--log-level", logLevel]
+        // Version 2: the worker stamps the requests it serves in a page on fd 5.
+        let inflight = version >= 2 ? InflightMapping.create() : nil
+        if let inflight {
+            posix_spawn_file_actions_adddup2(&actions, inflight.fd, 5)
+            argv += ["--inflight-fd", "5"]
+        }
+        // Version 2: the workers' encrypted snapshot of what they cached, on fd 6.
+        if version >= 2, snapshotFD >= 0 {
+            posix_spawn_file_actions_adddup2(&actions, snapshotFD, 6)
+            argv += ["--snapshot-fd", "6"]
+        }
         let pid: pid_t
         do {
             pid = try spawnProcess(binary, argv, actions: &actions)
         } catch {
             mine.close()
+            inflight?.release()
             throw error
         }
         mine.open()
         mine.send(.hello(hello))
         return WorkerProcess(
             pid: pid, channel: mine, configText: hello.configText, reload: hello.reload,
-            startedAt: CoreClock.monotonic())
+            startedAt: CoreClock.monotonic(), inflight: inflight)
     }
 
     /// posix_spawn with every handled signal unblocked and at its default.

@@ -26,8 +26,16 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "The page where the worker stamps the requests it serves (protocol 2), inherited.")
+    var inflightFd: Int32?
+
+    @Option(name: .long, help: "The memfd holding the workers' encrypted snapshot of cached views (protocol 2), inherited.")
+    var snapshotFd: Int32?
+
     func run() throws {
-        let status = Worker(fuseFD: fuseFd, controlFD: controlFd, logLevel: logLevel).run()
+        let status = Worker(
+            fuseFD: fuseFd, controlFD: controlFd, logLevel: logLevel, inflightFD: inflightFd, snapshotFD: snapshotFd
+        ).run()
         if status != .success { throw ExitCode(status.rawValue) }
     }
 }

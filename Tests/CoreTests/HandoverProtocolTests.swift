@@ -51,19 +51,26 @@ struct HandoverProtocolTests {
         #expect(HandoverProtocol.parseAnnouncement("secretsfs-handover 3 1") == nil)
     }
 
-    @Test("the re-exec state round-trips in every version; version 1 starts with its magic and version")
+    @Test("the re-exec state round-trips in every version; versions 1 and 2 start with their magic and version")
     func stateRoundTrip() throws {
-        let worker = SupervisorState.RunningWorker(pid: 4242, channelFD: 9, serving: true, protocolVersion: 1)
+        let worker = SupervisorState.RunningWorker(pid: 4242, channelFD: 9, serving: true, protocolVersion: 2, inflightFD: 11)
         let state = SupervisorState(
             fuseFD: 10, mountPath: "/secrets", initRequest: [26, 0, 0, 0], digestKey: [1, 2], configPath: "/c.toml",
             configText: "[mount]\n", noOpen: true, logLevel: "info", everServed: true, worker: worker, restarts: 2,
             table: table())
         let current = state.encoded()
-        #expect(Array(current[0..<6]) == Array("SFSR".utf8) + [1, 0])
+        #expect(Array(current[0..<6]) == Array("SFSR".utf8) + [2, 0])
         let (decoded, version) = try SupervisorState.decode(current)
-        #expect(decoded == state && version == 1)
+        #expect(decoded == state && version == 2)
+        // Version 1 cannot carry the in-flight page: the worker it resumes then has none.
+        var withoutPage = state
+        withoutPage.worker?.inflightFD = -1
+        let one = state.encoded(version: 1)
+        #expect(Array(one[0..<6]) == Array("SFSR".utf8) + [1, 0])
+        let (decodedOne, versionOne) = try SupervisorState.decode(one)
+        #expect(decodedOne == withoutPage && versionOne == 1)
         // Version 0 cannot carry the worker's protocol: its workers spoke 0.
-        var expected = state
+        var expected = withoutPage
         expected.worker?.protocolVersion = 0
         let (old, oldVersion) = try SupervisorState.decode(state.encoded(version: 0))
         #expect(old == expected && oldVersion == 0)
@@ -154,7 +161,7 @@ struct HandoverProtocolTests {
             _ = try WorkerHandshake.accept(fd: futureWorker)
             Issue.record("a version-9 supervisor was accepted")
         } catch {
-            #expect(error.code == .unsupported && error.message.contains("9") && error.message.contains("0 to 1"))
+            #expect(error.code == .unsupported && error.message.contains("9") && error.message.contains("0 to 2"))
         }
     }
 
@@ -200,5 +207,39 @@ struct RestartPolicyTests {
         #expect(RestartPolicy.pendingDied(everServed: true, hasCurrent: true, exitCode: 1) == .keepServing(protocolRefused: false))
         #expect(RestartPolicy.pendingDied(everServed: true, hasCurrent: true, exitCode: 76) == .keepServing(protocolRefused: true))
         #expect(RestartPolicy.pendingDied(everServed: true, hasCurrent: false, exitCode: 1) == .restart)
+    }
+}
+
+@Suite("in-flight page")
+struct InflightPageTests {
+    @Test("stamps and clears per slot; the culprit is the faulting slot's request; only a culprit seen before is poison")
+    func page() throws {
+        let base = UnsafeMutableRawPointer.allocate(byteCount: InflightPage.size, alignment: 8)
+        defer { base.deallocate() }
+        InflightPage.reset(base)
+        #expect(InflightPage.isValid(UnsafeRawPointer(base)))
+        #expect(InflightPage.requests(UnsafeRawPointer(base)).isEmpty)
+        let lookup = InflightPage.Request(unique: 40, opcode: 1, node: 3)
+        let read = InflightPage.Request(unique: 42, opcode: 15, node: 7)
+        InflightPage.stamp(base, slot: 0, lookup)
+        InflightPage.stamp(base, slot: 5, read)
+        InflightPage.stamp(base, slot: InflightPage.slots, read)  // out of range: ignored
+        #expect(Set(InflightPage.requests(UnsafeRawPointer(base))) == [lookup, read])
+        InflightPage.clear(base, slot: 5)
+        #expect(InflightPage.requests(UnsafeRawPointer(base)) == [lookup])
+        #expect(InflightPage.culprit(UnsafeRawPointer(base)) == nil, "no fault marked")
+        base.storeBytes(of: UInt32(1).littleEndian, toByteOffset: InflightPage.culpritOffset, as: UInt32.self)
+        #expect(InflightPage.culprit(UnsafeRawPointer(base)) == lookup)
+        // The resent copy carries bit 63; it is the same request.
+        var resent = lookup
+        resent.unique |= InflightPage.resendBit
+        #expect(InflightPage.poisoned(previous: [lookup, read], culprit: resent) == resent)
+        #expect(InflightPage.poisoned(previous: [read], culprit: resent) == nil, "a first crash is no proof")
+        #expect(InflightPage.poisoned(previous: [lookup], culprit: nil) == nil, "a kill names no culprit")
+        #expect(InflightPage.errorReply(resent, errno: 5) == [16, 0, 0, 0, 0xFB, 0xFF, 0xFF, 0xFF, 40, 0, 0, 0, 0, 0, 0, 0x80])
+        #expect(!InflightPage.tracked(opcode: 2) && !InflightPage.tracked(opcode: 42) && InflightPage.tracked(opcode: 1))
+        // A page of another layout is not read.
+        base.storeBytes(of: UInt8(0), toByteOffset: 0, as: UInt8.self)
+        #expect(InflightPage.requests(UnsafeRawPointer(base)).isEmpty)
     }
 }

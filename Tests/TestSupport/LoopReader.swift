@@ -41,8 +41,11 @@ public final class LoopReader: @unchecked Sendable {
     /// Stops the loop (waits for the read in progress) and returns every outcome.
     @discardableResult
     public func stop() -> [Outcome] {
-        running.withLock { $0 = false }
-        _ = done.wait(timeout: .now() + 30)
+        let wasRunning = running.withLock { running in
+            defer { running = false }
+            return running
+        }
+        if wasRunning { _ = done.wait(timeout: .now() + 30) }
         return results
     }
 

@@ -16,6 +16,10 @@ struct Worker {
     let fuseFD: Int32
     let controlFD: Int32
     let logLevel: String
+    /// The supervisor's in-flight page (protocol version 2), if it gave one.
+    let inflightFD: Int32?
+    /// The memfd of the workers' encrypted view snapshot (protocol version 2), if the supervisor gave one.
+    let snapshotFD: Int32?
 
     /// Everything built from the config before the worker says ready.
     struct Prepared {
@@ -76,7 +80,8 @@ struct Worker {
         // Only now, with the previous worker gone: it held the listening addresses until then.
         startListeners(prepared, logger: logger)
         watchSupervisor(channel, mountPath: hello.mountPath, logger: logger)
-        let server = FuseServer(core: core, mount: prepared.config.mount, logger: logger)
+        let server = FuseServer(
+            core: core, mount: prepared.config.mount, logger: logger, inflight: inflightFD.flatMap(InflightStamps.map))
         let serving = logger
         do {
             try server.serve(fd: fuseFD, initRequest: hello.initRequest, reload: hello.reload) {

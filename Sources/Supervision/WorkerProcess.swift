@@ -17,31 +17,40 @@ struct WorkerProcess {
     /// Signals the supervisor handles; a worker starts with all of them at their defaults and unblocked.
     static let handledSignals = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD]
 
-    /// Starts `binary worker` with the connection on fd 3 and its control socket on fd 4, and says hello in
-    /// `version`.
+    /// Starts `binary worker` with the connection on fd 3, its control socket on fd 4 (and from version 2 its
+    /// in-flight page on fd 5 and the snapshot memfd on fd 6), and says hello in `version`.
     static func spawn(
         binary: String, fuseFD: Int32, logLevel: String, version: UInt16, hello: HandoverMessage.Hello,
         snapshotFD: Int32 = -1
     ) throws(SecretsError) -> WorkerProcess {
         let (mine, theirs) = try ControlChannel.pair(version: version)
         defer { theirs.close() }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fuseFD, 3)
-        posix_spawn_file_actions_adddup2(&actions, theirs.fd, 4)
         var argv = [binary, "worker", "--fuse-fd", "3", "--control-fd", "4", "--log-level", logLevel]
+        var descriptors: [(source: Int32, target: Int32)] = [(fuseFD, 3), (theirs.fd, 4)]
         // Version 2: the worker stamps the requests it serves in a page on fd 5.
         let inflight = version >= 2 ? InflightMapping.create() : nil
         if let inflight {
-            posix_spawn_file_actions_adddup2(&actions, inflight.fd, 5)
+            descriptors.append((inflight.fd, 5))
             argv += ["--inflight-fd", "5"]
         }
         // Version 2: the workers' encrypted snapshot of what they cached, on fd 6.
         if version >= 2, snapshotFD >= 0 {
-            posix_spawn_file_actions_adddup2(&actions, snapshotFD, 6)
+            descriptors.append((snapshotFD, 6))
             argv += ["--snapshot-fd", "6"]
         }
+        // Each source is first copied above every target, so no dup2 onto a target can overwrite a source that is
+        // still to be copied (the supervisor's own descriptors may well be 3 to 6).
+        let staged = descriptors.map { (fcntl($0.source, F_DUPFD_CLOEXEC, 64), $0.target) }
+        defer { for (copy, _) in staged where copy >= 0 { close(copy) } }
+        guard staged.allSatisfy({ $0.0 >= 0 }) else {
+            mine.close()
+            inflight?.release()
+            throw SecretsError(.io, "cannot prepare a worker's descriptors: \(FileIO.errnoText(errno))")
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for (copy, target) in staged { posix_spawn_file_actions_adddup2(&actions, copy, target) }
         let pid: pid_t
         do {
             pid = try spawnProcess(binary, argv, actions: &actions)

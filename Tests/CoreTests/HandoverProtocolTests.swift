@@ -243,3 +243,30 @@ struct InflightPageTests {
         #expect(InflightPage.requests(UnsafeRawPointer(base)).isEmpty)
     }
 }
+
+@Suite("view snapshot")
+struct ViewSnapshotTests {
+    @Test("views and listings round-trip, every kind of value; truncations and garbage are errors")
+    func roundTrip() throws {
+        let fields: [String: SecretValue] = [
+            "S": .string("päss"), "I": .int(-5), "F": .float(1.5), "B": .bool(true), "N": .null,
+            "A": .array([.int(1), .table(["k": .string("v")])]), "T": .table(["x": .bytes([0, 255])]),
+            "D": .datetime("2024-01-01T00:00:00Z"), "E": .string(""),
+        ]
+        let view = EnvView(elements: [[fields, ["ONLY_DEFAULT": .string("d")]], [[:]]])
+        let snapshot = ViewSnapshot(
+            views: [ViewSnapshot.View(key: EnvKey(top: "vault", env: "production"), fetchedAt: 123.5, view: view)],
+            listings: [ViewSnapshot.Listing(top: "vault", at: 99.25, envs: ["default", "production"])])
+        let bytes = snapshot.encoded()
+        let back = try ViewSnapshot.decode(bytes)
+        #expect(back.listings == snapshot.listings)
+        let first = try #require(back.views.first)
+        #expect(first.key == EnvKey(top: "vault", env: "production") && first.fetchedAt == 123.5)
+        #expect(first.view.keys == view.keys)
+        for key in view.keys { #expect(first.view.value(of: key) == view.value(of: key), "\(key)") }
+        for cut in [0, 3, 6, bytes.count / 2, bytes.count - 1] {
+            #expect(throws: SecretsError.self) { _ = try ViewSnapshot.decode(Array(bytes[0..<cut])) }
+        }
+        #expect(throws: SecretsError.self) { _ = try ViewSnapshot.decode(bytes + [0]) }
+    }
+}

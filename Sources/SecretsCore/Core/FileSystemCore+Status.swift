@@ -44,3 +44,35 @@ extension FileSystemCore {
             workerRestarts: restarts)
     }
 }
+
+/// Last-known-good across workers: what this worker cached, for the next one, and what the previous one cached.
+extension FileSystemCore {
+    public struct CachedState: Sendable {
+        public var views: [(key: EnvKey, fetchedAt: Double, view: EnvView)]
+        public var listings: [(top: String, at: Double, envs: [String])]
+
+        public init(
+            views: [(key: EnvKey, fetchedAt: Double, view: EnvView)], listings: [(top: String, at: Double, envs: [String])]
+        ) {
+            self.views = views
+            self.listings = listings
+        }
+    }
+
+    /// Every cached env view and listing (times on CLOCK_MONOTONIC, shared by the processes of one boot).
+    public func cachedState() -> CachedState {
+        CachedState(views: reader.views.exported(), listings: listings.exported())
+    }
+
+    /// Takes the previous worker's views and listings as fallbacks while their stores fail (within stale_if_error).
+    public func inherit(_ state: CachedState) {
+        reader.views.inherit(state.views)
+        listings.inherit(state.listings)
+    }
+
+    /// `callback` runs after each fetched view or listing is kept.
+    public func onCacheChange(_ callback: (@Sendable () -> Void)?) {
+        reader.views.onChange(callback)
+        listings.onChange(callback)
+    }
+}

@@ -210,7 +210,11 @@ public final class FileSystemCore: Sendable {
                 envs = health.usableNames(try probe(top), top: top, env: nil)
             } catch {
                 health.warn(top: top, "listing envs of '\(top)' failed: \(error)")
-                throw error
+                // The last listing (this worker's or the previous one's) while the store fails, as for values.
+                guard cache.staleIfError > 0,
+                    let last = listings.fallback(top: top, now: clock(), within: cache.ttl + cache.staleIfError)
+                else { throw error }
+                envs = health.usableNames(last, top: top, env: nil)
             }
             return inodes.update { table, _, events in
                 envs.map {

@@ -25,9 +25,14 @@ public final class EnvViewCache: Sendable {
     struct Entry {
         var view: EnvView
         var fetchedAt: Double
+        /// From the previous worker's snapshot: served only as a stale value while the store fails, never as fresh
+        /// (changes made while no worker watched would be missed).
+        var inherited = false
     }
 
     let entries = Locked<[EnvKey: Entry]>([:])
+    /// Called after a fetched view is kept (the worker writes its snapshot for the next worker).
+    let changed = Locked<(@Sendable () -> Void)?>(nil)
     let resolver: Resolver
     let health: StoreHealthBoard
     let ttl: Double
@@ -43,7 +48,7 @@ public final class EnvViewCache: Sendable {
     /// The cached view while its ttl runs, else one fetched now; a stale one while the store fails, within bounds.
     public func view(_ key: EnvKey, now: Double) throws(SecretsError) -> Answer {
         let cached = entries.withLock { $0[key] }
-        if let cached, now - cached.fetchedAt < ttl {
+        if let cached, !cached.inherited, now - cached.fetchedAt < ttl {
             return Answer(view: cached.view, remaining: ttl - (now - cached.fetchedAt), stale: false)
         }
         do {
@@ -67,7 +72,24 @@ public final class EnvViewCache: Sendable {
 
     public func store(_ view: EnvView, for key: EnvKey, at now: Double) {
         entries.withLock { $0[key] = Entry(view: view, fetchedAt: now) }
+        changed.withLock { $0 }?()
     }
+
+    /// Every view held, with when it was fetched (for the next worker's snapshot).
+    public func exported() -> [(key: EnvKey, fetchedAt: Double, view: EnvView)] {
+        entries.withLock { entries in entries.map { ($0.key, $0.value.fetchedAt, $0.value.view) } }
+    }
+
+    /// Takes the previous worker's views as stale-only entries (never over a view this worker fetched).
+    public func inherit(_ views: [(key: EnvKey, fetchedAt: Double, view: EnvView)]) {
+        entries.withLock { entries in
+            for (key, fetchedAt, view) in views where entries[key] == nil {
+                entries[key] = Entry(view: view, fetchedAt: fetchedAt, inherited: true)
+            }
+        }
+    }
+
+    public func onChange(_ callback: (@Sendable () -> Void)?) { changed.withLock { $0 = callback } }
 
     /// The envs held now.
     public var keys: Set<EnvKey> { entries.withLock { Set($0.keys) } }

@@ -58,6 +58,19 @@ struct Worker {
             return .invalidConfig
         }
         let core = prepared.core
+        // Last-known-good: the previous worker's views serve while their stores fail; ours are kept for the next.
+        if let snapshotFD {
+            let snapshot = SnapshotFile(fd: snapshotFD, digestKey: hello.digestKey, logger: logger)
+            let inherited = snapshot.read()
+            logger.debug("view snapshot", metadata: ["fd": "\(snapshotFD)", "found": "\(inherited != nil)"])
+            if let inherited {
+                core.inherit(inherited)
+                logger.info(
+                    "took over the previous worker's cached views; they serve only while their stores fail",
+                    metadata: ["views": "\(inherited.views.count)", "listings": "\(inherited.listings.count)"])
+            }
+            core.onCacheChange { snapshot.changed(core) }
+        }
         let probe: @Sendable () -> Void = { [logger, resolver = prepared.resolver] in
             Self.probeStores(core, resolver, logger: logger)
         }

@@ -29,6 +29,30 @@ public final class RedisPool: Sendable {
     /// The settings of new connections now (the current master behind Sentinel).
     public var settings: RedisSettings { target.settings }
 
+    /// `replicaFallback`: a read (nothing it runs writes) that may go to a replica the sentinels list when the
+    /// master cannot be reached (a failover in progress); `onReplica` hears which replica answered.
+    public func withConnection<T>(
+        replicaFallback: Bool, onReplica: (String) -> Void = { _ in }, _ body: (RedisConnection) throws(RedisError) -> T
+    ) throws(RedisError) -> T {
+        do {
+            return try withConnection(body)
+        } catch where replicaFallback && target.sentinel != nil && (error.kind == .connection || error.kind == .timeout) {
+            // Twice over the list: the replica being promoted drops its clients once (Sentinel's CLIENT KILL).
+            let replicas = target.replicaSettings()
+            for settings in replicas + replicas {
+                guard let connection = try? RedisConnection(settings) else { continue }
+                defer { connection.close() }
+                guard let result = try? body(connection) else { continue }
+                onReplica("\(settings.endpoint)")
+                return result
+            }
+            // No healthy replica: at the moment of promotion the replica is the master already (and the old master
+            // is listed as a replica that is down). Ask the sentinels now, not at the rate-limited pace.
+            if (try? target.refresh()) == true, let result = try? once(body) { return result }
+            throw error
+        }
+    }
+
     public func withConnection<T>(_ body: (RedisConnection) throws(RedisError) -> T) throws(RedisError) -> T {
         let (settings, generation) = try target.connectionSettings()
         var taken: UnsafeTransfer?

@@ -242,6 +242,33 @@ public final class RedisTarget: Sendable {
         thread.start()
     }
 
+    /// The replicas the sentinels list for the master, healthy ones only (`SENTINEL REPLICAS`: flags without
+    /// `s_down`, `o_down` or `disconnected`), from the first sentinel that answers. Empty outside Sentinel mode.
+    public func replicaSettings() -> [RedisSettings] {
+        guard let sentinel else { return [] }
+        for address in sentinel.sentinels {
+            guard let connection = try? RedisConnection(settings(forSentinel: address)) else { continue }
+            defer { connection.close() }
+            guard case .array(let replicas?)? = try? connection.command("SENTINEL", "REPLICAS", sentinel.masterName)
+            else { continue }
+            return replicas.compactMap { replica -> RedisSettings? in
+                guard case .array(let flat?) = replica else { return nil }
+                var fields: [String: String] = [:]
+                var index = 0
+                while index + 1 < flat.count {
+                    if let key = flat[index].text, let value = flat[index + 1].text { fields[key] = value }
+                    index += 2
+                }
+                let flags = fields["flags"] ?? ""
+                guard let host = fields["ip"], let port = fields["port"].flatMap({ Int($0) }),
+                    !flags.contains("s_down"), !flags.contains("o_down"), !flags.contains("disconnected")
+                else { return nil }
+                return dataSettings(host: host, port: port)
+            }
+        }
+        return []
+    }
+
     /// host:port of the current master.
     public func describeMaster() -> String {
         if case .tcp(let host, let port) = settings.endpoint.address { return "\(host):\(port)" }

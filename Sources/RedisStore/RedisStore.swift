@@ -12,6 +12,9 @@ public struct RedisStoreSettings: Sendable {
     /// Set for `redis+sentinel://` URLs.
     public var sentinel: SentinelEndpoint?
     public var prefix: String
+    /// Behind Sentinel: whether reads go to a replica the sentinels list while the master cannot be reached
+    /// (`replica_reads = "failover"`, the default) or fail until a master answers (`"never"`).
+    public var replicaReads = true
 
     public init(config: StoreConfig, environment: [String: String] = ProcessInfo.processInfo.environment)
         throws(LocatedError)
@@ -19,7 +22,7 @@ public struct RedisStoreSettings: Sendable {
         let section = config.section
         try section.rejectUnknown(allowed: [
             "type", "fresh", "fresh_max_age", "url", "password_file", "username", "ca_cert", "prefix", "timeout",
-            "sentinel_password_file",
+            "sentinel_password_file", "replica_reads",
         ])
         let url = try section.string("url") ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379/0"
         var endpoint: RedisEndpoint
@@ -62,6 +65,12 @@ public struct RedisStoreSettings: Sendable {
         let timeout = try section.duration("timeout") ?? 2
         guard timeout > 0 else { throw section.error("timeout", "timeout must be more than 0") }
         settings = RedisSettings(endpoint: endpoint, timeout: timeout, caFile: try section.path("ca_cert"))
+        switch try section.string("replica_reads") ?? "failover" {
+        case "failover": replicaReads = true
+        case "never": replicaReads = false
+        case let other:
+            throw section.error("replica_reads", "replica_reads must be \"failover\" or \"never\", not \"\(other)\"")
+        }
         prefix = try section.string("prefix") ?? "DYNACONF"
         guard !prefix.isEmpty, !prefix.contains(where: { "*?[]".contains($0) }) else {
             throw section.error("prefix", "prefix must be non-empty and without glob characters")
@@ -76,6 +85,8 @@ public final class RedisStore: WritableSecretStore {
     let pool: RedisPool
     let logger: Logger
     private let watcher: Locked<KeyspaceWatcher?>
+    /// The master a replica read was last logged for.
+    private let replicaNotice = Locked<String?>(nil)
 
     public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
         self.name = config.name
@@ -107,11 +118,28 @@ public final class RedisStore: WritableSecretStore {
 
     /// One pool call within the store's `timeout` in total (connect, AUTH, a retry on a new connection and the
     /// commands share it), or within the deadline of the operation around it, when earlier.
-    func run<T>(_ body: (RedisConnection) throws(RedisError) -> T) throws(SecretsError) -> T {
+    func run<T>(read: Bool = false, _ body: (RedisConnection) throws(RedisError) -> T) throws(SecretsError) -> T {
+        let fallback = read && configuration.replicaReads
         do {
-            return try OperationDeadline.within(configuration.settings.timeout) { () throws(RedisError) in try pool.withConnection(body) }
+            return try OperationDeadline.within(configuration.settings.timeout) { () throws(RedisError) in
+                try pool.withConnection(replicaFallback: fallback, onReplica: replicaAnswered, body)
+            }
         } catch {
             throw fail(error)
+        }
+    }
+
+    /// A read went to a replica: said once per master (per failover), not per read.
+    func replicaAnswered(_ replica: String) {
+        let master = pool.target.describeMaster()
+        let first = replicaNotice.withLock { noticed -> Bool in
+            defer { noticed = master }
+            return noticed != master
+        }
+        if first {
+            logger.warning(
+                "the Redis master cannot be reached; reads go to a replica until it answers",
+                metadata: ["store": "\(name)", "master": "\(master)", "replica": "\(replica)"])
         }
     }
 
@@ -120,7 +148,7 @@ public final class RedisStore: WritableSecretStore {
 
     public func envs(at location: String?) throws(SecretsError) -> [String] {
         let prefix = (location ?? configuration.prefix) + "_"
-        let keys: [String] = try run { connection throws(RedisError) in
+        let keys: [String] = try run(read: true) { connection throws(RedisError) in
             var cursor = "0"
             var found: [String] = []
             repeat {
@@ -142,7 +170,7 @@ public final class RedisStore: WritableSecretStore {
 
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
         let hash = hash(env, at: location)
-        let reply = try run { connection throws(RedisError) in try connection.command("HGETALL", hash) }
+        let reply = try run(read: true) { connection throws(RedisError) in try connection.command("HGETALL", hash) }
         return try decodeHash(reply, hash: hash)
     }
 
@@ -176,7 +204,7 @@ public final class RedisStore: WritableSecretStore {
 
     func lookup(_ key: String, layers: [String], at location: String?) throws(SecretsError) -> SecretValue? {
         let hashes = layers.map { hash($0, at: location) }
-        let replies = try run { connection throws(RedisError) in
+        let replies = try run(read: true) { connection throws(RedisError) in
             try connection.pipeline(hashes.map { [Array("HGET".utf8), Array($0.utf8), Array(key.utf8)] })
         }
         for reply in replies {
@@ -187,7 +215,7 @@ public final class RedisStore: WritableSecretStore {
             default: continue
             }
         }
-        let whole = try run { connection throws(RedisError) in
+        let whole = try run(read: true) { connection throws(RedisError) in
             try connection.pipeline(hashes.map { [Array("HGETALL".utf8), Array($0.utf8)] })
         }
         for (index, reply) in whole.enumerated() {

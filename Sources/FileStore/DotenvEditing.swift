@@ -21,16 +21,19 @@ enum DotenvEditing {
                 out.append(UInt8(ascii: "\n"))
             }
         }
-        for (key, value) in set {
-            out.append(contentsOf: key.utf8)
-            out.append(UInt8(ascii: "="))
-            value.fileBytes().withUnsafeBytes { bytes in
-                for byte in bytes {
-                    if byte == UInt8(ascii: "\n") { out.append(contentsOf: "\\n".utf8) } else { out.append(byte) }
-                }
-            }
-            out.append(UInt8(ascii: "\n"))
-        }
+        for (key, value) in set { appendLine(key, value, to: &out) }
         return out
+    }
+
+    /// `KEY=value` and a line break, the value's bytes with each line break written `\n` (as sops writes dotenv).
+    static func appendLine(_ key: String, _ value: SecretValue, to out: inout [UInt8]) {
+        out.append(contentsOf: key.utf8)
+        out.append(UInt8(ascii: "="))
+        value.fileBytes().withUnsafeBytes { bytes in
+            for byte in bytes {
+                if byte == UInt8(ascii: "\n") { out.append(contentsOf: "\\n".utf8) } else { out.append(byte) }
+            }
+        }
+        out.append(UInt8(ascii: "\n"))
     }
 }

@@ -24,16 +24,7 @@ enum PlainDocument {
             out.append(contentsOf: "\n}\n".utf8)
             escapeYAMLBreaks(&out)
         case .dotenv:
-            for (name, value) in entries {
-                out.append(contentsOf: name.utf8)
-                out.append(UInt8(ascii: "="))
-                value.fileBytes().withUnsafeBytes { bytes in
-                    for byte in bytes {
-                        if byte == UInt8(ascii: "\n") { out.append(contentsOf: "\\n".utf8) } else { out.append(byte) }
-                    }
-                }
-                out.append(UInt8(ascii: "\n"))
-            }
+            for (name, value) in entries { DotenvEditing.appendLine(name, value, to: &out) }
         case .ini:
             for (index, (section, value)) in entries.enumerated() {
                 if index > 0 { out.append(UInt8(ascii: "\n")) }

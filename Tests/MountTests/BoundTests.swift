@@ -19,26 +19,7 @@ struct BoundTests {
         }
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let token = try fixture.dir.write("vault-token", "root\n")
-        let config = try fixture.dir.write(
-            "bound.toml",
-            """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "5m"
-            [stores.vault]
-            type = "vault"
-            address = "\(bao.address)"
-            token_file = "\(token)"
-            fresh = ["DB_*"]
-            timeout = "1s"
-            [stores.redis]
-            type = "redis"
-            url = "\(redis.url)"
-            fresh = ["DB_*"]
-            timeout = "1s"
-            """)
+        let config = try fixture.writeTwoBackendConfig(bao: bao, redis: redis, cache: #"ttl = "5m""#)
         let fs = try fixture.mount(config: config)
         // Warm: the token is known, the connection pooled, the envs listed.
         #expect(try fs.readText("vault/production/DB_PASS") == "v-production")

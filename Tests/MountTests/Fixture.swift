@@ -52,6 +52,31 @@ final class Fixture: @unchecked Sendable {
         return try dir.write("config.toml", text)
     }
 
+    /// A config with a Vault store `vault` over `bao` and a Redis store `redis` over `redis`, both `fresh` for
+    /// `DB_*` with `timeout = "1s"`, and `cache` as the `[cache]` table's lines.
+    func writeTwoBackendConfig(bao: BaoServer, redis: RedisServer, cache: String) throws -> String {
+        let token = try dir.write("vault-token", "root\n")
+        return try dir.write(
+            "two-backends.toml",
+            """
+            [mount]
+            path = "\(mountpoint)"
+            [cache]
+            \(cache)
+            [stores.vault]
+            type = "vault"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            fresh = ["DB_*"]
+            timeout = "1s"
+            [stores.redis]
+            type = "redis"
+            url = "\(redis.url)"
+            fresh = ["DB_*"]
+            timeout = "1s"
+            """)
+    }
+
     func mount(config: String, environment: [String: String] = [:]) throws -> MountedSecretsFS {
         let fs = try MountedSecretsFS(
             binary: binary, config: config, mountpoint: mountpoint, logPath: dir.file("mount.log"),

@@ -17,27 +17,7 @@ struct LastKnownGoodTests {
         try redis.hset("DYNACONF_PRODUCTION", [("NAME", "r-name"), ("OTHER", "r-other"), ("DB_PASS", "r-fresh")])
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let token = try fixture.dir.write("vault-token", "root\n")
-        let config = try fixture.dir.write(
-            "lkg.toml",
-            """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "10m"
-            stale_if_error = "10m"
-            [stores.vault]
-            type = "vault"
-            address = "\(bao.address)"
-            token_file = "\(token)"
-            fresh = ["DB_*"]
-            timeout = "1s"
-            [stores.redis]
-            type = "redis"
-            url = "\(redis.url)"
-            fresh = ["DB_*"]
-            timeout = "1s"
-            """)
+        let config = try fixture.writeTwoBackendConfig(bao: bao, redis: redis, cache: "ttl = \"10m\"\nstale_if_error = \"10m\"")
         let fs = try fixture.mount(config: config)
         // One key of each env read (its whole view is cached); OTHER is never looked up before the crash, so the
         // kernel has no name or page of it: the next worker must answer it.

@@ -90,31 +90,21 @@ public final class ContainerReader: @unchecked Sendable {
         process.standardError = output
         process.standardInput = FileHandle.nullDevice
         try process.run()
-        let handle = output.fileHandleForReading
-        Thread { [self] in
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending.append(chunk)
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
-                    pending = Data(pending[pending.index(after: newline)...])
-                    let words = line.split(separator: " ")
-                    progress.withLock { state in
-                        state.lines.append(line)
-                        if words.first == "ok", words.count == 2, let count = Int(words[1]) { state.ok = count }
-                        if words.first == "seen", words.count == 3, let index = Int(words[2]) {
-                            state.seen[String(words[1]), default: []].insert(index)
-                        }
-                    }
-                    if line == "started" { started.signal() }
+        readLines(output.fileHandleForReading, line: { [self] line in
+            let words = line.split(separator: " ")
+            progress.withLock { state in
+                state.lines.append(line)
+                if words.first == "ok", words.count == 2, let count = Int(words[1]) { state.ok = count }
+                if words.first == "seen", words.count == 3, let index = Int(words[2]) {
+                    state.seen[String(words[1]), default: []].insert(index)
                 }
             }
+            if line == "started" { started.signal() }
+        }, ended: { [self] in
             progress.withLock { $0.ended = true }
             started.signal()
             ended.signal()
-        }.start()
+        })
         // Wait until the bind is made and the loop runs.
         _ = started.wait(timeout: .now() + 30)
         let first = progress.withLock { $0.lines.first ?? "" }

@@ -76,24 +76,14 @@ public final class PodmanReader: @unchecked Sendable {
         process.standardError = output
         process.standardInput = FileHandle.nullDevice
         try process.run()
-        let handle = output.fileHandleForReading
         let started = DispatchSemaphore(value: 0)
-        Thread { [self] in
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending.append(chunk)
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
-                    pending = Data(pending[pending.index(after: newline)...])
-                    lines.withLock { $0.append(line) }
-                    if line == "started" { started.signal() }
-                }
-            }
+        readLines(output.fileHandleForReading, line: { [self] line in
+            lines.withLock { $0.append(line) }
+            if line == "started" { started.signal() }
+        }, ended: { [self] in
             started.signal()
             ended.signal()
-        }.start()
+        })
         _ = started.wait(timeout: .now() + 60)
         guard lines.withLock({ $0.contains("started") }) else {
             let said = lines.withLock { $0.joined(separator: "\n") }

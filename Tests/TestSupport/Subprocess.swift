@@ -187,3 +187,22 @@ public func waitUntil(_ what: String, seconds: Double, every: Double = 0.1, _ co
         usleep(useconds_t(every * 1_000_000))
     }
 }
+
+/// Reads a pipe line by line on a thread of its own until it closes: `line` for each line, then `ended` once.
+public func readLines(
+    _ handle: FileHandle, line: @escaping @Sendable (String) -> Void, ended: @escaping @Sendable () -> Void
+) {
+    Thread {
+        var pending = Data()
+        while true {
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            pending.append(chunk)
+            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                line(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
+                pending = Data(pending[pending.index(after: newline)...])
+            }
+        }
+        ended()
+    }.start()
+}

@@ -363,6 +363,12 @@ public final class FileStore: SecretStore {
         let created = FileWatcher(paths: watched, logger: logger, onChange: onChange)
         guard let created else { return false }
         watcher.withLock { $0 = created }
+        // A file replaced after it was read but before the watch existed raised no event: look once, now.
+        let missed = watched.compactMap { path, location -> StoreChange? in
+            guard let read = loaded.withLock({ $0[path]?.status }) else { return nil }
+            return (try? FileIO.status(path)) == read ? nil : .at(location: location, env: nil)
+        }
+        if !missed.isEmpty { onChange(missed) }
         return true
     }
 

@@ -38,6 +38,9 @@ public struct StoreConformance {
         self.update = update
     }
 
+    /// Changes one key in the backend as an outside writer would (for a store's own extra checks).
+    public func change(_ env: String, _ key: String, _ value: SecretValue) throws { try update(env, key, value) }
+
     func same(_ actual: SecretValue?, _ expected: SecretValue) -> Bool {
         guard let actual else { return false }
         return stringsOnly ? actual.fileBytes() == expected.fileBytes() : actual == expected

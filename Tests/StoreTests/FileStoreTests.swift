@@ -85,6 +85,18 @@ struct FileStoreTests {
         try suite.checkConformance()
     }
 
+    @Test("a file replaced after it was read but before watch started is reported when the watch starts")
+    func changeBeforeWatch() throws {
+        let (suite, dir) = try makeStore(name: "s.toml.age", render: SeedWriter.toml)
+        defer { dir.remove() }
+        defer { suite.store.close() }
+        #expect(try suite.store.fields(of: "production", at: nil) != nil)
+        try suite.change("production", "PASSWORD", .string("changed-before-watch"))
+        let reported = Locked<[StoreChange]>([])
+        #expect(suite.store.watch(locations: []) { changes in reported.withLock { $0 += changes } })
+        #expect(reported.withLock { $0 } == [.at(location: nil, env: nil)], "the missed replacement is reported at once")
+    }
+
     @Test("an identity file readable by others is refused with a clear message")
     func identityPermissions() throws {
         let (suite, dir) = try makeStore(name: "s.toml.age", render: SeedWriter.toml)

@@ -1,3 +1,5 @@
+import Deadline
+import Glibc
 import Locking
 
 /// A small pool: parallel readers each get their own connection instead of queueing behind one socket. A
@@ -37,19 +39,29 @@ public final class RedisPool: Sendable {
         do {
             return try withConnection(body)
         } catch where replicaFallback && target.sentinel != nil && (error.kind == .connection || error.kind == .timeout) {
-            // Twice over the list: the replica being promoted drops its clients once (Sentinel's CLIENT KILL).
-            let replicas = target.replicaSettings()
-            for settings in replicas + replicas {
-                guard let connection = try? RedisConnection(settings) else { continue }
-                defer { connection.close() }
-                guard let result = try? body(connection) else { continue }
-                onReplica("\(settings.endpoint)")
-                return result
+            // A failover in progress: until the operation's bound, ask the replicas (the ones the sentinels list as
+            // healthy now, else the ones they listed last), then the sentinels for a new master, then the master.
+            // Rounds, not one pass: while the sentinels promote a replica, it drops its clients (CLIENT KILL) and is
+            // briefly listed as disconnected, and nothing is the master yet.
+            let end = OperationDeadline.limit(target.template.timeout)
+            while true {
+                // Twice over the list: the replica being promoted drops its clients once.
+                let replicas = target.replicaSettings()
+                for settings in replicas + replicas {
+                    guard let connection = try? RedisConnection(settings) else { continue }
+                    defer { connection.close() }
+                    guard let result = try? body(connection) else { continue }
+                    onReplica("\(settings.endpoint)")
+                    return result
+                }
+                // At the moment of promotion the replica is the master already (and the old master is listed as a
+                // replica that is down). Ask the sentinels now, not at the rate-limited pace.
+                _ = try? target.refresh()
+                if let result = try? once(body) { return result }
+                let left = end - OperationDeadline.now()
+                guard left > 0.01 else { throw error }
+                usleep(useconds_t(min(left, 0.05) * 1_000_000))
             }
-            // No healthy replica: at the moment of promotion the replica is the master already (and the old master
-            // is listed as a replica that is down). Ask the sentinels now, not at the rate-limited pace.
-            if (try? target.refresh()) == true, let result = try? once(body) { return result }
-            throw error
         }
     }
 

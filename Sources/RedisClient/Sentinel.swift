@@ -96,6 +96,9 @@ public final class RedisTarget: Sendable {
     let lastRefresh = Locked<Double>(0)
     /// Called after the master moved, however that was found (a `+switch-master`, or a failure that made us ask).
     let onMove = Locked<(@Sendable (String) -> Void)?>(nil)
+    /// The healthy replicas the sentinels listed last, for the moments they list none (a replica being promoted
+    /// shows as disconnected for a while).
+    let lastReplicas = Locked<[RedisSettings]>([])
 
     public init(fixed settings: RedisSettings) {
         state = Locked(State(settings: settings, generation: 0))
@@ -243,7 +246,8 @@ public final class RedisTarget: Sendable {
     }
 
     /// The replicas the sentinels list for the master, healthy ones only (`SENTINEL REPLICAS`: flags without
-    /// `s_down`, `o_down` or `disconnected`), from the first sentinel that answers. Empty outside Sentinel mode.
+    /// `s_down`, `o_down` or `disconnected`), from the first sentinel that answers; when none is healthy or no
+    /// sentinel answers, the ones listed healthy last time. Empty outside Sentinel mode.
     public func replicaSettings() -> [RedisSettings] {
         guard let sentinel else { return [] }
         for address in sentinel.sentinels {
@@ -251,7 +255,7 @@ public final class RedisTarget: Sendable {
             defer { connection.close() }
             guard case .array(let replicas?)? = try? connection.command("SENTINEL", "REPLICAS", sentinel.masterName)
             else { continue }
-            return replicas.compactMap { replica -> RedisSettings? in
+            let healthy = replicas.compactMap { replica -> RedisSettings? in
                 guard case .array(let flat?) = replica else { return nil }
                 var fields: [String: String] = [:]
                 var index = 0
@@ -265,8 +269,11 @@ public final class RedisTarget: Sendable {
                 else { return nil }
                 return dataSettings(host: host, port: port)
             }
+            if healthy.isEmpty { return lastReplicas.withLock { $0 } }
+            lastReplicas.withLock { $0 = healthy }
+            return healthy
         }
-        return []
+        return lastReplicas.withLock { $0 }
     }
 
     /// host:port of the current master.

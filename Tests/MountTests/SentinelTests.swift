@@ -51,11 +51,10 @@ struct SentinelTests {
         #expect(cached.count > 10 && cached.allSatisfy { $0.text != nil }, "cached reads: \(cached.filter { $0.text == nil }.count) failed")
         let fresh = outcomes.filter { $0.path.hasSuffix("DB_PASS") }
         let failed = fresh.filter { $0.text == nil }
-        // While no master answers, the replica the sentinels list serves fresh reads (replica_reads = "failover"):
-        // before it, about two thirds of them failed. A few still fail when the sentinels start the failover (about
-        // 1.4 s after the kill here): the target of none is not reached yet.
-        #expect(failed.count * 10 <= fresh.count, "\(failed.count) of \(fresh.count) fresh reads failed during the failover, at \(failed.map { String(format: "%.2f s", $0.at.timeIntervalSince(killed)) }) after the kill")
-        #expect(failed.allSatisfy { $0.errno == EIO && $0.at >= killed && $0.at <= promoted.addingTimeInterval(1) })
+        // While no master answers, the replicas the sentinels list (or listed last, while the one being promoted
+        // shows as disconnected) serve fresh reads, retried within the timeout (replica_reads = "failover").
+        #expect(failed.isEmpty, "\(failed.count) of \(fresh.count) fresh reads failed during the failover, at \(failed.map { String(format: "%.2f s", $0.at.timeIntervalSince(killed)) }) after the kill")
+        if !failed.isEmpty { print("sentinel logs:\n\(set.debugLogs())") }
         #expect(fs.log.components(separatedBy: "reads go to a replica until it answers").count - 1 == 1, "said once per failover")
         print("master killed: promoted after \(String(format: "%.1f", promoted.timeIntervalSince(killed))) s; \(failed.count) of \(fresh.count) fresh reads failed; \(cached.count) cached reads, none failed; notice seen \(String(format: "%.2f", (noticeSeen ?? promoted).timeIntervalSince(promoted))) s after the write")
         // A write after the failover goes to the new master.

@@ -107,6 +107,13 @@ public final class RedisSentinelSet: @unchecked Sendable {
         try waitUntil(what, seconds: seconds, every: 0.1, condition)
     }
 
+    /// The sentinels' own logs (failover steps with timestamps; they never hold a value), for a failure message.
+    public func debugLogs() -> String {
+        sentinelPorts.map { port in
+            "sentinel \(port):\n" + ((try? String(contentsOfFile: dir.file("sentinel-\(port).log"), encoding: .utf8)) ?? "")
+        }.joined(separator: "\n")
+    }
+
     public func remove() {
         for process in sentinels where process.isRunning {
             kill(process.processIdentifier, SIGKILL)

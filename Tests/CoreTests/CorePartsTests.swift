@@ -3,6 +3,7 @@ import Logging
 import SecretsCore
 import Locking
 import Testing
+import TestSupport
 
 /// The parts of the core, each on its own (FileSystemCore's tests cover them together).
 @Suite("core parts")
@@ -103,6 +104,34 @@ struct CorePartsTests {
         #expect(stale.stale && stale.view.value(of: "A") == .string("a2") && stale.remaining == 1)
         #expect(throws: SecretsError.self) { try cache.view(key, now: 127) }
         #expect(health.snapshot["fake"]?.ok == false)
+    }
+
+    @Test("env view cache: once its store failed, a stale view is served without waiting on the store; one background refresh brings the store's answer back")
+    func staleWhileFailing() throws {
+        let store = FakeStore(name: "fake", envs: ["production": ["A": .string("a1")]])
+        let resolver = try Resolver(config: try makeConfig(), stores: ["fake": store])
+        let clock = FakeClock()
+        clock.advance(100)
+        let health = StoreHealthBoard(clock: clock.function, logger: Logger(label: "test"))
+        let cache = EnvViewCache(resolver: resolver, health: health, ttl: 10, staleIfError: 60)
+        let key = EnvKey(top: "fake", env: "production")
+        _ = try cache.view(key, now: clock.function())
+        store.failing.withLock { $0 = true }
+        clock.advance(11)
+        let callsBefore = store.calls.withLock { $0 }
+        #expect(try cache.view(key, now: clock.function()).stale, "the first read after the ttl asks, fails, serves stale")
+        #expect(store.calls.withLock { $0 } > callsBefore, "that read asked the store")
+        #expect(health.isFailing("fake"))
+        // The store answers again, with a new value; the next read is still served at once from the cache and
+        // starts a refresh, whose answer the read after it gets.
+        store.failing.withLock { $0 = false }
+        store.set("production", "A", .string("a2"))
+        let served = try cache.view(key, now: clock.function())
+        #expect(served.stale && served.view.value(of: "A") == .string("a1") && served.remaining == 1)
+        try waitUntil("the background refresh ends", seconds: 10) { health.refreshesRunning == 0 }
+        #expect(!health.isFailing("fake"))
+        let after = try cache.view(key, now: clock.function())
+        #expect(!after.stale && after.view.value(of: "A") == .string("a2"))
     }
 
     @Test("access gate: a caller outside an allow list gets EACCES before any read; outcomes are what the body says")

@@ -79,6 +79,13 @@ public final class FileSystemCore: Sendable {
                 let folded = name.lowercased()
                 if listings.knows(folded, top: top, now: clock()) {
                     env = folded
+                } else if let last = staleListing(top), last.contains(folded) {
+                    let timeout = min(1, directoryTimeout)
+                    let inode = inodes.update { table, _, events in
+                        table.directoryInode(.env(top: top, env: folded), events: &events)
+                    }
+                    return EntryReply(
+                        attributes: directoryAttributes(inode), entryTimeout: timeout, attributeTimeout: timeout)
                 } else {
                     env = try probe(top).contains(folded) ? folded : nil
                 }
@@ -193,6 +200,16 @@ public final class FileSystemCore: Sendable {
 
     // MARK: - Directories
 
+    /// While `top`'s store fails (its last call did), its last listing within ttl + `stale_if_error`, served at once
+    /// while one background probe asks the store again; nil when the store answers or nothing is kept.
+    func staleListing(_ top: String) -> [String]? {
+        guard cache.staleIfError > 0, health.isFailing(top),
+            let last = listings.fallback(top: top, now: clock(), within: cache.ttl + cache.staleIfError)
+        else { return nil }
+        health.refreshInBackground("envs \(top)") { [self] in _ = try? probe(top) }
+        return last
+    }
+
     public func list(_ inode: UInt64) throws(SecretsError) -> [DirectoryEntry] {
         guard let kind = inodes.read({ $0.directories[inode] }) else {
             throw SecretsError(.notFound, "unknown directory inode \(inode)")
@@ -207,7 +224,9 @@ public final class FileSystemCore: Sendable {
         case .top(let top):
             let envs: [String]
             do {
-                envs = health.usableNames(try probe(top), top: top, env: nil)
+                let listed: [String]
+                if let last = staleListing(top) { listed = last } else { listed = try probe(top) }
+                envs = health.usableNames(listed, top: top, env: nil)
             } catch {
                 health.warn(top: top, "listing envs of '\(top)' failed: \(error)")
                 // The last listing (this worker's or the previous one's) while the store fails, as for values.

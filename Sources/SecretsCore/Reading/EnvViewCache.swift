@@ -13,7 +13,7 @@ public struct EnvKey: Hashable, Sendable {
 
 /// The cached env views: each env's listing and values fetched together and expiring together, after `ttl`.
 /// When the store fails, an expired view is served for up to `stale_if_error` more (with a short timeout, so names
-/// are asked again soon).
+/// are asked again soon); once a call has failed, without waiting on the store again (a background refresh asks).
 public final class EnvViewCache: Sendable {
     /// A view, how long the kernel may keep its names, and whether it is served past its ttl.
     public struct Answer: Sendable {
@@ -50,6 +50,14 @@ public final class EnvViewCache: Sendable {
         let cached = entries.withLock { $0[key] }
         if let cached, !cached.inherited, now - cached.fetchedAt < ttl {
             return Answer(view: cached.view, remaining: ttl - (now - cached.fetchedAt), stale: false)
+        }
+        // The store failed last time it was asked: what is cached is served now, and one refresh in the background
+        // asks again (the kernel asks for a stale name again after 1 s, so a store that answers again is seen soon).
+        if let cached, now - cached.fetchedAt < ttl + staleIfError, health.isFailing(key.top) {
+            health.refreshInBackground("view \(key.top)/\(key.env)") { [self] in
+                if let view = try? fetch(key) { store(view, for: key, at: health.clock()) }
+            }
+            return Answer(view: cached.view, remaining: min(1, ttl), stale: true)
         }
         do {
             let view = try fetch(key)

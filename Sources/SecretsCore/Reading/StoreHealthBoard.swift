@@ -1,3 +1,4 @@
+import Dispatch
 import Deadline
 import Logging
 import Metrics
@@ -19,6 +20,8 @@ public final class StoreHealthBoard: Sendable {
         var lastWarning: [String: Double] = [:]
         /// Store/env pairs already warned about for names that cannot be entries (one warning each).
         var warnedNames: Set<String> = []
+        /// Background refreshes running now (one per view or listing).
+        var refreshing: Set<String> = []
     }
 
     let state = Locked(State())
@@ -58,6 +61,23 @@ public final class StoreHealthBoard: Sendable {
     }
 
     public var snapshot: [String: StoreHealth] { state.withLock { $0.health } }
+
+    /// Whether the last backend call for `top` failed (not found is an answer): readers then take what is cached
+    /// at once, within `stale_if_error`, instead of each waiting out the store's timeout first.
+    public func isFailing(_ top: String) -> Bool { state.withLock { $0.health[top]?.ok == false } }
+
+    /// Runs `body` on a background thread unless the one started for `key` is still running: a store that fails
+    /// is asked again by one refresh at a time, while readers are served what is cached.
+    public func refreshInBackground(_ key: String, _ body: @escaping @Sendable () -> Void) {
+        guard state.withLock({ $0.refreshing.insert(key).inserted }) else { return }
+        DispatchQueue.global().async { [self] in
+            body()
+            _ = state.withLock { $0.refreshing.remove(key) }
+        }
+    }
+
+    /// Background refreshes running now (tests wait on this).
+    public var refreshesRunning: Int { state.withLock { $0.refreshing.count } }
 
     /// At most one warning a minute per top, so a failing fresh key read in a loop does not flood the log.
     public func warn(top: String, _ message: String) {

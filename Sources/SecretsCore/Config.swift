@@ -212,12 +212,36 @@ public struct CacheConfig: Sendable {
     /// Seconds a fetched fresh value may serve later opens (0: every open waits for a fetch that began after it).
     public var freshMaxAge: Double
 
+    /// Where the worker keeps its cached views across restarts and reboots (age-encrypted), for a start during an
+    /// outage; nil: off (the default).
+    public var persist: String?
+    /// The age identity file whose recipient the persisted cache is encrypted to: `persist_identity`, else the
+    /// systemd credential `secretsfs-cache-identity`.
+    public var persistIdentity: String?
+
+    /// The systemd credential that holds the persisted cache's identity when `persist_identity` is not set.
+    public static let persistCredential = "secretsfs-cache-identity"
+
     init(_ section: ConfigSection) throws(LocatedError) {
-        try section.rejectUnknown(allowed: ["ttl", "fresh", "stale_if_error", "fresh_max_age"])
+        try section.rejectUnknown(allowed: ["ttl", "fresh", "stale_if_error", "fresh_max_age", "persist", "persist_identity"])
         ttl = try section.duration("ttl") ?? 300
         fresh = try section.stringArray("fresh") ?? []
         staleIfError = try section.duration("stale_if_error") ?? 600
         freshMaxAge = try section.duration("fresh_max_age") ?? 0
+        persist = try section.path("persist")
+        persistIdentity = try section.path("persist_identity")
+        if persist == nil, persistIdentity != nil {
+            throw section.error("persist_identity", "'cache.persist_identity' is set but 'cache.persist' is not")
+        }
+        if persist != nil, persistIdentity == nil {
+            if let directory = getenv("CREDENTIALS_DIRECTORY"), !String(cString: directory).isEmpty {
+                persistIdentity = String(cString: directory) + "/" + Self.persistCredential
+            } else {
+                throw section.error(
+                    "persist",
+                    "'cache.persist' needs 'persist_identity' (an age identity file, as `secretsfs keygen` writes) or a systemd credential named \(Self.persistCredential)")
+            }
+        }
     }
 }
 

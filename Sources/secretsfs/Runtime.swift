@@ -76,7 +76,23 @@ enum Runtime {
         let logger = bootstrapLogging(level: options.logLevel)
         let config = try loadConfig(options.config)
         let fileStore = try fileStore(store, config: config, logger: logger)
-        if let file { return (fileStore, file) }
+        if let file {
+            // One of the store's own files: as given (from here), or as the config names it (from its folder).
+            let configFolder = (FileIO.absolute(options.config, in: FileManager.default.currentDirectoryPath) as NSString)
+                .deletingLastPathComponent
+            let candidates = [
+                FileIO.absolute(file, in: FileManager.default.currentDirectoryPath), FileIO.absolute(file, in: configFolder),
+            ]
+            func normal(_ path: String) -> String {
+                (FileIO.absolute(path, in: FileManager.default.currentDirectoryPath) as NSString).standardizingPath
+            }
+            let wanted = Set(candidates.map(normal))
+            guard let match = fileStore.settings.files.first(where: { wanted.contains(normal($0)) }) else {
+                throw ValidationError(
+                    "--file \(file) is not one of store '\(store)''s files: \(fileStore.settings.files.joined(separator: ", "))")
+            }
+            return (fileStore, match)
+        }
         guard let env else { return (fileStore, fileStore.primaryFile) }
         do {
             return (fileStore, try fileStore.writeTarget(env: env))

@@ -5,7 +5,7 @@ import SecretsCore
 struct SetCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "set",
-        abstract: "Add or replace keys in one env of a file store, without an editor.",
+        abstract: "Add or replace keys in one env of a store, without an editor.",
         discussion: """
             Example: secretsfs set --config c.toml local production PASSWORD=... PORT=5432
             Values are stored as TOML strings. A bare KEY (no '=') reads its value from standard input, with one \
@@ -14,14 +14,15 @@ struct SetCommand: ParsableCommand {
             atomically: in a TOML file of envs the [env] table, in a flat file (one env: TOML or dotenv) the whole \
             document; TOML comments are not kept, dotenv lines not named are. SOPS files of any format are \
             changed as sops does; use edit for plain JSON or YAML.
-            For a scope, --level names the level to write at, whatever its store (file, Vault, Redis); without it \
-            the error lists the levels. --delete KEY removes a key at that level, so the next level's value shows.
+            A Vault or Redis store is written as `write` does (merged into the env's secret or hash). For a scope, \
+            --level names the level to write at, whatever its store (file, Vault, Redis); without it the error \
+            lists the levels. --delete KEY removes a key at that level, so the next level's value shows.
             """
     )
 
     @OptionGroup var options: ConfigOptions
 
-    @Argument(help: "The file store's name, or a scope's with --level.")
+    @Argument(help: "The store's name (file, Vault or Redis), or a scope's with --level.")
     var store: String
 
     @Argument(help: "The env (section) to change, e.g. production or default.")
@@ -44,8 +45,9 @@ struct SetCommand: ParsableCommand {
 
     func run() throws {
         let config = try Runtime.loadConfig(options.config)
-        if level != nil || config.scopes.contains(where: { $0.name == store }) {
-            // Ferris-style: set at a scope's level, whatever its store.
+        let backend = config.stores.first { $0.name == store }.map { $0.type != "file" } ?? false
+        if level != nil || backend || config.scopes.contains(where: { $0.name == store }) {
+            // At a scope's level, whatever its store, or into a Vault or Redis store: what `write` does.
             let write = try WriteCommand.parse(
                 ["--config", options.config, "--log-level", options.logLevel, store, "-e", env]
                     + (level.map { ["--level", $0] } ?? []) + (json ? ["--json"] : [])

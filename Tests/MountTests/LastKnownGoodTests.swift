@@ -1,3 +1,4 @@
+import Age
 import Foundation
 import Testing
 import TestSupport
@@ -49,5 +50,78 @@ struct LastKnownGoodTests {
             #expect(Date().timeIntervalSince(started) < 1.1, "\(path): fresh read waited past the timeout")
         }
         #expect(!fs.log.contains("v-other") && !fs.log.contains("r-name"))
+    }
+
+    @Test("[cache] persist: a restart while Vault and Redis are frozen serves cached keys from the age file (stale), fresh keys EIO; a tampered file is ignored, never served")
+    func persistedCache() throws {
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        let redis = try RedisServer()
+        defer { redis.remove() }
+        try bao.cli(["kv", "put", "secret/dynaconf/production", "NAME=v-name", "OTHER=v-other", "DB_PASS=v-fresh"])
+        try redis.hset("DYNACONF_PRODUCTION", [("NAME", "r-name"), ("OTHER", "r-other"), ("DB_PASS", "r-fresh")])
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let file = fixture.dir.file("state/cache.age")
+        try FileManager.default.createDirectory(atPath: fixture.dir.file("state"), withIntermediateDirectories: true)
+        let config = try fixture.writeTwoBackendConfig(
+            bao: bao, redis: redis,
+            cache: "ttl = \"10m\"\nstale_if_error = \"10m\"\npersist = \"state/cache.age\"\npersist_identity = \"identity.txt\"")
+        let first = try fixture.mount(config: config)
+        #expect(try first.readText("vault/production/NAME") == "v-name")
+        #expect(try first.readText("redis/production/NAME") == "r-name")
+        #expect(Set(try first.list("vault")).contains("production"))
+        try waitUntil("the persisted cache holds both views", seconds: 20) {
+            first.log.split(separator: "\n").contains { $0.contains("persisted cache written") && $0.contains("views=2 ") }
+        }
+        var info = stat()
+        #expect(stat(file, &info) == 0 && info.st_mode & 0o777 == 0o600, "mode 0600")
+        let sealed = try #require(FileManager.default.contents(atPath: file))
+        #expect(AgeFile.looksLikeAge(Array(sealed)))
+        for value in ["v-name", "r-name", "v-other", "r-other"] {
+            #expect(!String(decoding: sealed, as: UTF8.self).contains(value), "the file is encrypted")
+        }
+        first.stop()
+        fixture.mounted = nil
+
+        // Both backends frozen, a new mount (a restart or a reboot): the views come from the file, stale-only.
+        bao.pause()
+        defer { bao.resume() }
+        redis.pause()
+        defer { redis.resume() }
+        let second = try MountedSecretsFS(
+            binary: fixture.binary, config: config, mountpoint: fixture.mountpoint, logPath: fixture.dir.file("second.log"))
+        fixture.mounted = second
+        for (path, value) in [("vault/production/OTHER", "v-other"), ("redis/production/OTHER", "r-other"),
+                              ("vault/production/NAME", "v-name"), ("redis/production/NAME", "r-name")] {
+            #expect(try second.readText(path, timeout: 10) == value, "\(path) from the persisted cache, backends frozen")
+        }
+        #expect(second.log.contains("took the persisted cache's views"))
+        #expect(second.log.contains("serving cached values for up to stale_if_error"), "served as stale, and said so")
+        for path in ["vault/production/DB_PASS", "redis/production/DB_PASS"] {
+            #expect(throws: FSError.self, "\(path): a fresh key is never served from the persisted cache") {
+                _ = try second.readText(path, timeout: 10)
+            }
+        }
+        second.stop()
+        fixture.mounted = nil
+
+        // One byte changed in the middle of the file: it does not open, nothing of it is served.
+        var bytes = Array(try #require(FileManager.default.contents(atPath: file)))
+        bytes[bytes.count / 2] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: file))
+        let third = try MountedSecretsFS(
+            binary: fixture.binary, config: config, mountpoint: fixture.mountpoint, logPath: fixture.dir.file("third.log"))
+        fixture.mounted = third
+        do {
+            _ = try third.readText("redis/production/NAME", timeout: 10)
+            Issue.record("a value from a tampered persisted cache was served")
+        } catch let error as FSError {
+            #expect(error.code == EIO || error.code == ENOENT, "\(error)")
+        }
+        #expect(third.log.contains("the persisted cache does not open"))
+        for log in [first.log, second.log, third.log] {
+            #expect(!log.contains("v-name") && !log.contains("r-other"))
+        }
     }
 }

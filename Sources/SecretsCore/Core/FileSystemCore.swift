@@ -93,8 +93,13 @@ public final class FileSystemCore: Sendable {
                 health.warn(top: top, "listing envs of '\(top)' failed: \(error)")
                 // An env already seen stays while its store fails, so that cached keys under it keep being served
                 // for stale_if_error; fresh keys still fail on their own.
+                // So does one in the last listing kept (a previous worker's, or the persisted cache's at a start).
                 let seen = InodeTable.DirectoryKind.env(top: top, env: name.lowercased())
-                if cache.staleIfError > 0, let inode = inodes.read({ $0.existingDirectory(seen) }) {
+                let listed = listings.fallback(top: top, now: clock(), within: cache.ttl + cache.staleIfError)?
+                    .contains(name.lowercased()) ?? false
+                if cache.staleIfError > 0, let inode = inodes.read({ $0.existingDirectory(seen) })
+                    ?? (listed ? inodes.update({ table, _, events in table.directoryInode(seen, events: &events) }) : nil)
+                {
                     let timeout = min(1, directoryTimeout)
                     return EntryReply(
                         attributes: directoryAttributes(inode), entryTimeout: timeout, attributeTimeout: timeout)

@@ -54,6 +54,7 @@ public final class EnvViewCache: Sendable {
         // The store failed last time it was asked: what is cached is served now, and one refresh in the background
         // asks again (the kernel asks for a stale name again after 1 s, so a store that answers again is seen soon).
         if let cached, now - cached.fetchedAt < ttl + staleIfError, health.isFailing(key.top) {
+            health.warn(top: key.top, kind: "stale", "'\(key.top)' is failing, serving cached values for up to stale_if_error")
             health.refreshInBackground("view \(key.top)/\(key.env)") { [self] in
                 if let view = try? fetch(key) { store(view, for: key, at: health.clock()) }
             }
@@ -65,7 +66,7 @@ public final class EnvViewCache: Sendable {
             return Answer(view: view, remaining: ttl, stale: false)
         } catch {
             if error.code != .notFound, let cached, now - cached.fetchedAt < ttl + staleIfError {
-                health.warn(top: key.top, "'\(key.top)' failed, serving cached values for up to stale_if_error: \(error)")
+                health.warn(top: key.top, kind: "stale", "'\(key.top)' failed, serving cached values for up to stale_if_error: \(error)")
                 return Answer(view: cached.view, remaining: min(1, ttl), stale: true)
             }
             health.warn(top: key.top, "reading '\(key.top)/\(key.env)' failed: \(error)")

@@ -79,12 +79,14 @@ public final class StoreHealthBoard: Sendable {
     /// Background refreshes running now (tests wait on this).
     public var refreshesRunning: Int { state.withLock { $0.refreshing.count } }
 
-    /// At most one warning a minute per top, so a failing fresh key read in a loop does not flood the log.
-    public func warn(top: String, _ message: String) {
+    /// At most one warning a minute per top and kind (failures; stale values served), so a failing fresh key read
+    /// in a loop does not flood the log, and stale serving is said even while reads fail.
+    public func warn(top: String, kind: String = "failure", _ message: String) {
         let now = clock()
+        let slot = top + "\u{0}" + kind
         let due = state.withLock { state -> Bool in
-            if let last = state.lastWarning[top], now - last < 60 { return false }
-            state.lastWarning[top] = now
+            if let last = state.lastWarning[slot], now - last < 60 { return false }
+            state.lastWarning[slot] = now
             return true
         }
         if due { logger.warning("\(message)", metadata: ["store": "\(top)"]) }

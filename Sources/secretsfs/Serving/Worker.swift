@@ -59,17 +59,30 @@ struct Worker {
         }
         let core = prepared.core
         // Last-known-good: the previous worker's views serve while their stores fail; ours are kept for the next.
-        if let snapshotFD {
-            let snapshot = SnapshotFile(fd: snapshotFD, digestKey: hello.digestKey, logger: logger)
-            let inherited = snapshot.read()
-            logger.debug("view snapshot", metadata: ["fd": "\(snapshotFD)", "found": "\(inherited != nil)"])
-            if let inherited {
-                core.inherit(inherited)
-                logger.info(
-                    "took over the previous worker's cached views; they serve only while their stores fail",
-                    metadata: ["views": "\(inherited.views.count)", "listings": "\(inherited.listings.count)"])
+        let snapshot = snapshotFD.map { SnapshotFile(fd: $0, digestKey: hello.digestKey, logger: logger) }
+        let inherited = snapshot?.read()
+        if let inherited {
+            core.inherit(inherited)
+            logger.info(
+                "took over the previous worker's cached views; they serve only while their stores fail",
+                metadata: ["views": "\(inherited.views.count)", "listings": "\(inherited.listings.count)"])
+        }
+        // [cache] persist: a mount's first worker (no snapshot yet) starts with the views kept on disk.
+        let cache = prepared.config.cache
+        let persisted = cache.persist.flatMap { path in
+            cache.persistIdentity.flatMap { PersistedCache(path: path, identityPath: $0, logger: logger) }
+        }
+        if inherited == nil, let persisted, let kept = persisted.read() {
+            core.inherit(kept)
+            logger.info(
+                "took the persisted cache's views; they serve only while their stores cannot be reached",
+                metadata: ["views": "\(kept.views.count)", "listings": "\(kept.listings.count)", "path": "\(persisted.path)"])
+        }
+        if snapshot != nil || persisted != nil {
+            core.onCacheChange {
+                snapshot?.changed(core)
+                persisted?.changed(core)
             }
-            core.onCacheChange { snapshot.changed(core) }
         }
         let probe: @Sendable () -> Void = { [logger, resolver = prepared.resolver] in
             Self.probeStores(core, resolver, logger: logger)

@@ -5,7 +5,9 @@ import SecretsCore
 import Locking
 
 /// Subscribes to keyspace notifications for the store's hashes and reports changes (debounced). Reconnects with
-/// backoff after a disconnect, resubscribes, and reports a change then too (events may have been missed).
+/// backoff after a disconnect, resubscribes, and reports a change then too (events may have been missed). Once the
+/// first subscription is confirmed, the hashes the store read before it are compared (a change in between would
+/// otherwise be missed until ttl).
 final class KeyspaceWatcher: Sendable {
     private let running: Locked<Bool>
     private let done: Locked<Bool>
@@ -13,7 +15,8 @@ final class KeyspaceWatcher: Sendable {
     /// Nil when the server says notifications are off: the store then relies on the cache ttl.
     init?(
         target: RedisTarget, prefixes: [String], store: String, logger: Logger,
-        describe: @escaping @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void
+        describe: @escaping @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void,
+        onFirstSubscribed: @escaping @Sendable () -> [String] = { [] }
     ) {
         let settings = (try? target.connectionSettings().0) ?? target.settings
         let db = settings.endpoint.database
@@ -51,7 +54,7 @@ final class KeyspaceWatcher: Sendable {
         let thread = Thread { [self] in
             self.loop(
                 target: target, patterns: patterns, store: store, logger: logger, describe: describe,
-                onChange: onChange)
+                onChange: onChange, onFirstSubscribed: onFirstSubscribed)
         }
         thread.name = "secretsfs-redis-keyspace"
         thread.start()
@@ -79,11 +82,14 @@ final class KeyspaceWatcher: Sendable {
     /// subscribes, and reports a change of everything (notices may have been lost during the switch).
     private func loop(
         target: RedisTarget, patterns: [String], store: String, logger: Logger,
-        describe: @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void
+        describe: @Sendable (String) -> StoreChange, onChange: @escaping @Sendable ([StoreChange]) -> Void,
+        onFirstSubscribed: @Sendable () -> [String]
     ) {
         let channelPrefix = "__keyspace@\(target.settings.endpoint.database)__:"
         var backoff = 0.1
         var first = true
+        // Once the first subscription is confirmed (every pattern), hashes read before it are checked.
+        var checked = false
         while running.withLock({ $0 }) {
             let connection: RedisConnection
             let generation: Int
@@ -134,6 +140,13 @@ final class KeyspaceWatcher: Sendable {
                             onChange(pending.map(describe))
                             pending = []
                         }
+                    }
+                    if !checked, case .array(let parts?) = message, parts.first?.text == "psubscribe", parts.count == 3,
+                        case .integer(let count) = parts[2], count == patterns.count
+                    {
+                        checked = true
+                        let changed = onFirstSubscribed()
+                        if !changed.isEmpty { onChange(changed.map(describe)) }
                     }
                     if case .error(let text) = message {
                         // Refused after a reconnect (the user's ACL changed): say so, and ask again slowly.

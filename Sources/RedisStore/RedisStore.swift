@@ -87,6 +87,10 @@ public final class RedisStore: WritableSecretStore {
     private let watcher: Locked<KeyspaceWatcher?>
     /// The master a replica read was last logged for.
     private let replicaNotice = Locked<String?>(nil)
+    /// A fingerprint (FNV-1a, never a value) of each hash read before the keyspace subscription was confirmed; nil
+    /// after. The worker serves before it watches: a hash changed between a read and the subscription raised no
+    /// notice, so once subscribed, those hashes are read again and the ones that differ are reported.
+    private let readBeforeWatch = Locked<[String: UInt64]?>([:])
 
     public init(config: StoreConfig, logger: Logger) throws(LocatedError) {
         self.name = config.name
@@ -171,7 +175,36 @@ public final class RedisStore: WritableSecretStore {
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
         let hash = hash(env, at: location)
         let reply = try run(read: true) { connection throws(RedisError) in try connection.command("HGETALL", hash) }
+        readBeforeWatch.withLock { if $0 != nil { $0?[hash] = Self.fingerprint(reply) } }
         return try decodeHash(reply, hash: hash)
+    }
+
+    /// FNV-1a over an HGETALL reply's items (length-prefixed), to tell whether a hash changed.
+    static func fingerprint(_ reply: RESPValue) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ byte: UInt8) {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        guard case .array(let items?) = reply else { return 0 }
+        for item in items {
+            let bytes = item.bytes ?? []
+            withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { $0.forEach(mix) }
+            bytes.forEach(mix)
+        }
+        return hash
+    }
+
+    /// The hashes read before the subscription that differ now (or cannot be read); stops recording.
+    func changedSinceRead() -> [String] {
+        let recorded = readBeforeWatch.withLock { state -> [String: UInt64] in
+            defer { state = nil }
+            return state ?? [:]
+        }
+        return recorded.compactMap { hash, before in
+            let now = try? run(read: true) { connection throws(RedisError) in try connection.command("HGETALL", hash) }
+            return now.map(Self.fingerprint) == before ? nil : hash
+        }
     }
 
     func decodeHash(_ reply: RESPValue, hash: String) throws(SecretsError) -> [String: SecretValue]? {
@@ -289,8 +322,11 @@ public final class RedisStore: WritableSecretStore {
         }
         let created = KeyspaceWatcher(
             target: pool.target, prefixes: prefixes, store: name, logger: logger,
-            describe: describe, onChange: onChange)
-        guard let created else { return false }
+            describe: describe, onChange: onChange, onFirstSubscribed: { [self] in changedSinceRead() })
+        guard let created else {
+            readBeforeWatch.withLock { $0 = nil }
+            return false
+        }
         watcher.withLock { $0 = created }
         return true
     }

@@ -15,6 +15,10 @@ public final class VaultStore: WritableSecretStore {
     private let envListing: Locked<[String: (envs: Set<String>, at: Double)]>
     /// The metadata watch's running flag, when one runs.
     private let watcher = Locked<RunningFlag?>(nil)
+    /// The KV v2 version of each secret read before the watch's first poll ("<location>\u{0}<env>"; nil: none); nil
+    /// after it. The worker serves before it watches: the first poll reports the secrets whose version differs from
+    /// the one read, so a change in between is not missed until ttl.
+    private let readBeforeWatch = Locked<[String: Int64?]?>([:])
 
     /// `environment` supplies VAULT_ADDR, VAULT_TOKEN and the other defaults (the process's own by default).
     public init(
@@ -155,7 +159,9 @@ public final class VaultStore: WritableSecretStore {
 
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
         try OperationDeadline.within(settings.timeout) { () throws(SecretsError) in
-            try read(secretPath(env, at: location))?.fields
+            let secret = try read(secretPath(env, at: location))
+            readBeforeWatch.withLock { if $0 != nil { $0?[((location ?? "") + "\u{0}" + env).lowercased()] = .some(secret?.version) } }
+            return secret?.fields
         }
     }
 
@@ -291,7 +297,10 @@ public final class VaultStore: WritableSecretStore {
     /// there; an env whose `current_version` changed, or that appeared or went, is reported. KV v1 has no versions:
     /// no watch, ttl only.
     public func watch(locations: [String], _ onChange: @escaping @Sendable ([StoreChange]) -> Void) -> Bool {
-        guard let interval = settings.watch, kvVersion() == .v2 else { return false }
+        guard let interval = settings.watch, kvVersion() == .v2 else {
+            readBeforeWatch.withLock { $0 = nil }
+            return false
+        }
         let watched: [String?] = [nil] + locations.map { Optional($0) }
         let flag = RunningFlag()
         watcher.withLock { $0 = flag }
@@ -300,6 +309,10 @@ public final class VaultStore: WritableSecretStore {
             var first = true
             while flag.running.withLock({ $0 }) {
                 var changes: [StoreChange] = []
+                let readBefore = first ? readBeforeWatch.withLock { state -> [String: Int64?] in
+                    defer { state = nil }
+                    return state ?? [:]
+                } : [:]
                 var seen: Set<String> = []
                 for location in watched {
                     guard let envs = try? listEnvs(at: location) else { continue }
@@ -308,10 +321,22 @@ public final class VaultStore: WritableSecretStore {
                         seen.insert(key)
                         guard let version = try? currentVersion(env, at: location) else { continue }
                         if versions[key] != version {
-                            if !first { changes.append(.at(location: location, env: env)) }
+                            // On the first poll: only what changed since this worker read it.
+                            var changedSinceRead = false
+                            if case .some(let then) = readBefore[key.lowercased()] { changedSinceRead = then != version }
+                            if !first || changedSinceRead {
+                                changes.append(.at(location: location, env: env))
+                            }
                             versions[key] = version
                         }
                     }
+                }
+                // Read before the first poll, gone by it.
+                let seenFolded = Set(seen.map { $0.lowercased() })
+                for (key, version) in readBefore where version != nil && !seenFolded.contains(key) {
+                    let parts = key.split(separator: "\u{0}", omittingEmptySubsequences: false)
+                    let location = parts.first.map(String.init).flatMap { $0.isEmpty ? nil : $0 }
+                    changes.append(.at(location: location, env: parts.count > 1 ? String(parts[1]) : nil))
                 }
                 for gone in versions.keys where !seen.contains(gone) {
                     versions.removeValue(forKey: gone)

@@ -49,7 +49,35 @@ public struct StoreConformance {
     /// Every check, ending with `close`: the store is closed afterwards.
     public func checkConformance() throws {
         try checkReads()
+        try checkChangeBeforeWatch()
         try checkWatchAndClose()
+    }
+
+    /// A worker reads before it starts watching: a store that pushes changes reports an env changed after it was
+    /// read but before `watch` was called (on a new store over the same backend, the witness), instead of missing
+    /// it until ttl.
+    func checkChangeBeforeWatch() throws {
+        guard let witness else { return }
+        let other = try witness()
+        defer { other.close() }
+        #expect(try other.fields(of: "production", at: nil) != nil)
+        try update("production", "PASSWORD", .string("changed-before-watch"))
+        let notices = Locked<[StoreChange]>([])
+        let arrived = DispatchSemaphore(value: 0)
+        let pushes = other.watch(locations: []) { changes in
+            notices.withLock { $0 += changes }
+            arrived.signal()
+        }
+        guard pushes else { return }
+        #expect(arrived.wait(timeout: .now() + 10) == .success, "a change made before watch started was not reported")
+        let reported = notices.withLock { $0 }
+        #expect(
+            reported.contains { change in
+                switch change {
+                case .all: return true
+                case .at(let location, let env): return location == nil && (env == nil || env == "production")
+                }
+            }, "the notice names the env or everything: \(reported)")
     }
 
     func checkReads() throws {

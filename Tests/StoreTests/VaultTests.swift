@@ -22,16 +22,17 @@ func dynaconfWrite(_ server: BaoServer, env: String, _ fields: [String: SecretVa
 
 @Suite("Vault store against a real OpenBao dev server", .serialized)
 struct VaultStoreTests {
-    @Test("passes the store conformance suite (token from token_file)")
+    @Test("passes the store conformance suite (token from token_file, watching)")
     func conformance() throws {
         let server = try BaoServer()
         defer { server.remove() }
         let data = Locked(StoreConformance.seed)
         for (env, fields) in StoreConformance.seed { try dynaconfWrite(server, env: env, fields) }
         let token = try server.dir.write("token", "root\n")
-        let store = try vaultStore(server, "token_file = \"\(token)\"")
+        // Watching (KV v2 metadata polls), so the watch, close and change-before-watch checks run too.
+        let store = try vaultStore(server, "token_file = \"\(token)\"\nwatch = \"200ms\"")
         defer { store.close() }
-        try StoreConformance(store: store, witness: { try vaultStore(server, "token_file = \"\(token)\"") }) {
+        try StoreConformance(store: store, witness: { try vaultStore(server, "token_file = \"\(token)\"\nwatch = \"200ms\"") }) {
             env, key, value in
             let fields = data.withLock { state -> [String: SecretValue] in
                 state[env, default: [:]][key] = value

@@ -51,7 +51,8 @@ public final class RedisPool: Sendable {
                     guard let connection = try? RedisConnection(settings) else { continue }
                     defer { connection.close() }
                     guard let result = try? body(connection) else { continue }
-                    onReplica("\(settings.endpoint)")
+                    // A node listed last as a replica may be the master by now: then it is no replica read.
+                    if settings.endpoint != target.settings.endpoint { onReplica("\(settings.endpoint)") }
                     return result
                 }
                 // At the moment of promotion the replica is the master already (and the old master is listed as a

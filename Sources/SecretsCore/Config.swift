@@ -14,6 +14,8 @@ public struct Config: Sendable {
     public var metrics: MetricsListen?
     /// `[api]`: the Dapr-compatible secrets API; nil: off.
     public var api: ApiConfig?
+    /// `[[files]]`: whole-env files rendered at open.
+    public var files: [RenderedFileConfig] = []
 
     /// Reads and validates a config file. Every problem names file, line, column and what is wrong.
     public static func load(path: String) throws(LocatedError) -> Config {
@@ -29,7 +31,7 @@ public struct Config: Sendable {
     public static func parse(text: String, file: String) throws(LocatedError) -> Config {
         let document = try TOMLDocument(file: file, text: text)
         let root = ConfigSection(document: document, path: [], values: document.root)
-        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit", "metrics", "api"])
+        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit", "metrics", "api", "files"])
 
         let mount = try MountConfig(root.section("mount"))
         let cache = try CacheConfig(root.section("cache"))
@@ -73,8 +75,26 @@ public struct Config: Sendable {
         default:
             throw root.error("access", "access rules are [[access]] tables")
         }
+        var files: [RenderedFileConfig] = []
+        switch root.values["files"] {
+        case nil: break
+        case .array(let items)?:
+            for (index, item) in items.enumerated() {
+                guard case .table(let fields) = item else { throw root.error("files", "rendered files are [[files]] tables") }
+                let section = ConfigSection(document: root.document, path: ["files"], values: fields)
+                let rendered = try RenderedFileConfig(section, index: index)
+                guard stores.contains(where: { $0.name == rendered.top }) || scopes.contains(where: { $0.name == rendered.top })
+                else {
+                    throw section.error("path", "file #\(index + 1): '\(rendered.top)' is not a configured store or scope")
+                }
+                files.append(rendered)
+            }
+        default:
+            throw root.error("files", "rendered files are [[files]] tables")
+        }
         var config = Config(file: file, mount: mount, cache: cache, stores: stores, scopes: scopes)
         config.access = access
+        config.files = files
         config.audit = try AuditConfig(root.section("audit"))
         let metrics = try root.section("metrics")
         try metrics.rejectUnknown(allowed: ["listen"])

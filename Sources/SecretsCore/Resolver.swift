@@ -30,6 +30,25 @@ public final class Resolver: Sendable {
         tops[name]?.chain.compactMap { $0.store.operationTimeout }.max()
     }
 
+    /// `[[files]]`: whole-env files rendered at open.
+    public let rendered: RenderedFiles
+
+    /// What a file in an env directory holds, from one view: a rendered file's rendering, else the key's bytes
+    /// (nil: no such key).
+    public func bytes(of path: InodeTable.FilePath, in view: EnvView) throws(SecretsError) -> SecretBytes? {
+        if let file = rendered.file(top: path.top, env: path.env, name: path.key) { return try rendered.render(file, view: view) }
+        return view.value(of: path.key)?.fileBytes()
+    }
+
+    /// Whether a read of `path` must fetch now: a fresh key, or a rendered file that uses one (in `view`).
+    public func isFresh(_ path: InodeTable.FilePath, in view: EnvView?) -> Bool {
+        guard let file = rendered.file(top: path.top, env: path.env, name: path.key) else {
+            return isFresh(top: path.top, key: path.key)
+        }
+        guard let view else { return false }
+        return file.keys(of: view).contains { isFresh(top: path.top, key: $0) }
+    }
+
     public init(config: Config, stores: [String: any SecretStore]) throws(SecretsError) {
         var tops: [String: Top] = [:]
         for storeConfig in config.stores {
@@ -56,6 +75,7 @@ public final class Resolver: Sendable {
         }
         self.tops = tops
         self.topNames = tops.keys.sorted()
+        self.rendered = RenderedFiles(config.files)
         self.globalFresh = config.cache.fresh.map(Glob.init)
         self.globalFreshMaxAge = config.cache.freshMaxAge
     }

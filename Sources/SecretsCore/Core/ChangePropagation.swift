@@ -84,10 +84,9 @@ final class ChangePropagation: Sendable {
             stale += inodes.update { table, digest, _ in
                 var changed: [(UInt64, String)] = []
                 for (path, inode) in table.current where path.top == key.top && path.env == key.env {
-                    guard let node = table.files[inode], !resolver.isFresh(top: path.top, key: path.key) else {
-                        continue
-                    }
-                    if !node.holds(view.value(of: path.key)?.fileBytes(), digest: digest) {
+                    guard let node = table.files[inode], !resolver.isFresh(path, in: view) else { continue }
+                    // A rendered file changes when any key it uses does; one it cannot render any more is detached.
+                    if !node.holds((try? resolver.bytes(of: path, in: view)) ?? nil, digest: digest) {
                         changed.append((node.parent, path.key))
                         table.detach(path)
                     }

@@ -25,6 +25,7 @@ public final class FileSystemCore: Sendable {
     let health: StoreHealthBoard
     let changes: ChangePropagation
     let listings: EnvListingCache
+    let lookupFailures = LookupFailureMemo()
     let cache: CacheConfig
     let clock: @Sendable () -> Double
     let mountedAt: WallTime
@@ -113,7 +114,9 @@ public final class FileSystemCore: Sendable {
             let path = InodeTable.FilePath(top: top, env: env, key: name)
             // Paths with an `allow` list or audited get entry timeout 0, so every open is checked and recorded.
             return try gate.read(path, caller: caller, via: "mount") { () throws(SecretsError) in
-                var (reply, cache) = try fileEntry(path, parent: parent)
+                var (reply, cache) = try lookupFailures.answer(path) { () throws(SecretsError) in
+                    try fileEntry(path, parent: parent)
+                }
                 if policy.needsEveryOpen(top: top, env: env, key: name) { reply.entryTimeout = 0 }
                 return (reply, cache)
             }
@@ -249,7 +252,9 @@ public final class FileSystemCore: Sendable {
         case .env(let top, let env):
             // The listing is the cached view's, so names and cached values come from the same moment.
             let view = try reader.views.view(EnvKey(top: top, env: env), now: clock()).view
-            let keys = health.usableNames(view.keys, top: top, env: env)
+            let renderedNames = resolver.rendered.names(top: top, env: env)
+            let keys = health.usableNames(view.keys.filter { !renderedNames.contains($0) }, top: top, env: env)
+                + renderedNames
             return inodes.read { table in
                 keys.enumerated().map { index, key in
                     // Names not looked up yet have no inode; readdir needs a non-zero placeholder.

@@ -23,6 +23,9 @@ public final class SecretReader: Sendable {
     }
 
     public func value(_ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
+        if let file = resolver.rendered.file(top: path.top, env: path.env, name: path.key) {
+            return try rendered(file, path, now: now)
+        }
         let resolved: SecretValue?
         let timeout: Double
         var cache = "cached"
@@ -45,6 +48,26 @@ public final class SecretReader: Sendable {
             throw SecretsError(.notFound, "no key '\(path.key)' in '\(path.top)/\(path.env)'")
         }
         return Answer(bytes: resolved.fileBytes(), timeout: timeout, cache: cache)
+    }
+
+    /// A rendered file from one view of its env: the cached view (stale while the store fails, as for keys), or
+    /// one fetched now when any key it uses is fresh (then never stale).
+    func rendered(_ file: RenderedFileConfig, _ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
+        let key = EnvKey(top: path.top, env: path.env)
+        let cached = try views.view(key, now: now)
+        if resolver.isFresh(path, in: cached.view) {
+            let view: EnvView
+            do {
+                view = try views.fetch(key)
+            } catch {
+                health.warn(top: path.top, "rendering '\(path.top)/\(path.env)/\(path.key)' failed: \(error)")
+                throw error
+            }
+            return Answer(bytes: try resolver.rendered.render(file, view: view), timeout: 0, cache: "fresh")
+        }
+        return Answer(
+            bytes: try resolver.rendered.render(file, view: cached.view), timeout: cached.remaining,
+            cache: cached.stale ? "stale" : "cached")
     }
 
     /// The bytes `top/env/key` would read through the mount, for the secrets API (counted like an open).

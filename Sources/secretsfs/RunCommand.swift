@@ -184,6 +184,10 @@ struct AuditedReader {
     func read(top: String, env: String, key: String) throws(SecretsError) -> SecretBytes {
         let path = InodeTable.FilePath(top: top, env: env, key: key)
         return try gate.read(path, caller: Caller.current, via: via) { () throws(SecretsError) in
+            // A rendered file ([[files]]): one view of the env, fetched now.
+            if let file = resolver.rendered.file(top: top, env: env, name: key) {
+                return (try resolver.rendered.render(file, view: try resolver.view(top: top, env: env)), "fresh")
+            }
             guard let value = try resolver.resolve(top: top, env: env, key: key) else {
                 throw SecretsError(.notFound, "no key '\(key)' in '\(top)/\(env)'")
             }

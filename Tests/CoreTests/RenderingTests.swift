@@ -1,3 +1,4 @@
+import Logging
 import SecretsCore
 import Testing
 
@@ -45,6 +46,44 @@ struct RenderingTests {
                 Issue.record("\(format) took \(name)")
             } catch {
                 #expect(error.description.contains("'\(name)'") && !error.description.contains("hidden"), "\(error)")
+            }
+        }
+    }
+
+    @Test("the secrets API lists a rendered file with the env's keys, rendered from the same view; get-style reads render it")
+    func apiListsRenderedFiles() throws {
+        let store = FakeStore(name: "fake", envs: ["production": ["A": .string("a\"1"), "N": .int(7), "FRESH_X": .string("x")]])
+        let config = try makeConfig("""
+
+            [[files]]
+            path = "fake/production/app.json"
+            format = "json"
+            keys = ["A", "N"]
+            """)
+        let resolver = try Resolver(config: config, stores: ["fake": store])
+        let core = FileSystemCore(config: config, resolver: resolver, logger: Logger(label: "test"))
+        let listed = try core.apiList(top: "fake", env: "production")
+        #expect(listed.map(\.0).sorted() == ["A", "FRESH_X", "N", "app.json"])
+        let rendered = try #require(listed.first { $0.0 == "app.json" }?.1.utf8String())
+        #expect(rendered == "{\n  \"A\": \"a\\\"1\",\n  \"N\": 7\n}\n")
+        #expect(try core.apiRead(top: "fake", env: "production", key: "app.json").utf8String() == rendered)
+    }
+
+    @Test("[[files]] config errors name file:line:column")
+    func configErrors() {
+        for (extra, fragment) in [
+            ("[[files]]\npath = \"fake/app.json\"\nformat = \"json\"", "<store or scope>/<env>/<file name>"),
+            ("[[files]]\npath = \"fake/production/app.ini\"\nformat = \"ini\"", "format must be one of"),
+            ("[[files]]\npath = \"nope/production/app.json\"\nformat = \"json\"", "'nope' is not a configured store or scope"),
+            ("[[files]]\npath = \"fake/production/app.json\"", "needs format"),
+        ] {
+            do {
+                _ = try makeConfig("\n" + extra)
+                Issue.record("accepted: \(extra)")
+            } catch {
+                let text = "\(error)"
+                #expect(text.hasPrefix("test.toml:") && !text.hasPrefix("test.toml:0"), "\(text)")
+                #expect(text.contains(fragment), "\(text)")
             }
         }
     }

@@ -105,6 +105,9 @@ struct RenderedFilesTests {
         #expect(result.status == 0, "checker: \(result.stderr.suffix(300))")
         #expect(result.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "OK", "\(result.stdoutText)")
         #expect(try fs.status("local/production/app.sh").st_mode & 0o777 == 0o400, "[[access]] applies to a rendered file")
+        let get = try fixture.cli(["get", "--config", config, "local/production/db.env"])
+        let mounted = try fs.read("local/production/db.env")
+        #expect(get.status == 0 && get.stdout == mounted, "get reads the same rendering: \(get.stderr)")
 
         // One key changes: the cached rendered file (ttl 10 min) shows it by change notice.
         let set = try fixture.cli(["set", "--config", config, "local", "production", "PORT=6000"])

@@ -3,8 +3,8 @@ import Locking
 /// One read, one bound, also for a name the kernel already holds: when its entry has expired (fresh keys: at once),
 /// the kernel revalidates it with a LOOKUP and, if that fails, drops the name and looks it up again with a second
 /// LOOKUP, right after the first. Against a frozen store each would wait out the store's timeout: twice the bound.
-/// A lookup of a file that failed (not "not found") in the last `window` seconds is answered with that failure at
-/// once; any later open asks the backend again.
+/// The next lookup of a file whose lookup failed (not "not found") in the last `window` seconds is answered with
+/// that failure at once, once: the kernel's second LOOKUP. Every lookup after it asks the backend again.
 final class LookupFailureMemo: Sendable {
     let failures = Locked<[InodeTable.FilePath: (at: Double, error: SecretsError)]>([:])
     let window: Double
@@ -16,10 +16,8 @@ final class LookupFailureMemo: Sendable {
     func answer<T>(_ path: InodeTable.FilePath, _ body: () throws(SecretsError) -> T) throws(SecretsError) -> T {
         let now = CoreClock.monotonic()
         let recent = failures.withLock { failures -> SecretsError? in
-            guard let failure = failures[path] else { return nil }
-            if now - failure.at <= window { return failure.error }
-            failures[path] = nil
-            return nil
+            guard let failure = failures.removeValue(forKey: path) else { return nil }
+            return now - failure.at <= window ? failure.error : nil
         }
         if let recent { throw recent }
         do {

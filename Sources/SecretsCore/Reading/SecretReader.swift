@@ -53,6 +53,15 @@ public final class SecretReader: Sendable {
     /// A rendered file from one view of its env: the cached view (stale while the store fails, as for keys), or
     /// one fetched now when any key it uses is fresh (then never stale).
     func rendered(_ file: RenderedFileConfig, _ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
+        do {
+            return try renderedNow(file, path, now: now)
+        } catch where error.code == .invalidData {
+            health.warn(top: path.top, kind: "render", "cannot render '\(path.top)/\(path.env)/\(path.key)': \(error)")
+            throw error
+        }
+    }
+
+    func renderedNow(_ file: RenderedFileConfig, _ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
         let key = EnvKey(top: path.top, env: path.env)
         let cached = try views.view(key, now: now)
         if resolver.isFresh(path, in: cached.view) {
@@ -85,9 +94,21 @@ public final class SecretReader: Sendable {
         let key = EnvKey(top: top, env: env)
         var view = try views.view(key, now: now).view
         if view.keys.contains(where: { resolver.isFresh(top: top, key: $0) }) { view = try views.fetch(key) }
-        return view.keys.compactMap { name in
-            guard EntryName.isValid(name), let value = view.value(of: name) else { return nil }
+        let renderedNames = resolver.rendered.names(top: top, env: env)
+        var entries: [(String, SecretBytes)] = view.keys.compactMap { name in
+            guard EntryName.isValid(name), !renderedNames.contains(name), let value = view.value(of: name) else { return nil }
             return (name, value.fileBytes())
         }
+        // Rendered files are secrets of the env too, from the same view (one that cannot be rendered is left out,
+        // with the warning its open would log).
+        for name in renderedNames {
+            guard let file = resolver.rendered.file(top: top, env: env, name: name) else { continue }
+            do {
+                entries.append((name, try resolver.rendered.render(file, view: view)))
+            } catch {
+                health.warn(top: top, kind: "render", "cannot render '\(top)/\(env)/\(name)': \(error)")
+            }
+        }
+        return entries
     }
 }

@@ -24,7 +24,7 @@ public enum EnvFileFormat: String, Sendable, CaseIterable {
     }
 
     func refuse(_ name: String, _ why: String) -> SecretsError {
-        SecretsError(.invalidConfig, "key '\(name)' cannot be written as \(rawValue): \(why)")
+        SecretsError(.invalidData, "key '\(name)' cannot be written as \(rawValue): \(why)")
     }
 
     // MARK: Line formats

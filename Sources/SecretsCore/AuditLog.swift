@@ -18,8 +18,14 @@ public struct AuditEntry: Sendable {
     public var details: CallerDetails
     /// fresh, cached, stale, or nil when nothing was read.
     public var cache: String?
+    /// A rendered file: the keys it used (names only).
+    public var keys: [String]?
 
-    public init(via: String, path: String, decision: Decision, caller: Caller, details: CallerDetails, cache: String?) {
+    public init(
+        via: String, path: String, decision: Decision, caller: Caller, details: CallerDetails, cache: String?,
+        keys: [String]? = nil
+    ) {
+        self.keys = keys
         self.via = via
         self.path = path
         self.decision = decision
@@ -39,6 +45,7 @@ public struct AuditEntry: Sendable {
         if let unit = details.unit { fields.append(("unit", JSONText.quoted(unit))) }
         if let cgroup = details.cgroup { fields.append(("cgroup", JSONText.quoted(cgroup))) }
         if let cache { fields.append(("cache", JSONText.quoted(cache))) }
+        if let keys { fields.append(("keys", "[" + keys.map(JSONText.quoted).joined(separator: ",") + "]")) }
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }
 

@@ -55,6 +55,13 @@ struct CheckCommand: ParsableCommand {
                         return notes.isEmpty ? key : key + " (" + notes.joined(separator: ", ") + ")"
                     }
                     print("  \(env) [\(owner(policy.directory(top: name, env: env)))]: \(marked.isEmpty ? "-" : marked.joined(separator: ", "))")
+                    // Rendered files ([[files]]): their format and the keys each uses now (names only).
+                    for fileName in resolver.rendered.names(top: name, env: env) {
+                        guard let file = resolver.rendered.file(top: name, env: env, name: fileName) else { continue }
+                        let used = file.keys(of: try resolver.view(top: name, env: env))
+                        let fresh = used.contains { resolver.isFresh(top: name, key: $0) } ? ", fresh" : ""
+                        print("    \(fileName) (\(file.format.rawValue)\(fresh), \(owner(policy.file(top: name, env: env, key: fileName)))): \(used.isEmpty ? "no keys" : used.joined(separator: ", "))")
+                    }
                 }
             } catch {
                 failed = true

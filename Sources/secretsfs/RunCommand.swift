@@ -10,7 +10,8 @@ struct RunCommand: ParsableCommand {
         abstract: "Run a command with secrets in its environment (no mount needed).",
         discussion: """
             Resolves every --secret NAME=<store-or-scope>/<env>/<key> (and, with --all <store-or-scope>/<env>, every \
-            key of that env as a variable, prefixed with --prefix) from the stores, as `get` does, then replaces \
+            key of that env as a variable, prefixed with --prefix; with --env-file <store-or-scope>/<env>/<file>, \
+            every key of that rendered dotenv file) from the stores, as `get` does, then replaces \
             itself with COMMAND (execvp: no shell, PATH is searched) with those variables added to its environment, \
             after --env NAME=VALUE ones. All or nothing: a missing secret exits 3 naming it, before the command \
             starts. Variable names must be POSIX names (letters, digits, _, not starting with a digit); references \
@@ -36,6 +37,11 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .long, help: "With --all: put this before every variable name.")
     var prefix: String = ""
+
+    @Option(
+        name: .customLong("env-file"),
+        help: "<store-or-scope>/<env>/<file>: a rendered dotenv file ([[files]] format = \"dotenv\"), its keys as variables; repeatable.")
+    var envFiles: [String] = []
 
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
@@ -87,6 +93,7 @@ struct RunCommand: ParsableCommand {
             environment.append((String(assignment[..<equals]), Array(assignment[assignment.index(after: equals)...].utf8)))
         }
         let allParts = try all.map { try Self.reference($0, parts: 2) }
+        let fileParts = try envFiles.map { try Self.reference($0, parts: 3) }
 
         let logger = Runtime.bootstrapLogging(level: options.logLevel == "info" ? "warning" : options.logLevel)
         let config = try Runtime.loadConfig(options.config)
@@ -103,6 +110,15 @@ struct RunCommand: ParsableCommand {
                         throw SecretsError(.invalidArgument, "key '\(key)' of \(allParts[0])/\(env) is not usable as a variable name '\(name)'")
                     }
                     values.append((name, try reader.read(top: allParts[0], env: env, key: key)))
+                }
+            }
+            for parts in fileParts {
+                let env = try reader.env(top: parts[0], env: parts[1])
+                for (key, bytes) in try reader.renderedEntries(top: parts[0], env: env, name: parts[2]) {
+                    guard Self.isVariableName(key) else {
+                        throw SecretsError(.invalidArgument, "key '\(key)' of \(parts.joined(separator: "/")) is not usable as a variable name")
+                    }
+                    values.append((key, bytes))
                 }
             }
             for (name, parts) in wanted {
@@ -181,17 +197,38 @@ struct AuditedReader {
         return canonical
     }
 
+    /// The variables a rendered dotenv file holds, from one view fetched now: each key it uses and the bytes its
+    /// line carries (the value's text). Checked and audited as one read of the file.
+    func renderedEntries(top: String, env: String, name: String) throws(SecretsError) -> [(String, SecretBytes)] {
+        guard let file = resolver.rendered.file(top: top, env: env, name: name) else {
+            throw SecretsError(.notFound, "'\(top)/\(env)/\(name)' is not a rendered file ([[files]])")
+        }
+        guard file.format == .dotenv else {
+            throw SecretsError(.invalidArgument, "--env-file takes a dotenv rendering; '\(top)/\(env)/\(name)' is \(file.format.rawValue)")
+        }
+        let path = InodeTable.FilePath(top: top, env: env, key: name)
+        return try gate.read(path, caller: Caller.current, via: via, usingKeys: { () throws(SecretsError) in
+            let view = try resolver.view(top: top, env: env)
+            // The same refusals as the file's open (a key or value dotenv cannot hold).
+            var rendered = try file.format.render(file.keys(of: view).compactMap { key in view.value(of: key).map { (key, $0) } })
+            wipe(&rendered)
+            let entries = file.keys(of: view).compactMap { key in view.value(of: key).map { (key, $0.fileBytes()) } }
+            return (entries, "fresh", entries.map(\.0))
+        })
+    }
+
     func read(top: String, env: String, key: String) throws(SecretsError) -> SecretBytes {
         let path = InodeTable.FilePath(top: top, env: env, key: key)
-        return try gate.read(path, caller: Caller.current, via: via) { () throws(SecretsError) in
+        return try gate.read(path, caller: Caller.current, via: via, usingKeys: { () throws(SecretsError) in
             // A rendered file ([[files]]): one view of the env, fetched now.
             if let file = resolver.rendered.file(top: top, env: env, name: key) {
-                return (try resolver.rendered.render(file, view: try resolver.view(top: top, env: env)), "fresh")
+                let view = try resolver.view(top: top, env: env)
+                return (try resolver.rendered.render(file, view: view), "fresh", file.keys(of: view))
             }
             guard let value = try resolver.resolve(top: top, env: env, key: key) else {
                 throw SecretsError(.notFound, "no key '\(key)' in '\(top)/\(env)'")
             }
-            return (value.fileBytes(), "fresh")
-        }
+            return (value.fileBytes(), "fresh", nil)
+        })
     }
 }

@@ -67,7 +67,7 @@ struct RenderedFilesTests {
         print("\n".join(problems) if problems else "OK")
         """#
 
-    @Test("every format parsed back by its real parser with hostile values; a key filter; a change reaches the cached file by notice; owner and mode by [[access]]")
+    @Test("every format parsed back by its real parser with hostile values; a key filter; a change reaches the cached file by notice; owner and mode by [[access]]; audit names the keys; get, run --env-file and check")
     func formats() throws {
         let fixture = try Fixture()
         defer { fixture.tearDown() }
@@ -78,7 +78,8 @@ struct RenderedFilesTests {
             files += "[[files]]\npath = \"local/production/\(name)\"\nformat = \"\(format)\"\n"
         }
         files += "[[files]]\npath = \"local/*/db.env\"\nformat = \"dotenv\"\nkeys = [\"DB_*\"]\n"
-        files += "[[access]]\npath = \"local/production/app.sh\"\nfile_mode = \"0400\"\n"
+        files += "[[access]]\npath = \"local/production/app.sh\"\nfile_mode = \"0440\"\n"
+        files += "[audit]\npath = \"\(fixture.dir.file("audit.jsonl"))\"\npaths = [\"local/production/db.env\"]\n"
         let config = try fixture.writeConfig(ttl: "10m", extra: files)
         let fs = try fixture.mount(config: config)
         let names = try fs.list("local/production")
@@ -104,10 +105,22 @@ struct RenderedFilesTests {
         let result = try run([packageRoot() + "/.venv/bin/python", script, expectedPath, copies.path], timeout: 60)
         #expect(result.status == 0, "checker: \(result.stderr.suffix(300))")
         #expect(result.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "OK", "\(result.stdoutText)")
-        #expect(try fs.status("local/production/app.sh").st_mode & 0o777 == 0o400, "[[access]] applies to a rendered file")
+        #expect(try fs.status("local/production/app.sh").st_mode & 0o777 == 0o440, "[[access]] applies to a rendered file")
         let get = try fixture.cli(["get", "--config", config, "local/production/db.env"])
         let mounted = try fs.read("local/production/db.env")
         #expect(get.status == 0 && get.stdout == mounted, "get reads the same rendering: \(get.stderr)")
+        let audit = (try? String(contentsOfFile: fixture.dir.file("audit.jsonl"), encoding: .utf8)) ?? ""
+        #expect(audit.contains(#""path":"local/production/db.env""#) && audit.contains(#""keys":["DB_PASS","DB_USER"]"#), "the audit line names the keys used: \(audit)")
+        #expect(!audit.contains("p@ss"))
+        let run = try fixture.cli([
+            "run", "--config", config, "--env-file", "local/production/db.env", "--",
+            "/bin/sh", "-c", "test \"$DB_USER\" = app && test \"$DB_PASS\" = 'p@ss:w/rd' && test -z \"$PORT\" && echo loaded",
+        ])
+        #expect(run.status == 0 && run.stdoutText == "loaded\n", "run --env-file: \(run.stderr)")
+        let check = try fixture.cli(["check", "--config", config])
+        #expect(check.stdoutText.contains("db.env (dotenv, 0:0 400): DB_PASS, DB_USER"), "\(check.stdoutText)")
+        #expect(check.stdoutText.contains("app.sh (shell, 0:0 440)"), "\(check.stdoutText)")
+        #expect(!check.stdoutText.contains("p@ss") && !check.stdoutText.contains("päss"))
 
         // One key changes: the cached rendered file (ttl 10 min) shows it by change notice.
         let set = try fixture.cli(["set", "--config", config, "local", "production", "PORT=6000"])

@@ -113,13 +113,13 @@ public final class FileSystemCore: Sendable {
             guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no key with such a name") }
             let path = InodeTable.FilePath(top: top, env: env, key: name)
             // Paths with an `allow` list or audited get entry timeout 0, so every open is checked and recorded.
-            return try gate.read(path, caller: caller, via: "mount") { () throws(SecretsError) in
-                var (reply, cache) = try lookupFailures.answer(path) { () throws(SecretsError) in
+            return try gate.read(path, caller: caller, via: "mount", usingKeys: { () throws(SecretsError) in
+                var (reply, cache, keys) = try lookupFailures.answer(path) { () throws(SecretsError) in
                     try fileEntry(path, parent: parent)
                 }
                 if policy.needsEveryOpen(top: top, env: env, key: name) { reply.entryTimeout = 0 }
-                return (reply, cache)
-            }
+                return (reply, cache, keys)
+            })
         }
     }
 
@@ -129,7 +129,7 @@ public final class FileSystemCore: Sendable {
             attributes: directoryAttributes(inode), entryTimeout: directoryTimeout, attributeTimeout: directoryTimeout)
     }
 
-    private func fileEntry(_ path: InodeTable.FilePath, parent: UInt64) throws(SecretsError) -> (EntryReply, String) {
+    private func fileEntry(_ path: InodeTable.FilePath, parent: UInt64) throws(SecretsError) -> (EntryReply, String, [String]?) {
         let answer = try reader.value(path, now: clock())
         let now = CoreClock.wall()
         // One lock hold decides the inode and its snapshot together.
@@ -139,7 +139,7 @@ public final class FileSystemCore: Sendable {
         let reply = EntryReply(
             attributes: fileAttributes(inode, node), entryTimeout: answer.timeout,
             attributeTimeout: Self.fileAttributeTimeout)
-        return (reply, answer.cache)
+        return (reply, answer.cache, answer.keys)
     }
 
     // MARK: - The secrets API

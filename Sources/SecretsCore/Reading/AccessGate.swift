@@ -23,6 +23,17 @@ public struct AccessGate: Sendable {
     public func read<T>(
         _ path: InodeTable.FilePath, caller: Caller?, via: String, _ body: () throws(SecretsError) -> (T, String)
     ) throws(SecretsError) -> T {
+        try read(path, caller: caller, via: via, usingKeys: { () throws(SecretsError) in
+            let (result, cache) = try body()
+            return (result, cache, nil)
+        })
+    }
+
+    /// As `read`, for a rendered file: `body` also says which keys it used, and the audit line names them.
+    public func read<T>(
+        _ path: InodeTable.FilePath, caller: Caller?, via: String,
+        usingKeys body: () throws(SecretsError) -> (T, String, [String]?)
+    ) throws(SecretsError) -> T {
         let audited = audit != nil && caller != nil && policy.isAudited(top: path.top, env: path.env, key: path.key)
         var details: CallerDetails?
         func known(_ caller: Caller) -> CallerDetails {
@@ -31,7 +42,7 @@ public struct AccessGate: Sendable {
             details = read
             return read
         }
-        func record(_ decision: AuditEntry.Decision, _ cache: String?) {
+        func record(_ decision: AuditEntry.Decision, _ cache: String?, keys: [String]? = nil) {
             let kind: String
             switch decision {
             case .allowed: kind = cache ?? "cached"
@@ -44,7 +55,7 @@ public struct AccessGate: Sendable {
             audit.record(
                 AuditEntry(
                     via: via, path: "\(path.top)/\(path.env)/\(path.key)", decision: decision, caller: caller,
-                    details: known(caller), cache: cache))
+                    details: known(caller), cache: cache, keys: keys))
         }
         if let caller, !policy.allows(caller, top: path.top, env: path.env, key: path.key, details: { known(caller) }) {
             record(.denied, nil)
@@ -53,8 +64,8 @@ public struct AccessGate: Sendable {
                 "access rule: caller uid \(caller.uid) pid \(caller.pid) may not open '\(path.top)/\(path.env)/\(path.key)'")
         }
         do {
-            let (result, cache) = try body()
-            record(.allowed, cache)
+            let (result, cache, keys) = try body()
+            record(.allowed, cache, keys: keys)
             return result
         } catch {
             record(error.code == .notFound ? .notFound : .error, nil)

@@ -20,6 +20,8 @@ public final class SecretReader: Sendable {
         public var bytes: SecretBytes
         public var timeout: Double
         public var cache: String
+        /// A rendered file: the keys it used.
+        public var keys: [String]? = nil
     }
 
     public func value(_ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
@@ -72,20 +74,21 @@ public final class SecretReader: Sendable {
                 health.warn(top: path.top, "rendering '\(path.top)/\(path.env)/\(path.key)' failed: \(error)")
                 throw error
             }
-            return Answer(bytes: try resolver.rendered.render(file, view: view), timeout: 0, cache: "fresh")
+            return Answer(
+                bytes: try resolver.rendered.render(file, view: view), timeout: 0, cache: "fresh", keys: file.keys(of: view))
         }
         return Answer(
             bytes: try resolver.rendered.render(file, view: cached.view), timeout: cached.remaining,
-            cache: cached.stale ? "stale" : "cached")
+            cache: cached.stale ? "stale" : "cached", keys: file.keys(of: cached.view))
     }
 
     /// The bytes `top/env/key` would read through the mount, for the secrets API (counted like an open).
     public func apiRead(top: String, env: String, key: String, now: Double) throws(SecretsError) -> SecretBytes {
         let path = InodeTable.FilePath(top: top, env: env, key: key)
-        return try gate.read(path, caller: nil, via: "api") { () throws(SecretsError) in
+        return try gate.read(path, caller: nil, via: "api", usingKeys: { () throws(SecretsError) in
             let answer = try value(path, now: now)
-            return (answer.bytes, answer.cache)
-        }
+            return (answer.bytes, answer.cache, answer.keys)
+        })
     }
 
     /// Every key of an env with its bytes, from one view: the cached one, or one fetched now when any of its keys is

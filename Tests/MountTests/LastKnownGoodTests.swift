@@ -64,10 +64,17 @@ struct LastKnownGoodTests {
         defer { fixture.tearDown() }
         let file = fixture.dir.file("state/cache.age")
         try FileManager.default.createDirectory(atPath: fixture.dir.file("state"), withIntermediateDirectories: true)
-        let config = try fixture.writeTwoBackendConfig(
+        let twoBackends = try fixture.writeTwoBackendConfig(
             bao: bao, redis: redis,
             cache: "ttl = \"10m\"\nstale_if_error = \"10m\"\npersist = \"state/cache.age\"\npersist_identity = \"identity.txt\"")
+        // And a local file store: its views are not persisted (its file is always at hand).
+        try fixture.writeEncrypted("local.toml.age", "[production]\nLOCAL = \"l-local-value\"\n")
+        let config = try fixture.dir.write(
+            "persist.toml",
+            try String(contentsOfFile: twoBackends, encoding: .utf8)
+                + "\n[stores.local]\ntype = \"file\"\nfiles = [\"local.toml.age\"]\nidentity = \"identity.txt\"\n")
         let first = try fixture.mount(config: config)
+        #expect(try first.readText("local/production/LOCAL") == "l-local-value")
         #expect(try first.readText("vault/production/NAME") == "v-name")
         #expect(try first.readText("redis/production/NAME") == "r-name")
         #expect(Set(try first.list("vault")).contains("production"))
@@ -81,6 +88,9 @@ struct LastKnownGoodTests {
         for value in ["v-name", "r-name", "v-other", "r-other"] {
             #expect(!String(decoding: sealed, as: UTF8.self).contains(value), "the file is encrypted")
         }
+        let opened = String(decoding: try AgeFile.decrypt(Array(sealed), identities: [.x25519(fixture.identity)]), as: UTF8.self)
+        #expect(opened.contains("v-name") && opened.contains("r-name"), "the networked stores' views are in it")
+        #expect(!opened.contains("l-local-value"), "a file store's view is not written")
         first.stop()
         fixture.mounted = nil
 

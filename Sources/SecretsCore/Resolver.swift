@@ -36,7 +36,11 @@ public final class Resolver: Sendable {
     /// What a file in an env directory holds, from one view: a rendered file's rendering, else the key's bytes
     /// (nil: no such key).
     public func bytes(of path: InodeTable.FilePath, in view: EnvView) throws(SecretsError) -> SecretBytes? {
-        if let file = rendered.file(top: path.top, env: path.env, name: path.key) { return try rendered.render(file, view: view) }
+        if let file = rendered.file(top: path.top, env: path.env, name: path.key) {
+            // A file of every env is never compared against one view (change propagation drops it whole).
+            guard file.env != nil else { return nil }
+            return try rendered.render(file, view: view)
+        }
         return view.value(of: path.key)?.fileBytes()
     }
 

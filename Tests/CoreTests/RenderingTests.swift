@@ -35,6 +35,20 @@ struct RenderingTests {
         #expect(try text(.toml, [("T", .table(["b": .int(1), "a": .array([.string("x")])]))]) == "T = { a = [\"x\"], b = 1 }\n")
     }
 
+    @Test("a file of every env: one section per env (TOML tables, JSON and YAML objects of objects); line formats have none")
+    func sections() throws {
+        let sections: [(name: String, entries: [(name: String, value: SecretValue)])] = [
+            ("default", [("PORT", .int(1))]), ("production", [("NAME", .string("p"))]),
+        ]
+        #expect(String(decoding: try EnvFileFormat.toml.renderSections(sections), as: UTF8.self)
+            == "[default]\nPORT = 1\n\n[production]\nNAME = \"p\"\n")
+        #expect(String(decoding: try EnvFileFormat.json.renderSections(sections), as: UTF8.self)
+            == "{\n  \"default\": {\"PORT\":1},\n  \"production\": {\"NAME\":\"p\"}\n}\n")
+        #expect(String(decoding: try EnvFileFormat.yaml.renderSections(sections), as: UTF8.self)
+            == "\"default\": {\"PORT\": 1}\n\"production\": {\"NAME\": \"p\"}\n")
+        #expect(throws: SecretsError.self) { try EnvFileFormat.dotenv.renderSections(sections) }
+    }
+
     @Test("keys and values a format cannot hold are refused, naming the key and never the value")
     func refusals() {
         for (format, name, value) in [
@@ -72,10 +86,11 @@ struct RenderingTests {
     @Test("[[files]] config errors name file:line:column")
     func configErrors() {
         for (extra, fragment) in [
-            ("[[files]]\npath = \"fake/app.json\"\nformat = \"json\"", "<store or scope>/<env>/<file name>"),
+            ("[[files]]\npath = \"fake/a/b/app.json\"\nformat = \"json\"", "<store or scope>/<env>/<file name>"),
             ("[[files]]\npath = \"fake/production/app.ini\"\nformat = \"ini\"", "format must be one of"),
             ("[[files]]\npath = \"nope/production/app.json\"\nformat = \"json\"", "'nope' is not a configured store or scope"),
             ("[[files]]\npath = \"fake/production/app.json\"", "needs format"),
+            ("[[files]]\npath = \"fake/.env\"\nformat = \"dotenv\"", "needs sections"),
         ] {
             do {
                 _ = try makeConfig("\n" + extra)

@@ -183,4 +183,92 @@ struct RenderedFilesTests {
             #expect(Date().timeIntervalSince(started) < 1.5, "\(path): bounded by the store's timeout")
         }
     }
+
+    /// Writes with Dynaconf's own writers, then compares what Dynaconf reads from the rendered secrets file with
+    /// what it reads from Vault and Redis directly; prints mismatching key names only.
+    static let dynaconfScript = #"""
+        import json, sys
+        from dynaconf import Dynaconf
+        from dynaconf.loaders import redis_loader, vault_loader
+        mode = sys.argv[1]
+        def backends(env, redis_port):
+            # Vault through the VAULT_*_FOR_DYNACONF environment the test passes; Redis as Dynaconf's docs show.
+            return Dynaconf(environments=True, env=env, redis_enabled=True,
+                            redis={"host": "127.0.0.1", "port": redis_port, "db": 0, "decode_responses": True})
+        data = {
+            "default": {"PORT": 5432, "NAME": "app", "RATIO": 0.5, "DEBUG": True, "TAGS": ["a", "b"]},
+            "production": {"NAME": "prod-app", "DB_PASS": "p'\"$x ü\\n"},
+        }
+        def dump(make):
+            out = {}
+            for env in ("production", "default"):
+                settings = make(env)
+                out[env] = {key: [type(settings.get(key)).__name__, settings.get(key)]
+                            for key in ("PORT", "NAME", "RATIO", "DEBUG", "TAGS", "DB_PASS")}
+            return json.dumps(out, sort_keys=True)
+        if mode == "write":
+            for env, values in data.items():
+                settings = backends(env, int(sys.argv[2]))
+                vault_loader.write(settings, values)
+                redis_loader.write(settings, values)
+            print("OK")
+        elif mode == "backends":
+            print(dump(lambda env: backends(env, int(sys.argv[2]))))
+        else:
+            print(dump(lambda env: Dynaconf(environments=True, env=env, settings_files=[sys.argv[2]])))
+        """#
+
+    @Test("Dynaconf: a secrets file of every env (vault/.secrets.toml, redis/.secrets.toml) reads as Dynaconf reads Vault and Redis directly")
+    func dynaconfSecretsFile() throws {
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        let redis = try RedisServer()
+        defer { redis.remove() }
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let python = packageRoot() + "/.venv/bin/python"
+        let script = try fixture.dir.write("dynaconf_check.py", Self.dynaconfScript)
+        let vault = [
+            "VAULT_ENABLED_FOR_DYNACONF": "true", "VAULT_URL_FOR_DYNACONF": bao.address, "VAULT_TOKEN_FOR_DYNACONF": "root",
+            "VAULT_PATH_FOR_DYNACONF": "dynaconf", "VAULT_MOUNT_POINT_FOR_DYNACONF": "secret", "PATH": "/usr/bin:/bin",
+        ]
+        let write = try run([python, script, "write", String(redis.port)], environment: vault, timeout: 60)
+        #expect(write.status == 0 && write.stdoutText == "OK\n", "Dynaconf's writers: \(write.stderr.suffix(400))")
+        let config = try fixture.writeTwoBackendConfig(bao: bao, redis: redis, cache: "ttl = \"10m\"")
+        let text = try String(contentsOfFile: config, encoding: .utf8) + """
+
+            [[files]]
+            path = "vault/.secrets.toml"
+            format = "toml"
+            [[files]]
+            path = "redis/.secrets.toml"
+            format = "toml"
+            """
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let fs = try fixture.mount(config: config)
+        #expect(Set(try fs.list("vault")).isSuperset(of: [".secrets.toml", "production", "default"]))
+        let copies = try TemporaryDirectory()
+        defer { copies.remove() }
+        var paths: [String] = []
+        for top in ["vault", "redis"] {
+            try FileManager.default.createDirectory(atPath: copies.file(top), withIntermediateDirectories: true)
+            let bytes = try fs.read("\(top)/.secrets.toml")
+            #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("[default]\n"), "\(top): default first")
+            try Data(bytes).write(to: URL(fileURLWithPath: copies.file("\(top)/.secrets.toml")))
+            paths.append(copies.file("\(top)/.secrets.toml"))
+        }
+        let direct = try run([python, script, "backends", String(redis.port)], environment: vault, timeout: 60)
+        #expect(direct.status == 0 && direct.stdoutText.contains("prod-app"), "Dynaconf reads the backends: \(direct.stderr.suffix(400))")
+        for path in paths {
+            let fromFile = try run([python, script, "file", path], environment: ["PATH": "/usr/bin:/bin"], timeout: 60)
+            #expect(fromFile.status == 0, "\(fromFile.stderr.suffix(400))")
+            // Compared here, never printed: the dumps hold the values.
+            #expect(fromFile.stdoutText == direct.stdoutText, "\(path): Dynaconf reads the rendered file differently from the backends")
+        }
+        // A change in one env reaches the file of every env by notice (Redis keyspace notifications).
+        try redis.hset("DYNACONF_PRODUCTION", [("NAME", "renamed")])
+        try waitUntil("the secrets file shows the change", seconds: 10) {
+            ((try? fs.readText("redis/.secrets.toml")) ?? "").contains("NAME = \"renamed\"")
+        }
+    }
 }

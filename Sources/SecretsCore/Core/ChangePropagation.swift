@@ -66,7 +66,8 @@ final class ChangePropagation: Sendable {
         let affects = affects(storeName, changes)
         // Views this worker holds, and the envs of names an earlier worker handed out that the kernel may hold.
         let inherited = inodes.read { table in
-            Set(table.files.values.filter(\.inherited).map { EnvKey(top: $0.path.top, env: $0.path.env) })
+            Set(table.files.values.filter { $0.inherited && $0.path.env != RenderedFiles.allEnvs }
+                .map { EnvKey(top: $0.path.top, env: $0.path.env) })
         }
         let affected = views.keys.union(inherited).filter(affects)
         var stale: [(parent: UInt64, name: String)] = []
@@ -92,6 +93,19 @@ final class ChangePropagation: Sendable {
                     }
                 }
                 return changed
+            }
+        }
+        // A file of every env of a top that changed is dropped whole: the next open renders it again.
+        let changedTops = Set(affected.map(\.top))
+        if !changedTops.isEmpty {
+            stale += inodes.update { table, _, _ in
+                var dropped: [(UInt64, String)] = []
+                for (path, inode) in table.current where path.env == RenderedFiles.allEnvs && changedTops.contains(path.top) {
+                    guard let node = table.files[inode] else { continue }
+                    dropped.append((node.parent, path.key))
+                    table.detach(path)
+                }
+                return dropped
             }
         }
         record(storeName, envs: affected.count, changed: stale.count)

@@ -74,6 +74,17 @@ public final class FileSystemCore: Sendable {
             guard resolver.tops[name] != nil else { throw SecretsError(.notFound, "no store or scope '\(name)'") }
             return directoryEntry(.top(name))
         case .top(let top):
+            // A file of every env ([[files]] path = "<top>/<name>") beside the env directories.
+            if resolver.rendered.file(top: top, env: RenderedFiles.allEnvs, name: name) != nil {
+                let path = InodeTable.FilePath(top: top, env: RenderedFiles.allEnvs, key: name)
+                return try gate.read(path, caller: caller, via: "mount", usingKeys: { () throws(SecretsError) in
+                    var (reply, cache, keys) = try lookupFailures.answer(path) { () throws(SecretsError) in
+                        try fileEntry(path, parent: parent)
+                    }
+                    if policy.needsEveryOpen(top: top, env: RenderedFiles.allEnvs, key: name) { reply.entryTimeout = 0 }
+                    return (reply, cache, keys)
+                })
+            }
             guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no env with such a name") }
             let env: String?
             do {
@@ -243,10 +254,14 @@ public final class FileSystemCore: Sendable {
                 else { throw error }
                 envs = health.usableNames(last, top: top, env: nil)
             }
+            let files = resolver.rendered.names(top: top, env: RenderedFiles.allEnvs)
             return inodes.update { table, _, events in
-                envs.map {
+                envs.filter { !files.contains($0) }.map {
                     let inode = table.directoryInode(.env(top: top, env: $0), events: &events)
                     return DirectoryEntry(name: $0, inode: inode, isDirectory: true)
+                } + files.enumerated().map { index, name in
+                    let inode = table.current[.init(top: top, env: RenderedFiles.allEnvs, key: name)] ?? UInt64.max - UInt64(index)
+                    return DirectoryEntry(name: name, inode: inode, isDirectory: false)
                 }
             }
         case .env(let top, let env):

@@ -64,6 +64,7 @@ public final class SecretReader: Sendable {
     }
 
     func renderedNow(_ file: RenderedFileConfig, _ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
+        if file.env == nil { return try renderedAllEnvs(file, path, now: now) }
         let key = EnvKey(top: path.top, env: path.env)
         let cached = try views.view(key, now: now)
         if resolver.isFresh(path, in: cached.view) {
@@ -80,6 +81,32 @@ public final class SecretReader: Sendable {
         return Answer(
             bytes: try resolver.rendered.render(file, view: cached.view), timeout: cached.remaining,
             cache: cached.stale ? "stale" : "cached", keys: file.keys(of: cached.view))
+    }
+
+    /// A file of every env (`<top>/<name>`): the top's envs listed now, each env's view as for a key (cached, or
+    /// all fetched now when any key it uses is fresh), one section each.
+    func renderedAllEnvs(_ file: RenderedFileConfig, _ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
+        let top = path.top
+        let envs = try health.call(top, within: resolver.operationTimeout(top: top)) { () throws(SecretsError) in
+            try resolver.envs(top: top)
+        }
+        var answers: [(env: String, answer: EnvViewCache.Answer)] = []
+        for env in envs {
+            do {
+                answers.append((env, try views.view(EnvKey(top: top, env: env), now: now)))
+            } catch where error.code == .notFound {
+                continue
+            }
+        }
+        let fresh = answers.contains { entry in file.keys(of: entry.answer.view).contains { resolver.isFresh(top: top, key: $0) } }
+        var sections: [(env: String, view: EnvView)] = []
+        for (env, answer) in answers {
+            sections.append((env, fresh ? try views.fetch(EnvKey(top: top, env: env)) : answer.view))
+        }
+        let used = Set(sections.flatMap { file.keys(of: $0.view) }).sorted()
+        let timeout = fresh ? 0 : answers.map(\.answer.remaining).min() ?? 0
+        let cache = fresh ? "fresh" : answers.contains { $0.answer.stale } ? "stale" : "cached"
+        return Answer(bytes: try resolver.rendered.render(file, views: sections), timeout: timeout, cache: cache, keys: used)
     }
 
     /// The bytes `top/env/key` would read through the mount, for the secrets API (counted like an open).

@@ -23,6 +23,38 @@ public enum EnvFileFormat: String, Sendable, CaseIterable {
         return out
     }
 
+    /// Sections of entries (every env of a store): TOML `[section]` tables, or one JSON/YAML object of objects.
+    public func renderSections(_ sections: [(name: String, entries: [(name: String, value: SecretValue)])])
+        throws(SecretsError) -> [UInt8]
+    {
+        var out: [UInt8] = []
+        do throws(SecretsError) {
+            switch self {
+            case .toml:
+                for (index, section) in sections.enumerated() {
+                    if index > 0 { out.append(UInt8(ascii: "\n")) }
+                    out.append(UInt8(ascii: "["))
+                    Self.appendTOMLKey(section.name, into: &out)
+                    out += Array("]\n".utf8)
+                    try renderTOML(section.entries, into: &out)
+                }
+            case .json, .yaml:
+                let tables = try sections.map { section throws(SecretsError) -> (name: String, value: SecretValue) in
+                    var fields: [String: SecretValue] = [:]
+                    for entry in section.entries { fields[entry.name] = try structured(entry.name, entry.value) }
+                    return (section.name, .table(fields))
+                }
+                if self == .json { try renderJSON(tables, into: &out) } else { try renderYAML(tables, into: &out) }
+            default:
+                throw SecretsError(.invalidData, "\(rawValue) has no sections")
+            }
+        } catch {
+            wipe(&out)
+            throw error
+        }
+        return out
+    }
+
     func refuse(_ name: String, _ why: String) -> SecretsError {
         SecretsError(.invalidData, "key '\(name)' cannot be written as \(rawValue): \(why)")
     }

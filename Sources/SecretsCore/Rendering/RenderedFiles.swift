@@ -5,10 +5,15 @@
 /// path = "billing/production/.env"   # <store or scope>/<env>/<file name>; the env may be a glob (billing/*/.env)
 /// format = "dotenv"                  # dotenv | json | yaml | toml | properties | shell
 /// keys = ["DB_*"]                    # globs over the env's keys; default: all
+///
+/// [[files]]
+/// path = "vault/.secrets.toml"       # <store or scope>/<file name>: every env as a section (Dynaconf)
+/// format = "toml"                    # toml | yaml | json
 /// ```
 public struct RenderedFileConfig: Sendable {
     public var top: String
-    public var env: Glob
+    /// Nil: a file in the top's own directory with every env as a section.
+    public var env: Glob?
     public var name: String
     public var format: EnvFileFormat
     /// Nil: every key of the env.
@@ -22,12 +27,14 @@ public struct RenderedFileConfig: Sendable {
             throw section.error(nil, "file #\(index + 1) needs path = \"<store or scope>/<env>/<file name>\"")
         }
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 3, parts.allSatisfy({ !$0.isEmpty }) else {
-            throw section.error("path", "file #\(index + 1): path must be <store or scope>/<env>/<file name>, such as billing/production/.env")
+        guard parts.count == 3 || parts.count == 2, parts.allSatisfy({ !$0.isEmpty }) else {
+            throw section.error(
+                "path",
+                "file #\(index + 1): path must be <store or scope>/<env>/<file name> (billing/production/.env) or <store or scope>/<file name> for every env as a section (vault/.secrets.toml)")
         }
         top = parts[0]
-        env = Glob(parts[1])
-        name = parts[2]
+        env = parts.count == 3 ? Glob(parts[1]) : nil
+        name = parts[parts.count - 1]
         guard EntryName.isValid(name), !name.contains("*"), !name.contains("?") else {
             throw section.error("path", "file #\(index + 1): '\(name)' cannot be a file name here")
         }
@@ -39,10 +46,15 @@ public struct RenderedFileConfig: Sendable {
         }
         self.format = format
         keys = try section.stringArray("keys")?.map(Glob.init)
+        if env == nil, ![.toml, .yaml, .json].contains(format) {
+            throw section.error("format", "file #\(index + 1): a file of every env needs sections: format toml, yaml or json")
+        }
     }
 
     func matches(top: String, env: String, name: String) -> Bool {
-        self.top == top && self.name == name && self.env.matches(env)
+        guard self.top == top, self.name == name else { return false }
+        guard let glob = self.env else { return env == RenderedFiles.allEnvs }
+        return env != RenderedFiles.allEnvs && glob.matches(env)
     }
 
     /// The view's keys this file uses, sorted.
@@ -54,6 +66,8 @@ public struct RenderedFileConfig: Sendable {
 /// Every `[[files]]` entry, and rendering one from a view.
 public struct RenderedFiles: Sendable {
     public let files: [RenderedFileConfig]
+    /// The env of a file path that stands for a file of every env (in the top's own directory).
+    public static let allEnvs = ""
 
     public init(_ files: [RenderedFileConfig]) { self.files = files }
 
@@ -64,10 +78,24 @@ public struct RenderedFiles: Sendable {
         files.first { $0.matches(top: top, env: env, name: name) }
     }
 
-    /// The rendered files' names in an env directory.
+    /// The rendered files' names in an env directory, or in the top's own (`env` = `allEnvs`).
     public func names(top: String, env: String) -> [String] {
         var seen: Set<String> = []
-        return files.filter { $0.top == top && $0.env.matches(env) }.map(\.name).filter { seen.insert($0).inserted }
+        return files.filter { $0.matches(top: top, env: env, name: $0.name) }.map(\.name).filter { seen.insert($0).inserted }
+    }
+
+    /// A file of every env: each env's view as a section (`[default]`, `[production]`, ...; Dynaconf's
+    /// `environments = true` layout), in the file's format, `default` first.
+    public func render(_ file: RenderedFileConfig, views: [(env: String, view: EnvView)]) throws(SecretsError) -> SecretBytes {
+        let ordered = views.sorted { a, b in
+            if (a.env == Resolver.defaultEnv) != (b.env == Resolver.defaultEnv) { return a.env == Resolver.defaultEnv }
+            return a.env < b.env
+        }
+        var bytes = try file.format.renderSections(ordered.map { entry in
+            (entry.env, file.keys(of: entry.view).compactMap { key in entry.view.value(of: key).map { (name: key, value: $0) } })
+        })
+        defer { wipe(&bytes) }
+        return SecretBytes(bytes)
     }
 
     /// The file's bytes from one view: each used key's value, rendered in the file's format.

@@ -40,24 +40,10 @@ enum OutageBench {
             chmod(token, 0o600)
             let mountpoint = root + "/mnt-outage"
             let config = root + "/outage.toml"
-            try """
-                [mount]
-                path = "\(mountpoint)"
-                [cache]
-                ttl = "10m"
-                stale_if_error = "10m"
-                [stores.vault]
-                type = "vault"
-                address = "\(bao.address)"
-                token_file = "\(token)"
-                fresh = ["DB_*"]
-                timeout = "1s"
-                [stores.redis]
-                type = "redis"
-                url = "\(redis.url)"
-                fresh = ["DB_*"]
-                timeout = "1s"
-                """.write(toFile: config, atomically: true, encoding: .utf8)
+            try twoBackendConfig(
+                mountpoint: mountpoint, vaultAddress: bao.address, tokenFile: token, redisURL: redis.url,
+                cache: "ttl = \"10m\"\nstale_if_error = \"10m\""
+            ).write(toFile: config, atomically: true, encoding: .utf8)
             BenchMount.run(binary: binary, config: config, mountpoint: mountpoint, probe: mountpoint + "/vault/production/NAME") { supervisor in
                 let cached = ["vault/production/NAME", "redis/production/NAME"].map { mountpoint + "/" + $0 }
                 // Never looked up before the crash: the kernel has neither name nor page, the next worker answers.

@@ -58,23 +58,7 @@ final class Fixture: @unchecked Sendable {
         let token = try dir.write("vault-token", "root\n")
         return try dir.write(
             "two-backends.toml",
-            """
-            [mount]
-            path = "\(mountpoint)"
-            [cache]
-            \(cache)
-            [stores.vault]
-            type = "vault"
-            address = "\(bao.address)"
-            token_file = "\(token)"
-            fresh = ["DB_*"]
-            timeout = "1s"
-            [stores.redis]
-            type = "redis"
-            url = "\(redis.url)"
-            fresh = ["DB_*"]
-            timeout = "1s"
-            """)
+            twoBackendConfig(mountpoint: mountpoint, vaultAddress: bao.address, tokenFile: token, redisURL: redis.url, cache: cache))
     }
 
     func mount(config: String, environment: [String: String] = [:]) throws -> MountedSecretsFS {

@@ -8,14 +8,34 @@ import TestSupport
 /// `stale_if_error` cached keys keep serving though the worker that fetched them is gone.
 @Suite("last-known-good across workers", .serialized)
 struct LastKnownGoodTests {
+    /// A Vault and a Redis server, each with production's NAME, OTHER (cached) and DB_PASS (fresh).
+    static func seededBackends() throws -> (BaoServer, RedisServer) {
+        let bao = try BaoServer()
+        let redis: RedisServer
+        do {
+            redis = try RedisServer()
+        } catch {
+            bao.remove()
+            throw error
+        }
+        do {
+            try bao.cli(["kv", "put", "secret/dynaconf/production", "NAME=v-name", "OTHER=v-other", "DB_PASS=v-fresh"])
+            try redis.hset("DYNACONF_PRODUCTION", [("NAME", "r-name"), ("OTHER", "r-other"), ("DB_PASS", "r-fresh")])
+        } catch {
+            bao.remove()
+            redis.remove()
+            throw error
+        }
+        return (bao, redis)
+    }
+
     @Test("Vault and Redis frozen, the worker SIGKILLed: cached keys and listings still served, fresh keys EIO within timeout")
     func crashDuringOutage() throws {
-        let bao = try BaoServer()
-        defer { bao.remove() }
-        let redis = try RedisServer()
-        defer { redis.remove() }
-        try bao.cli(["kv", "put", "secret/dynaconf/production", "NAME=v-name", "OTHER=v-other", "DB_PASS=v-fresh"])
-        try redis.hset("DYNACONF_PRODUCTION", [("NAME", "r-name"), ("OTHER", "r-other"), ("DB_PASS", "r-fresh")])
+        let (bao, redis) = try Self.seededBackends()
+        defer {
+            bao.remove()
+            redis.remove()
+        }
         let fixture = try Fixture()
         defer { fixture.tearDown() }
         let config = try fixture.writeTwoBackendConfig(bao: bao, redis: redis, cache: "ttl = \"10m\"\nstale_if_error = \"10m\"")
@@ -54,12 +74,11 @@ struct LastKnownGoodTests {
 
     @Test("[cache] persist: a restart while Vault and Redis are frozen serves cached keys from the age file (stale), fresh keys EIO; a tampered file is ignored, never served")
     func persistedCache() throws {
-        let bao = try BaoServer()
-        defer { bao.remove() }
-        let redis = try RedisServer()
-        defer { redis.remove() }
-        try bao.cli(["kv", "put", "secret/dynaconf/production", "NAME=v-name", "OTHER=v-other", "DB_PASS=v-fresh"])
-        try redis.hset("DYNACONF_PRODUCTION", [("NAME", "r-name"), ("OTHER", "r-other"), ("DB_PASS", "r-fresh")])
+        let (bao, redis) = try Self.seededBackends()
+        defer {
+            bao.remove()
+            redis.remove()
+        }
         let fixture = try Fixture()
         defer { fixture.tearDown() }
         let file = fixture.dir.file("state/cache.age")

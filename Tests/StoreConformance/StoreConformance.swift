@@ -71,13 +71,17 @@ public struct StoreConformance {
         guard pushes else { return }
         #expect(arrived.wait(timeout: .now() + 10) == .success, "a change made before watch started was not reported")
         let reported = notices.withLock { $0 }
-        #expect(
-            reported.contains { change in
-                switch change {
-                case .all: return true
-                case .at(let location, let env): return location == nil && (env == nil || env == "production")
-                }
-            }, "the notice names the env or everything: \(reported)")
+        #expect(Self.namesProduction(reported), "the notice names the env or everything: \(reported)")
+    }
+
+    /// Whether some change names `production` at the store's own location, or everything.
+    static func namesProduction(_ changes: [StoreChange]) -> Bool {
+        changes.contains { change in
+            switch change {
+            case .all: return true
+            case .at(let location, let env): return location == nil && (env == nil || env == "production")
+            }
+        }
     }
 
     func checkReads() throws {
@@ -122,13 +126,7 @@ public struct StoreConformance {
             }
             #expect(noticed, "a store that pushes changes reported none")
             let reported = notices.withLock { $0 }.flatMap { $0 }
-            #expect(
-                reported.contains { change in
-                    switch change {
-                    case .all: return true
-                    case .at(let location, let env): return location == nil && (env == nil || env == "production")
-                    }
-                }, "the notice names the env or everything: \(reported)")
+            #expect(Self.namesProduction(reported), "the notice names the env or everything: \(reported)")
         }
         let done = DispatchSemaphore(value: 0)
         let store = self.store

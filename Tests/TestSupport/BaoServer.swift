@@ -145,3 +145,27 @@ public func sopsBinary() throws -> String {
     }
     return path
 }
+
+/// A config with a Vault store `vault` and a Redis store `redis`, both fresh for `DB_*` with `timeout = "1s"`, and
+/// `cache` as the `[cache]` table's lines (the tests' and the bench's outage setups).
+public func twoBackendConfig(mountpoint: String, vaultAddress: String, tokenFile: String, redisURL: String, cache: String)
+    -> String
+{
+    """
+    [mount]
+    path = "\(mountpoint)"
+    [cache]
+    \(cache)
+    [stores.vault]
+    type = "vault"
+    address = "\(vaultAddress)"
+    token_file = "\(tokenFile)"
+    fresh = ["DB_*"]
+    timeout = "1s"
+    [stores.redis]
+    type = "redis"
+    url = "\(redisURL)"
+    fresh = ["DB_*"]
+    timeout = "1s"
+    """
+}

@@ -179,37 +179,54 @@ public enum EnvFileFormat: String, Sendable, CaseIterable {
         case .string(let text), .datetime(let text): appendYAMLString(text, into: &out)
         case .bytes(let raw): appendYAMLString(String(decoding: raw, as: UTF8.self), into: &out)
         case .int(let number): out += Array(String(number).utf8)
-        case .float(let number):
-            if number.isNaN { out += Array(".nan".utf8) } else if number.isInfinite {
-                out += Array((number < 0 ? "-.inf" : ".inf").utf8)
-            } else {
-                // A float YAML 1.1 loaders also read as one: always a '.' or an exponent with a sign.
-                // Swift writes 1.5, 2.0, 1e-05, 1e+20; YAML 1.1 wants a '.' in every float (1.0e-05).
-                var text = String(number)
-                if !text.contains(".") {
-                    if let e = text.firstIndex(of: "e") { text.insert(contentsOf: ".0", at: e) } else { text += ".0" }
-                }
-                out += Array(text.utf8)
-            }
+        case .float(let number): out += Array(floatText(number, nan: ".nan", infinity: ".inf", exponentDot: true).utf8)
         case .bool(let flag): out += Array((flag ? "true" : "false").utf8)
         case .null: out += Array("null".utf8)
+        case .array, .table:
+            appendFlow(value, into: &out, braces: ("{", "}"), separator: ": ", key: appendYAMLString, element: appendYAML)
+        }
+    }
+
+    /// Flow collections for YAML and TOML: `[a, b]` and `{k: v, ...}` / `{ k = v, ... }` with keys sorted.
+    static func appendFlow(
+        _ value: SecretValue, into out: inout [UInt8], braces: (String, String), separator: String,
+        key: (String, inout [UInt8]) -> Void, element: (SecretValue, inout [UInt8]) -> Void
+    ) {
+        switch value {
         case .array(let items):
             out.append(UInt8(ascii: "["))
             for (index, item) in items.enumerated() {
                 if index > 0 { out += Array(", ".utf8) }
-                appendYAML(item, into: &out)
+                element(item, &out)
             }
             out.append(UInt8(ascii: "]"))
         case .table(let fields):
-            out.append(UInt8(ascii: "{"))
-            for (index, key) in fields.keys.sorted().enumerated() {
+            out += Array(braces.0.utf8)
+            for (index, name) in fields.keys.sorted().enumerated() {
                 if index > 0 { out += Array(", ".utf8) }
-                appendYAMLString(key, into: &out)
-                out += Array(": ".utf8)
-                if let field = fields[key] { appendYAML(field, into: &out) }
+                key(name, &out)
+                out += Array(separator.utf8)
+                if let field = fields[name] { element(field, &out) }
             }
-            out.append(UInt8(ascii: "}"))
+            out += Array(braces.1.utf8)
+        default:
+            element(value, &out)
         }
+    }
+
+    /// Swift writes 1.5, 2.0, 1e-05, 1e+20; TOML takes those with a '.0' added where none is, YAML 1.1 wants a '.'
+    /// in every float (1.0e-05).
+    static func floatText(_ number: Double, nan: String, infinity: String, exponentDot: Bool) -> String {
+        if number.isNaN { return nan }
+        if number.isInfinite { return (number < 0 ? "-" : "") + infinity }
+        var text = String(number)
+        guard !text.contains(".") else { return text }
+        if let e = text.firstIndex(of: "e") {
+            if exponentDot { text.insert(contentsOf: ".0", at: e) }
+        } else {
+            text += ".0"
+        }
+        return text
     }
 
     /// A YAML double-quoted scalar: printable ASCII and non-ASCII text as is, except the characters loaders treat
@@ -263,32 +280,11 @@ public enum EnvFileFormat: String, Sendable, CaseIterable {
         case .string(let text), .datetime(let text): appendTOMLString(text, into: &out)
         case .bytes(let raw): appendTOMLString(String(decoding: raw, as: UTF8.self), into: &out)
         case .int(let number): out += Array(String(number).utf8)
-        case .float(let number):
-            if number.isNaN { out += Array("nan".utf8) } else if number.isInfinite {
-                out += Array((number < 0 ? "-inf" : "inf").utf8)
-            } else {
-                var text = String(number)
-                if !text.contains(".") && !text.contains("e") { text += ".0" }
-                out += Array(text.utf8)
-            }
+        case .float(let number): out += Array(floatText(number, nan: "nan", infinity: "inf", exponentDot: false).utf8)
         case .bool(let flag): out += Array((flag ? "true" : "false").utf8)
         case .null: break
-        case .array(let items):
-            out.append(UInt8(ascii: "["))
-            for (index, item) in items.enumerated() {
-                if index > 0 { out += Array(", ".utf8) }
-                appendTOML(item, into: &out)
-            }
-            out.append(UInt8(ascii: "]"))
-        case .table(let fields):
-            out += Array("{ ".utf8)
-            for (index, key) in fields.keys.sorted().enumerated() {
-                if index > 0 { out += Array(", ".utf8) }
-                appendTOMLKey(key, into: &out)
-                out += Array(" = ".utf8)
-                if let field = fields[key] { appendTOML(field, into: &out) }
-            }
-            out += Array(" }".utf8)
+        case .array, .table:
+            appendFlow(value, into: &out, braces: ("{ ", " }"), separator: " = ", key: appendTOMLKey, element: appendTOML)
         }
     }
 

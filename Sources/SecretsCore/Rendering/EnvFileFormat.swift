@@ -232,6 +232,12 @@ public enum EnvFileFormat: String, Sendable, CaseIterable {
     /// A YAML double-quoted scalar: printable ASCII and non-ASCII text as is, except the characters loaders treat
     /// as breaks or reject (C0/C1 controls, DEL, NEL, LS, PS, BOM), which are escaped.
     static func appendYAMLString(_ text: String, into out: inout [UInt8]) {
+        appendQuoted(text, into: &out) { (0x00...0x1F).contains($0) || (0x7F...0x9F).contains($0) || [0x2028, 0x2029, 0xFEFF].contains($0) }
+    }
+
+    /// A double-quoted string with backslash escapes (YAML's and TOML's basic strings share these): `"`, `\`,
+    /// `\n`, `\t`, `\r`, and `\uXXXX` for the scalars `escaped` names.
+    static func appendQuoted(_ text: String, into out: inout [UInt8], escaped: (UInt32) -> Bool) {
         out.append(UInt8(ascii: "\""))
         for scalar in text.unicodeScalars {
             switch scalar.value {
@@ -240,8 +246,7 @@ public enum EnvFileFormat: String, Sendable, CaseIterable {
             case 0x0A: out += Array("\\n".utf8)
             case 0x09: out += Array("\\t".utf8)
             case 0x0D: out += Array("\\r".utf8)
-            case 0x00...0x1F, 0x7F...0x9F, 0x2028, 0x2029, 0xFEFF:
-                out += Array("\\u".utf8) + hex4(UInt16(scalar.value))
+            case let value where escaped(value): out += Array("\\u".utf8) + hex4(UInt16(value))
             default: out += Array(String(scalar).utf8)
             }
         }
@@ -289,18 +294,6 @@ public enum EnvFileFormat: String, Sendable, CaseIterable {
     }
 
     static func appendTOMLString(_ text: String, into out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for scalar in text.unicodeScalars {
-            switch scalar.value {
-            case 0x22: out += Array("\\\"".utf8)
-            case 0x5C: out += Array("\\\\".utf8)
-            case 0x0A: out += Array("\\n".utf8)
-            case 0x09: out += Array("\\t".utf8)
-            case 0x0D: out += Array("\\r".utf8)
-            case 0x00...0x1F, 0x7F: out += Array("\\u".utf8) + hex4(UInt16(scalar.value))
-            default: out += Array(String(scalar).utf8)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
+        appendQuoted(text, into: &out) { (0x00...0x1F).contains($0) || $0 == 0x7F }
     }
 }

@@ -253,14 +253,12 @@ public struct CacheConfig: Sendable {
         if persist == nil, persistIdentity != nil {
             throw section.error("persist_identity", "'cache.persist_identity' is set but 'cache.persist' is not")
         }
-        if persist != nil, persistIdentity == nil {
-            if let directory = getenv("CREDENTIALS_DIRECTORY"), !String(cString: directory).isEmpty {
-                persistIdentity = String(cString: directory) + "/" + Self.persistCredential
-            } else {
-                throw section.error(
-                    "persist",
-                    "'cache.persist' needs 'persist_identity' (an age identity file, as `secretsfs keygen` writes) or a systemd credential named \(Self.persistCredential)")
-            }
+        // Without persist_identity: the systemd credential, when the unit passes credentials. Commands run outside
+        // the unit (get, set) do not need it; the worker warns and serves without a persisted cache if none is found.
+        if persist != nil, persistIdentity == nil, let directory = getenv("CREDENTIALS_DIRECTORY"),
+            !String(cString: directory).isEmpty
+        {
+            persistIdentity = String(cString: directory) + "/" + Self.persistCredential
         }
     }
 }

@@ -129,8 +129,6 @@ struct ConfigTests {
         ("[mount]\npath = \"/x\"\n", "c.toml:1:1", "no stores"),
         ("[mount\n", "c.toml:1:", "TOML syntax error"),
         ("[stores.\"a/b\"]\ntype = \"file\"\n", "c.toml:1:1", "directory name"),
-        ("[cache]\nttl = \"1m\"\npersist = \"/var/lib/secretsfs/cache.age\"\n[stores.a]\ntype = \"file\"\n", "c.toml:3:1",
-         "needs 'persist_identity'"),
         ("[cache]\npersist_identity = \"k.txt\"\n[stores.a]\ntype = \"file\"\n", "c.toml:2:1", "'cache.persist' is not"),
     ])
     func locatedErrors(text: String, location: String, fragment: String) {

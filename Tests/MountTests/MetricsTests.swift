@@ -64,7 +64,7 @@ struct MetricsTests {
         #expect(try get("/healthz").status == "200")
     }
 
-    @Test("a unix socket listener; a config without [metrics] makes status exit 2")
+    @Test("a unix socket listener; status counts worker restarts; a config without [metrics] makes status exit 2")
     func unixSocket() throws {
         let fixture = try Fixture()
         defer { fixture.tearDown() }
@@ -79,6 +79,14 @@ struct MetricsTests {
             result = try fixture.cli(["status", "--config", config])
         }
         #expect(result.status == 0 && result.stdoutText.contains("local: up"))
+        #expect(result.stdoutText.contains("worker restarts: 0"), "\(result.stdoutText)")
+        // Every restart is counted: the next worker says how many workers were replaced before it.
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        try waitUntil("status counts the restart", seconds: 10) {
+            (try? fixture.cli(["status", "--config", config]))?.stdoutText.contains("worker restarts: 1") ?? false
+        }
         let without = try fixture.cli(["status", "--config", try fixture.writeConfig()])
         #expect(without.status == 2)
     }

@@ -69,6 +69,10 @@ struct Worker {
         }
         // [cache] persist: a mount's first worker (no snapshot yet) starts with the views kept on disk.
         let cache = prepared.config.cache
+        if cache.persist != nil, cache.persistIdentity == nil {
+            logger.warning(
+                "[cache] persist is set but has no identity: set persist_identity, or pass the systemd credential \(CacheConfig.persistCredential); running without a persisted cache")
+        }
         let persisted = cache.persist.flatMap { path in
             cache.persistIdentity.flatMap {
                 PersistedCache(path: path, identityPath: $0, config: prepared.config, logger: logger)

@@ -68,7 +68,8 @@ public enum FileIO {
         return text
     }
 
-    /// Writes a file atomically: a temporary file beside it with `mode`, fsync, then rename over the target.
+    /// Writes a file atomically: a temporary file beside it with `mode`, fsync, rename over the target, then fsync
+    /// of the folder (so the rename itself survives a crash).
     public static func writeAtomically(_ path: String, bytes: [UInt8], mode: mode_t = 0o600) throws(SecretsError) {
         let temporary = path + ".tmp-\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)
@@ -92,6 +93,12 @@ public enum FileIO {
             let reason = errnoText(errno)
             unlink(temporary)
             throw SecretsError(.io, "\(path): \(reason)")
+        }
+        let parent = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let folder = open(parent.isEmpty ? "/" : parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if folder >= 0 {
+            fsync(folder)
+            close(folder)
         }
     }
 

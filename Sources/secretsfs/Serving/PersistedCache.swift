@@ -23,8 +23,7 @@ final class PersistedCache: Sendable {
     let path: String
     let identity: X25519Identity
     let logger: Logger
-    let queue = DispatchQueue(label: "secretsfs.persisted-cache")
-    let scheduled = Locked(false)
+    let writes = CoalescedWrites(label: "secretsfs.persisted-cache", delay: 1)
     let warnedWrite = Locked(false)
 
     /// The tops whose views are written: those that read a networked store (a view of local files or the
@@ -63,7 +62,7 @@ final class PersistedCache: Sendable {
 
     static func describe(_ error: any Error) -> String {
         if let age = error as? AgeError { return age.message }
-        return "\((error as NSError).localizedDescription)"
+        return "\(error)"
     }
 
     /// What the file holds, fetch times moved onto this boot's monotonic clock; nil when there is no file or it
@@ -107,15 +106,7 @@ final class PersistedCache: Sendable {
 
     /// Rewrites the file from `core` in about a second (the fetches of that second are written together).
     func changed(_ core: FileSystemCore) {
-        let schedule = scheduled.withLock { scheduled in
-            defer { scheduled = true }
-            return !scheduled
-        }
-        guard schedule else { return }
-        queue.asyncAfter(deadline: .now() + 1) { [self] in
-            scheduled.withLock { $0 = false }
-            write(core.cachedState())
-        }
+        writes.schedule { [self] in write(core.cachedState()) }
     }
 
     func write(_ state: FileSystemCore.CachedState) {
@@ -135,7 +126,7 @@ final class PersistedCache: Sendable {
         defer { wipe(&plain) }
         do {
             let sealed = try AgeFile.encrypt(plain, to: [.x25519(identity.recipient)])
-            try Self.replaceAtomically(path, with: sealed)
+            try FileIO.writeAtomically(path, bytes: sealed, mode: 0o600)
             warnedWrite.withLock { $0 = false }
             logger.debug("persisted cache written", metadata: ["views": "\(snapshot.views.count)", "bytes": "\(sealed.count)"])
         } catch {
@@ -148,41 +139,6 @@ final class PersistedCache: Sendable {
                     "cannot write the persisted cache; a restart during an outage will not have it",
                     metadata: ["path": "\(path)", "error": "\(Self.describe(error))"])
             }
-        }
-    }
-
-    /// A temporary file beside `path` (mode 0600 from its creation), written, synced, renamed over `path`, and the
-    /// folder synced: a reader sees the old file or the new one, never a part.
-    static func replaceAtomically(_ path: String, with bytes: [UInt8]) throws {
-        let temporary = path + ".tmp-\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        var failure: Int32 = 0
-        if fchmod(fd, 0o600) != 0 { failure = errno }
-        var offset = 0
-        while failure == 0, offset < bytes.count {
-            let written = bytes.withUnsafeBytes { buffer in
-                Glibc.write(fd, buffer.baseAddress.map { $0 + offset }, buffer.count - offset)
-            }
-            if written < 0 {
-                if errno == EINTR { continue }
-                failure = errno
-            } else {
-                offset += written
-            }
-        }
-        if failure == 0, fsync(fd) != 0 { failure = errno }
-        close(fd)
-        if failure == 0, rename(temporary, path) != 0 { failure = errno }
-        guard failure == 0 else {
-            unlink(temporary)
-            throw POSIXError(POSIXErrorCode(rawValue: failure) ?? .EIO)
-        }
-        let parent = (path as NSString).deletingLastPathComponent
-        let folder = open(parent.isEmpty ? "." : parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if folder >= 0 {
-            fsync(folder)
-            close(folder)
         }
     }
 }

@@ -14,8 +14,7 @@ final class SnapshotFile: Sendable {
     let fd: Int32
     let key: SymmetricKey
     let logger: Logger
-    let queue = DispatchQueue(label: "secretsfs.snapshot")
-    let scheduled = Locked(false)
+    let writes = CoalescedWrites(label: "secretsfs.snapshot", delay: 0)
 
     init(fd: Int32, digestKey: [UInt8], logger: Logger) {
         self.fd = fd
@@ -52,15 +51,7 @@ final class SnapshotFile: Sendable {
 
     /// Rewrites the snapshot from `core` soon (changes that come while a write waits are written together).
     func changed(_ core: FileSystemCore) {
-        let schedule = scheduled.withLock { scheduled in
-            defer { scheduled = true }
-            return !scheduled
-        }
-        guard schedule else { return }
-        queue.async { [self] in
-            scheduled.withLock { $0 = false }
-            write(core.cachedState())
-        }
+        writes.schedule { [self] in write(core.cachedState()) }
     }
 
     func write(_ state: FileSystemCore.CachedState) {
@@ -77,5 +68,30 @@ final class SnapshotFile: Sendable {
         let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
         if written == bytes.count { _ = ftruncate(fd, off_t(bytes.count)) }
         logger.trace("view snapshot written", metadata: ["views": "\(state.views.count)", "bytes": "\(written)"])
+    }
+}
+
+/// Work that many changes ask for, run once on a queue of its own `delay` seconds after the first of them: the
+/// changes that come while it waits are covered by that one run.
+final class CoalescedWrites: Sendable {
+    let queue: DispatchQueue
+    let delay: Double
+    let scheduled = Locked(false)
+
+    init(label: String, delay: Double) {
+        queue = DispatchQueue(label: label)
+        self.delay = delay
+    }
+
+    func schedule(_ work: @escaping @Sendable () -> Void) {
+        let first = scheduled.withLock { scheduled in
+            defer { scheduled = true }
+            return !scheduled
+        }
+        guard first else { return }
+        queue.asyncAfter(deadline: .now() + delay) { [self] in
+            scheduled.withLock { $0 = false }
+            work()
+        }
     }
 }

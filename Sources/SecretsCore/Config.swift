@@ -70,7 +70,7 @@ public struct Config: Sendable {
                     throw root.error("access", "access rules are [[access]] tables")
                 }
                 access.append(
-                    try AccessRule(ConfigSection(document: root.document, path: ["access"], values: fields), index: index))
+                    try AccessRule(ConfigSection.element(of: root.document, "access", index, values: fields), index: index))
             }
         default:
             throw root.error("access", "access rules are [[access]] tables")
@@ -81,12 +81,13 @@ public struct Config: Sendable {
         case .array(let items)?:
             for (index, item) in items.enumerated() {
                 guard case .table(let fields) = item else { throw root.error("files", "rendered files are [[files]] tables") }
-                let section = ConfigSection(document: root.document, path: ["files"], values: fields)
+                let section = ConfigSection.element(of: root.document, "files", index, values: fields)
                 let rendered = try RenderedFileConfig(section, index: index)
-                guard stores.contains(where: { $0.name == rendered.top }) || scopes.contains(where: { $0.name == rendered.top })
-                else {
+                let tops = Set(stores.map(\.name) + scopes.map(\.name))
+                guard tops.contains(rendered.top) else {
                     throw section.error("path", "file #\(index + 1): '\(rendered.top)' is not a configured store or scope")
                 }
+                try rendered.checkReferences(section, tops: tops)
                 files.append(rendered)
             }
         default:

@@ -17,7 +17,17 @@ public struct ConfigSection: Sendable {
         return LocatedError(document.location(of: full), message)
     }
 
-    private func name(_ key: String) -> String { (path + [key]).joined(separator: ".") }
+    /// The dotted name a message shows (an array element's index is left out).
+    private func name(_ key: String) -> String {
+        (path + [key]).filter { !$0.hasPrefix("\u{0}") }.joined(separator: ".")
+    }
+
+    /// Element `index` of an array of tables (`[[files]]`): its errors point at that element's lines.
+    public static func element(of document: TOMLDocument, _ array: String, _ index: Int, values: [String: SecretValue])
+        -> ConfigSection
+    {
+        ConfigSection(document: document, path: [array, KeyLocator.element(index)], values: values)
+    }
 
     public func rejectUnknown(allowed: Set<String>) throws(LocatedError) {
         for key in keys where !allowed.contains(key) {

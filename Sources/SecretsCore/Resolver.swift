@@ -38,8 +38,11 @@ public final class Resolver: Sendable {
     public func bytes(of path: InodeTable.FilePath, in view: EnvView) throws(SecretsError) -> SecretBytes? {
         if let file = rendered.file(top: path.top, env: path.env, name: path.key) {
             // A file of every env is never compared against one view (change propagation drops it whole).
-            guard file.env != nil else { return nil }
-            return try rendered.render(file, view: view)
+            // Nor is a template that reads other envs too (it is dropped whenever any env it reads changes).
+            guard file.env != nil, file.otherEnvs(top: path.top, env: path.env).isEmpty else { return nil }
+            return try rendered.render(file, top: path.top, env: path.env, view: view) { key throws(SecretsError) in
+                throw SecretsError(.notFound, "no env '\(key.top)/\(key.env)'")
+            }
         }
         return view.value(of: path.key)?.fileBytes()
     }
@@ -48,6 +51,9 @@ public final class Resolver: Sendable {
     public func isFresh(_ path: InodeTable.FilePath, in view: EnvView?) -> Bool {
         guard let file = rendered.file(top: path.top, env: path.env, name: path.key) else {
             return isFresh(top: path.top, key: path.key)
+        }
+        if let template = file.template {
+            return template.references.contains { isFresh(top: $0.reference.top ?? path.top, key: $0.reference.key) }
         }
         guard let view else { return false }
         return file.keys(of: view).contains { isFresh(top: path.top, key: $0) }

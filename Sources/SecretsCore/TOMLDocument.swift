@@ -212,8 +212,12 @@ public struct TOMLDocument: Sendable {
 struct KeyLocator: Sendable {
     private var entries: [(path: [String], line: Int, column: Int)] = []
 
+    /// The path part that stands for element `index` of an array of tables (`[[files]]`); never a TOML key.
+    static func element(_ index: Int) -> String { "\u{0}\(index)" }
+
     init(text: String) {
         var table: [String] = []
+        var elements: [[String]: Int] = [:]
         var lineNumber = 0
         var inMultiline: String?
         for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
@@ -230,6 +234,12 @@ struct KeyLocator: Sendable {
                 let inner = body.drop { $0 == "[" }
                 if let end = inner.firstIndex(of: "]") {
                     table = Self.splitKey(inner[..<end])
+                    if body.hasPrefix("[[") {
+                        // An element of an array of tables: its keys are found under its index.
+                        let index = elements[table, default: 0]
+                        elements[table] = index + 1
+                        table.append(Self.element(index))
+                    }
                     entries.append((table, lineNumber, indent + 1))
                 }
                 continue

@@ -59,8 +59,9 @@ struct CheckCommand: ParsableCommand {
                     for fileName in resolver.rendered.names(top: name, env: env) {
                         guard let file = resolver.rendered.file(top: name, env: env, name: fileName) else { continue }
                         let used = file.keys(of: try resolver.view(top: name, env: env))
-                        let fresh = used.contains { resolver.isFresh(top: name, key: $0) } ? ", fresh" : ""
-                        print("    \(fileName) (\(file.format.rawValue)\(fresh), \(owner(policy.file(top: name, env: env, key: fileName)))): \(used.isEmpty ? "no keys" : used.joined(separator: ", "))")
+                        let path = InodeTable.FilePath(top: name, env: env, key: fileName)
+                        let fresh = resolver.isFresh(path, in: try resolver.view(top: name, env: env)) ? ", fresh" : ""
+                        print("    \(fileName) (\(file.kind)\(fresh), \(owner(policy.file(top: name, env: env, key: fileName)))): \(used.isEmpty ? "no keys" : used.joined(separator: ", "))")
                     }
                 }
             } catch {

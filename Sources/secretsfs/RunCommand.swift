@@ -203,14 +203,14 @@ struct AuditedReader {
         guard let file = resolver.rendered.file(top: top, env: env, name: name) else {
             throw SecretsError(.notFound, "'\(top)/\(env)/\(name)' is not a rendered file ([[files]])")
         }
-        guard file.format == .dotenv else {
-            throw SecretsError(.invalidArgument, "--env-file takes a dotenv rendering; '\(top)/\(env)/\(name)' is \(file.format.rawValue)")
+        guard let format = file.format, format == .dotenv else {
+            throw SecretsError(.invalidArgument, "--env-file takes a dotenv rendering; '\(top)/\(env)/\(name)' is \(file.kind)")
         }
         let path = InodeTable.FilePath(top: top, env: env, key: name)
         return try gate.read(path, caller: Caller.current, via: via, usingKeys: { () throws(SecretsError) in
             let view = try resolver.view(top: top, env: env)
             // The same refusals as the file's open (a key or value dotenv cannot hold).
-            var rendered = try file.format.render(file.keys(of: view).compactMap { key in view.value(of: key).map { (key, $0) } })
+            var rendered = try format.render(file.keys(of: view).compactMap { key in view.value(of: key).map { (key, $0) } })
             wipe(&rendered)
             let entries = file.keys(of: view).compactMap { key in view.value(of: key).map { (key, $0.fileBytes()) } }
             return (entries, "fresh", entries.map(\.0))
@@ -223,7 +223,10 @@ struct AuditedReader {
             // A rendered file ([[files]]): one view of the env, fetched now.
             if let file = resolver.rendered.file(top: top, env: env, name: key) {
                 let view = try resolver.view(top: top, env: env)
-                return (try resolver.rendered.render(file, view: view), "fresh", file.keys(of: view))
+                let bytes = try resolver.rendered.render(file, top: top, env: env, view: view) { other throws(SecretsError) in
+                    try resolver.view(top: other.top, env: other.env)
+                }
+                return (bytes, "fresh", file.keys(of: view))
             }
             guard let value = try resolver.resolve(top: top, env: env, key: key) else {
                 throw SecretsError(.notFound, "no key '\(key)' in '\(top)/\(env)'")

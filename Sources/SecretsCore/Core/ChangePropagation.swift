@@ -95,6 +95,22 @@ final class ChangePropagation: Sendable {
                 return changed
             }
         }
+        // A template that reads other envs is dropped whole when any env it reads changes.
+        let affectedEnvs = Set(affected)
+        if !affectedEnvs.isEmpty, resolver.rendered.readsOtherEnvs {
+            stale += inodes.update { table, _, _ in
+                var dropped: [(UInt64, String)] = []
+                for (path, inode) in table.current where path.env != RenderedFiles.allEnvs {
+                    guard let file = resolver.rendered.file(top: path.top, env: path.env, name: path.key),
+                        file.otherEnvs(top: path.top, env: path.env).contains(where: affectedEnvs.contains),
+                        let node = table.files[inode]
+                    else { continue }
+                    dropped.append((node.parent, path.key))
+                    table.detach(path)
+                }
+                return dropped
+            }
+        }
         // A file of every env of a top that changed is dropped whole: the next open renders it again.
         let changedTops = Set(affected.map(\.top))
         if !changedTops.isEmpty {

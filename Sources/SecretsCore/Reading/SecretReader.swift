@@ -57,7 +57,7 @@ public final class SecretReader: Sendable {
     func rendered(_ file: RenderedFileConfig, _ path: InodeTable.FilePath, now: Double) throws(SecretsError) -> Answer {
         do {
             return try renderedNow(file, path, now: now)
-        } catch where error.code == .invalidData {
+        } catch where error.code == .invalidData || (error.code == .notFound && file.template != nil) {
             health.warn(top: path.top, kind: "render", "cannot render '\(path.top)/\(path.env)/\(path.key)': \(error)")
             throw error
         }
@@ -68,19 +68,28 @@ public final class SecretReader: Sendable {
         let key = EnvKey(top: path.top, env: path.env)
         let cached = try views.view(key, now: now)
         if resolver.isFresh(path, in: cached.view) {
-            let view: EnvView
             do {
-                view = try views.fetch(key)
-            } catch {
+                let view = try views.fetch(key)
+                let bytes = try resolver.rendered.render(file, top: path.top, env: path.env, view: view) { other throws(SecretsError) in
+                    try views.fetch(other)
+                }
+                return Answer(bytes: bytes, timeout: 0, cache: "fresh", keys: file.keys(of: view))
+            } catch where error.code != .notFound && error.code != .invalidData {
                 health.warn(top: path.top, "rendering '\(path.top)/\(path.env)/\(path.key)' failed: \(error)")
                 throw error
             }
-            return Answer(
-                bytes: try resolver.rendered.render(file, view: view), timeout: 0, cache: "fresh", keys: file.keys(of: view))
         }
-        return Answer(
-            bytes: try resolver.rendered.render(file, view: cached.view), timeout: cached.remaining,
-            cache: cached.stale ? "stale" : "cached", keys: file.keys(of: cached.view))
+        // A template's other envs from their cached views too: the kernel keeps the file no longer than the
+        // soonest of them expires, and it is stale if any of them is.
+        var remaining = cached.remaining
+        var stale = cached.stale
+        let bytes = try resolver.rendered.render(file, top: path.top, env: path.env, view: cached.view) { other throws(SecretsError) in
+            let answer = try views.view(other, now: now)
+            remaining = min(remaining, answer.remaining)
+            stale = stale || answer.stale
+            return answer.view
+        }
+        return Answer(bytes: bytes, timeout: remaining, cache: stale ? "stale" : "cached", keys: file.keys(of: cached.view))
     }
 
     /// A file of every env (`<top>/<name>`): the top's envs listed now, each env's view as for a key (cached, or
@@ -134,7 +143,9 @@ public final class SecretReader: Sendable {
         for name in renderedNames {
             guard let file = resolver.rendered.file(top: top, env: env, name: name) else { continue }
             do {
-                entries.append((name, try resolver.rendered.render(file, view: view)))
+                entries.append((name, try resolver.rendered.render(file, top: top, env: env, view: view) { other throws(SecretsError) in
+                    try views.view(other, now: now).view
+                }))
             } catch {
                 health.warn(top: top, kind: "render", "cannot render '\(top)/\(env)/\(name)': \(error)")
             }

@@ -27,6 +27,9 @@ enum RenderedBench {
         let mountpoint = root + "/mnt-rendered"
         let config = root + "/rendered.toml"
         let url = "redis://127.0.0.1:\(port)/0"
+        // The same 20 keys as a template; a second one reads 10 of them from another store.
+        let template = (0..<20).map { "KEY_\($0)={{KEY_\($0)}}" }.joined(separator: "\\n")
+        let twoStores = (0..<20).map { "KEY_\($0)={{\($0 < 10 ? "" : "other/production/")KEY_\($0)}}" }.joined(separator: "\\n")
         let text = """
             [mount]
             path = "\(mountpoint)"
@@ -39,12 +42,25 @@ enum RenderedBench {
             type = "redis"
             url = "\(url)"
             fresh = ["KEY_*"]
+            [stores.other]
+            type = "redis"
+            url = "\(url)"
+            fresh = ["KEY_*"]
             [[files]]
             path = "cached/production/app.env"
             format = "dotenv"
             [[files]]
             path = "fresh/production/app.env"
             format = "dotenv"
+            [[files]]
+            path = "cached/production/app.tmpl"
+            template = "\(template)"
+            [[files]]
+            path = "fresh/production/app.tmpl"
+            template = "\(template)"
+            [[files]]
+            path = "fresh/production/two.tmpl"
+            template = "\(twoStores)"
             """
         try? text.write(toFile: config, atomically: true, encoding: .utf8)
         print("rendered files (a dotenv file of 20 keys from Redis, 1 thread):")
@@ -55,10 +71,14 @@ enum RenderedBench {
             _ = measure("warm", path: file, threads: 1, duration: 0.2)
             let single = measure("cached key", path: key, threads: 1, duration: seconds)
             let rendered = measure("cached rendered file (20 keys)", path: file, threads: 1, duration: seconds)
+            _ = measure("warm", path: mountpoint + "/cached/production/app.tmpl", threads: 1, duration: 0.2)
+            let templated = measure("cached template (20 keys)", path: mountpoint + "/cached/production/app.tmpl", threads: 1, duration: seconds)
             let ratio = rendered.opsPerSecond / single.opsPerSecond
+            let templateRatio = templated.opsPerSecond / single.opsPerSecond
             print("  cached key                           \(fmt(single.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(single.p50).leftPad(7)) us")
             print("  cached rendered file (20 keys)       \(fmt(rendered.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(rendered.p50).leftPad(7)) us  \(fmt(ratio, 2))x the key")
-            print("  target: cached rendered file >= 0.9x a cached key: \(ratio >= 0.9 ? "met" : "NOT met")")
+            print("  cached template (20 keys)            \(fmt(templated.opsPerSecond, 0).leftPad(9)) ops/s  p50 \(fmt(templated.p50).leftPad(7)) us  \(fmt(templateRatio, 2))x the key")
+            print("  target: cached rendered file and template >= 0.9x a cached key: \(min(ratio, templateRatio) >= 0.9 ? "met" : "NOT met")")
             let opens = 2_000
             func perOpen(_ path: String) -> Double {
                 let before = commands()
@@ -68,7 +88,10 @@ enum RenderedBench {
             }
             let freshKey = perOpen(mountpoint + "/fresh/production/KEY_0")
             let freshFile = perOpen(mountpoint + "/fresh/production/app.env")
+            let freshTemplate = perOpen(mountpoint + "/fresh/production/app.tmpl")
+            let freshTwo = perOpen(mountpoint + "/fresh/production/two.tmpl")
             print("  Redis commands per open: fresh key \(fmt(freshKey, 2)), fresh rendered file of 20 keys \(fmt(freshFile, 2)) (one view fetch: an HGETALL per layer, whatever the number of keys)")
+            print("  Redis commands per open: fresh template of 20 keys \(fmt(freshTemplate, 2)), of 10 + 10 keys from two stores \(fmt(freshTwo, 2)) (one view fetch per store)")
         }
     }
 }

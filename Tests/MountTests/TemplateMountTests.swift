@@ -162,6 +162,33 @@ struct TemplateMountTests {
         #expect(try fs.readText("redis/production/name.txt") == "n-1", "cached: until its ttl (no notices here)")
     }
 
+    @Test("a template_file is read again on reload (SIGHUP): the new rendering serves; a broken one is refused with its line and column and the old one keeps serving")
+    func reloadTemplateFile() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", "[production]\nDB_USER = \"app\"\nDB_PORT = 5432\n")
+        let template = try fixture.dir.write("db.tmpl", "user={{DB_USER}}\n")
+        let config = try fixture.writeConfig(ttl: "10m", extra: """
+            [[files]]
+            path = "local/*/db.conf"
+            template_file = "db.tmpl"
+            """)
+        let fs = try fixture.mount(config: config)
+        #expect(try fs.readText("local/production/db.conf") == "user=app\n")
+        try "user={{DB_USER}}\nport={{DB_PORT}}\n".write(toFile: template, atomically: true, encoding: .utf8)
+        kill(fs.process.processIdentifier, SIGHUP)
+        try fs.waitForLog("reloaded: the new worker serves")
+        #expect(try fs.readText("local/production/db.conf", until: "user=app\nport=5432\n", within: 10) == "user=app\nport=5432\n",
+                "the reloaded template serves")
+        try "user={{DB_USER}}\n{{port(DB_PORT)}}\n".write(toFile: template, atomically: true, encoding: .utf8)
+        kill(fs.process.processIdentifier, SIGHUP)
+        try fs.waitForLog("reload refused; the running worker keeps serving")
+        #expect(fs.log.contains("db.tmpl:2:3: no helper 'port'"), "the template's own line and column")
+        #expect(try fs.readText("local/production/db.conf") == "user=app\nport=5432\n")
+        let check = try fixture.cli(["check", "--config", config])
+        #expect(check.status == 2 && check.stderr.contains("db.tmpl:2:3:"), "check: \(check.status) \(check.stderr.suffix(200))")
+    }
+
     /// Checks a bundle with openssl: the certificate's public key must be the private key's. Prints the
     /// certificate's subject when they match; fails otherwise.
     static let pairCheck = #"a=$(openssl x509 -noout -pubkey -in "$1") && b=$(openssl pkey -pubout -in "$1") && [ "$a" = "$b" ] && openssl x509 -noout -subject -nameopt RFC2253 -in "$1""#

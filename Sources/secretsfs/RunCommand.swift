@@ -18,6 +18,17 @@ struct RunCommand: ParsableCommand {
             follow the mount's name rule. Nothing is printed and no value is put in argv. The exit status is the \
             command's (127 when it cannot be run). Audited paths are recorded with via "run".
 
+            With --watch, run stays the command's parent instead and follows every secret it passed, from the \
+            stores' own notices (Redis keyspace notifications, Vault/OpenBao watch, inotify on files; a store with \
+            none is read again every [cache] ttl). Changes within --debounce of the first are one change. Then, \
+            with --on-change restart (the default), the command gets --stop-signal (TERM), --grace (10s) to exit, \
+            then SIGKILL, and starts again with the new values; with signal:NAME it gets that signal and keeps \
+            running (for programs that re-read files); with exit it is stopped the same way and run exits 75. A \
+            change that leaves a secret missing or failing keeps the running command (logged; the next change \
+            tries again). When the command exits on its own, run exits with its status (128+N for signal N); \
+            SIGTERM, SIGINT and SIGQUIT sent to run are passed on and run exits with the command's status; SIGHUP \
+            is passed on only. Messages name variables, never values.
+
             Prefer the mount when a value may change while the program runs (files are read when opened; an \
             environment is fixed at start) or when many programs share secrets; prefer `run` for one-shot jobs, \
             programs that only read environment variables, and hosts without FUSE.
@@ -43,8 +54,33 @@ struct RunCommand: ParsableCommand {
         help: "<store-or-scope>/<env>/<file>: a rendered dotenv file ([[files]] format = \"dotenv\"), its keys as variables; repeatable.")
     var envFiles: [String] = []
 
+    @Flag(name: .long, help: "Stay the command's parent and act when any secret it got changes (see --on-change).")
+    var watch = false
+
+    @Option(
+        name: .customLong("on-change"),
+        help: "With --watch: restart (stop signal, grace, SIGKILL, start with the new values), signal:NAME (send NAME, keep the process) or exit (stop it, exit 75).")
+    var onChange: String = "restart"
+
+    @Option(name: .customLong("stop-signal"), help: "With --watch: the signal that asks the command to stop (TERM, INT, QUIT, ...).")
+    var stopSignal: String = "TERM"
+
+    @Option(name: .long, help: "With --watch: how long the command may take to stop before SIGKILL (10s, 500ms).")
+    var grace: String = "10s"
+
+    @Option(name: .long, help: "With --watch: changes within this long of the first are handled as one (1s, 0).")
+    var debounce: String = "1s"
+
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
     var command: [String] = []
+
+    /// A duration option (`10s`, `500ms`, `0`).
+    static func seconds(_ text: String, option: String) throws -> Double {
+        guard let value = ConfigSection.parseDuration(text) else {
+            throw fail("--\(option) takes a duration such as 10s, 500ms or 0, not '\(text)'", .invalidConfig)
+        }
+        return value
+    }
 
     static func isVariableName(_ name: String) -> Bool {
         guard let first = name.unicodeScalars.first, first == "_" || (first.isASCII && first.properties.isAlphabetic)
@@ -95,13 +131,30 @@ struct RunCommand: ParsableCommand {
         let allParts = try all.map { try Self.reference($0, parts: 2) }
         let fileParts = try envFiles.map { try Self.reference($0, parts: 3) }
 
+        var watched: WatchedRun.OnChange?
+        var timings = (stop: SIGTERM, grace: 10.0, debounce: 1.0)
+        if watch {
+            guard let parsed = WatchedRun.OnChange(onChange) else {
+                throw Self.fail("--on-change takes restart, signal:NAME (signal:HUP) or exit, not '\(onChange)'", .invalidConfig)
+            }
+            guard let signal = WatchedRun.signalNumber(stopSignal) else {
+                throw Self.fail("--stop-signal takes a signal name or number (TERM, INT, 15), not '\(stopSignal)'", .invalidConfig)
+            }
+            watched = parsed
+            timings = (signal, try Self.seconds(grace, option: "grace"), try Self.seconds(debounce, option: "debounce"))
+            // Before any store starts a thread: the signals run hands to the command are taken by one thread.
+            WatchedRun.blockForwardedSignals()
+        }
+
         let logger = Runtime.bootstrapLogging(level: options.logLevel == "info" ? "warning" : options.logLevel)
         let config = try Runtime.loadConfig(options.config)
         let stores = try Runtime.buildStores(config, logger: logger)
         let resolver = try Runtime.resolver(config, stores: stores)
         let reader = try AuditedReader(config: config, resolver: resolver, logger: logger, via: "run")
+        let prefix = self.prefix
+        // Every value the command gets, read now: all or nothing.
+        let resolve = { () throws(SecretsError) -> [(String, SecretBytes)] in
         var values: [(String, SecretBytes)] = []
-        do throws(SecretsError) {
             if let allParts {
                 let env = try reader.env(top: allParts[0], env: allParts[1])
                 for key in try resolver.keys(top: allParts[0], env: env) {
@@ -125,16 +178,53 @@ struct RunCommand: ParsableCommand {
                 let env = try reader.env(top: parts[0], env: parts[1])
                 values.append((name, try reader.read(top: parts[0], env: env, key: parts[2])))
             }
+            for (name, bytes) in values where bytes.withUnsafeBytes({ $0.contains(0) }) {
+                throw SecretsError(.invalidConfig, "the value for \(name) holds a NUL byte, which an environment variable cannot carry")
+            }
+            return values
+        }
+        let values: [(String, SecretBytes)]
+        do {
+            values = try resolve()
         } catch {
             printError(error.description)
             throw Runtime.exitCode(for: error)
         }
-        for (name, bytes) in values where bytes.withUnsafeBytes({ $0.contains(0) }) {
-            throw Self.fail("the value for \(name) holds a NUL byte, which an environment variable cannot carry", .invalidConfig)
+        if let watched {
+            let run = WatchedRun(
+                command: command, onChange: watched, stopSignal: timings.stop, grace: timings.grace,
+                debounce: timings.debounce, resolve: resolve,
+                environment: { values in Self.environmentBlock(plain: environment, values: values) })
+            let status = run.run(values) { events in
+                let targets = wanted.map { ChangeWatch.Target(top: $0.parts[0], env: $0.parts[1], key: $0.parts[2]) }
+                    + fileParts.map { ChangeWatch.Target(top: $0[0], env: $0[1], key: $0[2]) }
+                    + (allParts.map { [ChangeWatch.Target(top: $0[0], env: $0[1], key: nil)] } ?? [])
+                let canonical = targets.map { target in
+                    var target = target
+                    target.env = (try? resolver.canonicalEnv(top: target.top, env: target.env) ?? target.env) ?? target.env
+                    return target
+                }
+                let watch = ChangeWatch(resolver: resolver, targets: canonical) { _ in events.post(.changed) }
+                watch.start(config: config, stores: stores, poll: config.cache.ttl)
+                return watch
+            }
+            throw ExitCode(status)
         }
         stores.values.forEach { $0.close() }
 
-        // The environment: ours, then --env, then the secrets (later ones win).
+        var cEnvironment = Self.environmentBlock(plain: environment, values: values)
+        let cArguments = command.map { strdup($0) } + [nil]
+        secretsfs_execvpe(command[0], cArguments, cEnvironment)
+        let failure = errno
+        // Not reached when the command started: wipe what was copied.
+        Self.release(&cEnvironment)
+        throw Self.fail("cannot run \(command[0]): \(FileIO.errnoText(failure))", failure == ENOENT ? .commandNotFound : .commandNotExecutable)
+    }
+
+    /// The command's environment: ours, then --env, then the secrets (later ones win), as C strings.
+    static func environmentBlock(plain environment: [(String, [UInt8])], values: [(String, SecretBytes)])
+        -> [UnsafeMutablePointer<CChar>?]
+    {
         var names: [String] = []
         var entries: [String: [UInt8]] = [:]
         func set(_ name: String, _ value: [UInt8]) {
@@ -156,15 +246,16 @@ struct RunCommand: ParsableCommand {
             return pointer
         }
         cEnvironment.append(nil)
-        let cArguments = command.map { strdup($0) } + [nil]
-        secretsfs_execvpe(command[0], cArguments, cEnvironment)
-        let failure = errno
-        // Not reached when the command started: wipe what was copied.
-        for pointer in cEnvironment.compactMap({ $0 }) {
+        return cEnvironment
+    }
+
+    /// Wipes and frees an environment block.
+    static func release(_ block: inout [UnsafeMutablePointer<CChar>?]) {
+        for pointer in block.compactMap({ $0 }) {
             explicit_bzero(pointer, strlen(pointer))
             pointer.deallocate()
         }
-        throw Self.fail("cannot run \(command[0]): \(FileIO.errnoText(failure))", failure == ENOENT ? .commandNotFound : .commandNotExecutable)
+        block = []
     }
 }
 

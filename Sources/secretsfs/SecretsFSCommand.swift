@@ -16,7 +16,7 @@ struct SecretsFSCommand: ParsableCommand {
             """,
         subcommands: [
             MountCommand.self, WorkerCommand.self, HandoverProtocolCommand.self, GetCommand.self, RunCommand.self, StatusCommand.self, ImportCommand.self, CheckCommand.self, KeygenCommand.self, EncryptCommand.self,
-            DecryptCommand.self, EditCommand.self, SetCommand.self, WriteCommand.self,
+            DecryptCommand.self, EditCommand.self, SetCommand.self, WriteCommand.self, WatchCommand.self,
         ]
     )
 

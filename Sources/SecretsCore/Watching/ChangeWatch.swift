@@ -82,7 +82,9 @@ public final class ChangeWatch: Sendable {
             } catch where error.code == .notFound {
                 continue
             }
-            let keys = target.key.map { [$0] } ?? envView.keys.filter { EntryName.isValid($0) }
+            // An env: its keys and its rendered files, as its directory lists them.
+            let rendered = resolver.rendered.names(top: target.top, env: target.env)
+            let keys = target.key.map { [$0] } ?? (envView.keys.filter { EntryName.isValid($0) && !rendered.contains($0) } + rendered)
             for key in keys {
                 let path = InodeTable.FilePath(top: target.top, env: target.env, key: key)
                 guard allowed(path) else { continue }

@@ -188,9 +188,19 @@ enum FuseOperations {
     }
 
     /// user.secretsfs.source: where a file's value comes from (level, store, env), never the value.
+    /// user.secretsfs.version: a version that changes with the value, never the value.
     static func getxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ size: Int) {
         guard let req, let name else { return }
-        guard String(cString: name) == FileSystemCore.sourceAttribute else {
+        let attribute = String(cString: name)
+        if attribute == FileSystemCore.versionAttribute {
+            guard let version = context(req).core.version(of: ino) else {
+                fuse_reply_err(req, ENODATA)
+                return
+            }
+            replyXattr(req, Array(version.utf8), size: size)
+            return
+        }
+        guard attribute == FileSystemCore.sourceAttribute else {
             fuse_reply_err(req, ENODATA)
             return
         }
@@ -207,7 +217,8 @@ enum FuseOperations {
 
     static func listxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int) {
         guard let req else { return }
-        let names = context(req).core.isFile(ino) ? Array(FileSystemCore.sourceAttribute.utf8) + [0] : []
+        let names = context(req).core.isFile(ino)
+            ? Array(FileSystemCore.sourceAttribute.utf8) + [0] + Array(FileSystemCore.versionAttribute.utf8) + [0] : []
         replyXattr(req, names, size: size)
     }
 

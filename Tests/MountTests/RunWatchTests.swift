@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Testing
 import TestSupport
@@ -191,5 +192,46 @@ struct RunWatchTests {
         #expect(missing.status == 3 && missing.stderr.contains("no store or scope named 'nope'"))
         let malformed = try fixture.cli(["watch", "--config", config, "local"])
         #expect(malformed.status == 2)
+    }
+
+    @Test("on the mount: user.secretsfs.version and mtime follow a change, stay the same across a worker restart, and listxattr names the attributes")
+    func versionAttribute() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", "[production]\nPASSWORD = \"pw-1\"\n")
+        let config = try fixture.writeConfig(ttl: "10m")
+        let fs = try fixture.mount(config: config)
+        func version() throws -> String? {
+            let full = fs.path("local/production/PASSWORD")
+            return try withTimeout(10, onTimeout: fs.abortConnection) { () -> String? in
+                var buffer = [CChar](repeating: 0, count: 64)
+                let count = getxattr(full, "user.secretsfs.version", &buffer, buffer.count)
+                guard count >= 0 else { return nil }
+                return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+        }
+        #expect(try fs.readText("local/production/PASSWORD") == "pw-1")
+        let first = try #require(try version())
+        #expect(first.count == 16 && first.allSatisfy(\.isHexDigit))
+        let firstStatus = try fs.status("local/production/PASSWORD")
+        let names = try withTimeout(10, onTimeout: fs.abortConnection) { () -> String in
+            var buffer = [CChar](repeating: 0, count: 256)
+            let count = listxattr(fs.path("local/production/PASSWORD"), &buffer, buffer.count)
+            return count > 0 ? String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        }
+        #expect(names == "user.secretsfs.source\0user.secretsfs.version\0")
+        // A worker restart keeps the node, so the version is the same.
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        #expect(try version() == first)
+        #expect(try fixture.cli(["set", "--config", config, "local", "production", "PASSWORD=pw-2"]).status == 0)
+        try waitUntil("the version follows the change", seconds: 10) { ((try? version()) ?? first) != first }
+        let changed = try fs.status("local/production/PASSWORD")
+        #expect(changed.st_ino != firstStatus.st_ino, "a changed value is a new inode")
+        #expect(changed.st_mtim.tv_sec * 1_000_000_000 + changed.st_mtim.tv_nsec
+            > firstStatus.st_mtim.tv_sec * 1_000_000_000 + firstStatus.st_mtim.tv_nsec, "mtime follows the change")
+        #expect(changed.st_ctim.tv_sec == changed.st_mtim.tv_sec)
+        #expect(!fs.log.contains("pw-"))
     }
 }

@@ -14,6 +14,17 @@ extension FileSystemCore {
         return text
     }
 
+    /// `versionAttribute` of a file: 16 hex digits that change with its value and tell nothing about it (the start
+    /// of the node's keyed digest, whose key only the mount holds; the same across workers). Nil for directories and
+    /// unknown inodes. A changed value is a new node, with its own mtime and ctime: the time it was first served.
+    public func version(of inode: UInt64) -> String? {
+        guard let node = inodes.read({ $0.files[inode] }) else { return nil }
+        return node.digest.prefix(8).map { byte in
+            let text = String(byte, radix: 16)
+            return byte < 16 ? "0" + text : text
+        }.joined()
+    }
+
     /// Asks the top's stores for their envs once, so health is known before the first read.
     /// The listing is kept for env lookups (`EnvListingCache`).
     public func probe(_ top: String) throws(SecretsError) -> [String] {

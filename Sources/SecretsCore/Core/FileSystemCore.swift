@@ -16,6 +16,7 @@ public final class FileSystemCore: Sendable {
     /// The extended attribute that says where a file's value comes from: `level=… store=… env=…` of the level that
     /// serves it now (a backend call; never the value).
     public static let sourceAttribute = "user.secretsfs.source"
+    public static let versionAttribute = "user.secretsfs.version"
 
     public let resolver: Resolver
     public let reader: SecretReader

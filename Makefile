@@ -5,7 +5,7 @@ VENV := $(CURDIR)/.venv
 DEMO := $(CURDIR)/demo
 BIN := $(CURDIR)/.build/debug/secretsfs
 RELEASE_BIN := $(CURDIR)/.build/release/secretsfs
-APT_PACKAGES := fuse3 libfuse3-dev libcurl4-openssl-dev age redis-server pkg-config python3-venv podman runc busybox-static postgresql
+APT_PACKAGES := fuse3 libfuse3-dev libcurl4-openssl-dev age redis-server pkg-config python3-venv podman runc busybox-static postgresql inotify-tools
 PREFIX ?= /usr/local
 
 .PHONY: all deps build previous-release test demo demo-stop bench install clean check-warnings fuzz test-sanitize soak proto

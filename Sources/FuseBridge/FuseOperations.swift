@@ -245,7 +245,7 @@ enum FuseOperations {
         var info = Glibc.stat()
         info.st_ino = numericCast(attributes.inode)
         info.st_mode = (attributes.isDirectory ? S_IFDIR : S_IFREG) | attributes.mode
-        info.st_nlink = attributes.isDirectory ? 2 : 1
+        info.st_nlink = attributes.isDirectory ? 2 : attributes.detached ? 0 : 1
         info.st_uid = attributes.uid
         info.st_gid = attributes.gid
         info.st_size = off_t(attributes.size)

@@ -125,4 +125,13 @@ final class FuseContext: Sendable, KernelNotifier {
             logger.debug("entry invalidation failed", metadata: ["parent": "\(parent)", "errno": "\(-result)"])
         }
     }
+
+    func deleteEntry(parent: UInt64, child: UInt64, name: String) {
+        guard let session = session.withLock({ $0 }) else { return }
+        let result = name.withCString { pointer in
+            fuse_lowlevel_notify_delete(session.raw, parent, child, pointer, strlen(pointer))
+        }
+        // ENOENT: the kernel holds no such name, or the name leads to another node: drop whatever it holds.
+        if result != 0 { invalidateEntry(parent: parent, name: name) }
+    }
 }

@@ -4,7 +4,7 @@ import TestSupport
 
 @Suite("command line")
 struct CLITests {
-    @Test("every command documents itself", arguments: ["mount", "get", "run", "status", "check", "keygen", "encrypt", "decrypt", "edit", "set"])
+    @Test("every command documents itself", arguments: ["mount", "get", "run", "status", "check", "keygen", "encrypt", "decrypt", "edit", "set", "write", "import", "watch"])
     func help(command: String) throws {
         let fixture = try Fixture()
         defer { fixture.tearDown() }

@@ -6,6 +6,13 @@ import Locking
 /// How the core tells the kernel that a name now leads elsewhere. The FUSE bridge implements it; tests record it.
 public protocol KernelNotifier: Sendable {
     func invalidateEntry(parent: UInt64, name: String)
+    /// The name now leads elsewhere and `child` is gone: the kernel unhashes the name and unlinks the inode, so an
+    /// inotify watch on the file gets IN_DELETE_SELF (FUSE_NOTIFY_DELETE). Falls back to `invalidateEntry`.
+    func deleteEntry(parent: UInt64, child: UInt64, name: String)
+}
+
+extension KernelNotifier {
+    public func deleteEntry(parent: UInt64, child: UInt64, name: String) { invalidateEntry(parent: parent, name: name) }
 }
 
 /// Change notices from stores: refetch the cached env views that depend on what changed (one fetch per env,
@@ -70,7 +77,7 @@ final class ChangePropagation: Sendable {
                 .map { EnvKey(top: $0.path.top, env: $0.path.env) })
         }
         let affected = views.keys.union(inherited).filter(affects)
-        var stale: [(parent: UInt64, name: String)] = []
+        var stale: [(parent: UInt64, name: String, child: UInt64)] = []
         for key in affected {
             let view: EnvView
             do {
@@ -83,12 +90,12 @@ final class ChangePropagation: Sendable {
             }
             views.store(view, for: key, at: clock())
             stale += inodes.update { table, digest, _ in
-                var changed: [(UInt64, String)] = []
+                var changed: [(UInt64, String, UInt64)] = []
                 for (path, inode) in table.current where path.top == key.top && path.env == key.env {
                     guard let node = table.files[inode], !resolver.isFresh(path, in: view) else { continue }
                     // A rendered file changes when any key it uses does; one it cannot render any more is detached.
                     if !node.holds((try? resolver.bytes(of: path, in: view)) ?? nil, digest: digest) {
-                        changed.append((node.parent, path.key))
+                        changed.append((node.parent, path.key, inode))
                         table.detach(path)
                     }
                 }
@@ -99,13 +106,13 @@ final class ChangePropagation: Sendable {
         let affectedEnvs = Set(affected)
         if !affectedEnvs.isEmpty, resolver.rendered.readsOtherEnvs {
             stale += inodes.update { table, _, _ in
-                var dropped: [(UInt64, String)] = []
+                var dropped: [(UInt64, String, UInt64)] = []
                 for (path, inode) in table.current where path.env != RenderedFiles.allEnvs {
                     guard let file = resolver.rendered.file(top: path.top, env: path.env, name: path.key),
                         file.otherEnvs(top: path.top, env: path.env).contains(where: affectedEnvs.contains),
                         let node = table.files[inode]
                     else { continue }
-                    dropped.append((node.parent, path.key))
+                    dropped.append((node.parent, path.key, inode))
                     table.detach(path)
                 }
                 return dropped
@@ -115,10 +122,10 @@ final class ChangePropagation: Sendable {
         let changedTops = Set(affected.map(\.top))
         if !changedTops.isEmpty {
             stale += inodes.update { table, _, _ in
-                var dropped: [(UInt64, String)] = []
+                var dropped: [(UInt64, String, UInt64)] = []
                 for (path, inode) in table.current where path.env == RenderedFiles.allEnvs && changedTops.contains(path.top) {
                     guard let node = table.files[inode] else { continue }
-                    dropped.append((node.parent, path.key))
+                    dropped.append((node.parent, path.key, inode))
                     table.detach(path)
                 }
                 return dropped
@@ -126,7 +133,7 @@ final class ChangePropagation: Sendable {
         }
         record(storeName, envs: affected.count, changed: stale.count)
         guard let notifier = notifier.withLock({ $0 }) else { return }
-        for entry in stale { notifier.invalidateEntry(parent: entry.parent, name: entry.name) }
+        for entry in stale { notifier.deleteEntry(parent: entry.parent, child: entry.child, name: entry.name) }
     }
 
     /// Counts the notice and logs a summary at most once a minute.

@@ -189,9 +189,10 @@ public final class FileSystemCore: Sendable {
 
     private func fileAttributes(_ inode: UInt64, _ node: InodeTable.FileNode) -> NodeAttributes {
         let owner = policy.file(top: node.path.top, env: node.path.env, key: node.path.key)
+        let detached = inodes.read { $0.current[node.path] != inode }
         return NodeAttributes(
             inode: inode, isDirectory: false, size: node.size, mode: owner.mode, uid: owner.uid, gid: owner.gid,
-            modified: node.modified)
+            modified: node.modified, detached: detached)
     }
 
     /// The kernel dropped `count` references; a file inode with none left is released (and its bytes wiped).

@@ -8,10 +8,13 @@ public struct NodeAttributes: Sendable, Equatable {
     public var gid: UInt32
     /// Fixed for the life of the inode.
     public var modified: WallTime
+    /// A file no name leads to any more (its value changed; open handles still read the old value): link count 0,
+    /// as for an unlinked file, so the kernel keeps it unlinked and watchers on it get IN_DELETE_SELF.
+    public var detached = false
 
     public static func == (lhs: NodeAttributes, rhs: NodeAttributes) -> Bool {
         lhs.inode == rhs.inode && lhs.isDirectory == rhs.isDirectory && lhs.size == rhs.size && lhs.mode == rhs.mode
-            && lhs.uid == rhs.uid && lhs.gid == rhs.gid && lhs.modified == rhs.modified
+            && lhs.uid == rhs.uid && lhs.gid == rhs.gid && lhs.modified == rhs.modified && lhs.detached == rhs.detached
     }
 }
 

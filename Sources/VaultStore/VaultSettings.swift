@@ -29,14 +29,15 @@ public struct VaultSettings: Sendable {
     /// `watch`: how often each env's KV v2 metadata is polled for a new version (nil: no polling, ttl only).
     public var watch: Double?
 
-    public init(config: StoreConfig, environment: [String: String] = ProcessInfo.processInfo.environment)
-        throws(LocatedError)
-    {
+    /// `extra`: the keys a store type built on these settings adds (the leased stores' `roles`, ...).
+    public init(
+        config: StoreConfig, environment: [String: String] = ProcessInfo.processInfo.environment, extra: Set<String> = []
+    ) throws(LocatedError) {
         let section = config.section
-        try section.rejectUnknown(allowed: [
+        try section.rejectUnknown(allowed: extra.union([
             "type", "fresh", "fresh_max_age", "address", "addresses", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout", "watch",
             "token_file", "role_id", "secret_id_file", "username", "password_file", "role", "jwt_file", "auth_mount",
-        ])
+        ]))
         var listed: [String]
         var key = "address"
         if section.values["addresses"] != nil {

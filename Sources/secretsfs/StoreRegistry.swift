@@ -15,6 +15,8 @@ enum StoreRegistry {
         "file": { config, logger throws(LocatedError) in try FileStore(config: config, logger: logger) },
         "redis": { config, logger throws(LocatedError) in try RedisStore(config: config, logger: logger) },
         "vault": { config, logger throws(LocatedError) in try VaultStore(config: config, logger: logger) },
+        "vault-database": { config, logger throws(LocatedError) in try LeasedStore(config: config, logger: logger) },
+        "vault-pki": { config, logger throws(LocatedError) in try LeasedStore(config: config, logger: logger) },
         "env": { config, _ throws(LocatedError) in try EnvStore(config: config) },
     ]
 

@@ -60,10 +60,14 @@ public final class PostgresServer: @unchecked Sendable {
                  "-tAc", statement], timeout: 20)
     }
 
-    /// A login role with `password` and a database it owns, both named `name`.
-    public func createUser(_ name: String, password: String) throws {
+    /// A login role with `password` and a database it owns, both named `name` (a superuser: no database, for an
+    /// engine that creates roles, as OpenBao's database engine does).
+    public func createUser(_ name: String, password: String, superuser: Bool = false) throws {
         let literal = "'" + password.replacingOccurrences(of: "'", with: "''") + "'"
-        for statement in ["CREATE ROLE \"\(name)\" LOGIN PASSWORD \(literal)", "CREATE DATABASE \"\(name)\" OWNER \"\(name)\""] {
+        let statements = superuser
+            ? ["CREATE ROLE \"\(name)\" LOGIN SUPERUSER PASSWORD \(literal)"]
+            : ["CREATE ROLE \"\(name)\" LOGIN PASSWORD \(literal)", "CREATE DATABASE \"\(name)\" OWNER \"\(name)\""]
+        for statement in statements {
             let result = try sql(statement)
             guard result.status == 0 else { throw TestFailure.message("PostgreSQL: \(result.stderr.suffix(300))") }
         }

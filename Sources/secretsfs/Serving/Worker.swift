@@ -4,6 +4,7 @@ import DaprGRPC
 import Foundation
 import FuseBridge
 import Handover
+import Locking
 import Logging
 import Prometheus
 import SecretsCore
@@ -35,6 +36,13 @@ struct Worker {
         signal(SIGINT, SIG_IGN)
         signal(SIGHUP, SIG_IGN)
         signal(SIGPIPE, SIG_IGN)
+        // SIGTERM (the supervisor stopping or retiring this worker): close the stores first (leased stores revoke
+        // their leases), then exit. Taken by one thread; blocked before any other thread starts.
+        let closing = StoresToClose()
+        SignalThread.on(SIGTERM) {
+            closing.stores.withLock { $0 }.forEach { $0.close() }
+            _exit(0)
+        }
         var logger = Runtime.bootstrapLogging(level: logLevel)
         logger[metadataKey: "worker"] = "\(getpid())"
         // The worker holds decrypted values for as long as it runs: keep them out of swap.
@@ -57,6 +65,7 @@ struct Worker {
             printError("\(error)")
             return .invalidConfig
         }
+        closing.stores.withLock { $0 = Array(prepared.stores.values) }
         let core = prepared.core
         // Last-known-good: the previous worker's views serve while their stores fail; ours are kept for the next.
         let snapshot = snapshotFD.map { SnapshotFile(fd: $0, digestKey: hello.digestKey, logger: logger) }
@@ -209,6 +218,11 @@ struct Worker {
             _exit(ExitStatus.failure.rawValue)
         }.start()
     }
+}
+
+/// The stores a SIGTERM closes before the worker exits (set once they are built).
+final class StoresToClose: Sendable {
+    let stores = Locked<[any SecretStore]>([])
 }
 
 /// Runs a body on a thread of its own each time a signal arrives (blocked everywhere else; threads started after

@@ -1,0 +1,158 @@
+import Foundation
+import Locking
+import Testing
+import TestSupport
+
+/// Leased secrets (`type = "vault-database"`, `type = "vault-pki"`) against a real OpenBao (`bao server -dev`, the
+/// builtin postgresql-database-plugin and the pki engine) and a real PostgreSQL: psql logs in with the mounted
+/// credentials while leases renew and rotate, the lease is revoked on unmount, and openssl checks certificates.
+@Suite("leased secrets", .serialized)
+struct LeasedStoreTests {
+    static let adminPassword = "admin-pw-for-the-engine"
+
+    /// OpenBao's database engine over `postgres`, with a role `app` of short leases.
+    static func databaseEngine(_ bao: BaoServer, _ postgres: PostgresServer, ttl: String, maxTTL: String) throws {
+        try postgres.createUser("vaultadmin", password: adminPassword, superuser: true)
+        try bao.cli(["secrets", "enable", "database"])
+        try bao.cli([
+            "write", "database/config/pg", "plugin_name=postgresql-database-plugin", "allowed_roles=app",
+            "connection_url=postgresql://{{username}}:{{password}}@127.0.0.1:\(postgres.port)/postgres?sslmode=disable",
+            "username=vaultadmin", "password=\(adminPassword)", "verify_connection=true",
+        ])
+        try bao.cli([
+            "write", "database/roles/app", "db_name=pg",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT CONNECT ON DATABASE postgres TO \"{{name}}\";",
+            "default_ttl=\(ttl)", "max_ttl=\(maxTTL)",
+        ])
+    }
+
+    static func login(_ dsn: String) throws -> Bool {
+        let result = try run(["psql", dsn, "-w", "-tAc", "SELECT 1"], environment: ["PGCONNECT_TIMEOUT": "5"], timeout: 20)
+        return result.status == 0 && result.stdoutText == "1\n"
+    }
+
+    @Test("vault-database: psql logs in with the mounted username and password (one lease per role directory); the lease renews, rotates before max_ttl with 4 readers logging in continuously and none failing, and is revoked on unmount")
+    func database() throws {
+        let postgres = try PostgresServer()
+        defer { postgres.remove() }
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        try Self.databaseEngine(bao, postgres, ttl: "6s", maxTTL: "14s")
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let config = try fixture.dir.write("leased.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "10m"
+            [stores.db]
+            type = "vault-database"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            roles = ["app"]
+            renew_at = 0.5
+            rotate_before = 0.3
+
+            [[files]]
+            path = "db/app/dsn"
+            template = "postgresql://{{url(username)}}:{{url(password)}}@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+            """)
+        let fs = try fixture.mount(config: config)
+        #expect(try fs.list("db").contains("app"), "a role is a directory")
+        let username = try fs.readText("db/app/username")
+        let password = try fs.readText("db/app/password")
+        #expect(!username.isEmpty && !password.isEmpty)
+        #expect(try Self.login("postgresql://\(username):\(password)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"),
+                "psql logs in with the mounted username and password")
+        let firstDSN = try fs.readText("db/app/dsn")
+        #expect(firstDSN.contains(username), "the rendered DSN holds the same lease")
+
+        // Readers log in with the rendered DSN (one snapshot per open) while the lease renews and rotates.
+        let tally = LoginTally()
+        let group = DispatchGroup()
+        for _ in 0..<4 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                while tally.running.withLock({ $0 }) {
+                    let dsn = (try? fs.readText("db/app/dsn")) ?? ""
+                    let ok = (try? Self.login(dsn)) ?? false
+                    tally.results.withLock { $0.append((ok, dsn.contains(username))) }
+                }
+            }.start()
+        }
+        try fs.waitForLog("lease renewed", within: 30)
+        try fs.waitForLog("rotated to a new lease before the old one expires", within: 30)
+        try waitUntil("a reader logs in with the new lease", seconds: 20) {
+            tally.results.withLock { $0.contains { $0.ok && !$0.old } }
+        }
+        tally.running.withLock { $0 = false }
+        #expect(group.wait(timeout: .now() + 60) == .success)
+        let results = tally.results.withLock { $0 }
+        let failed = results.filter { !$0.ok }.count
+        #expect(failed == 0 && results.count >= 4, "failed logins: \(failed) of \(results.count)")
+        let newUser = try fs.readText("db/app/username")
+        #expect(newUser != username, "the role directory flipped to the new lease")
+        let lastDSN = try fs.readText("db/app/dsn")
+        #expect(lastDSN.contains(newUser))
+
+        // Unmount: the store revokes its lease, and its user can no longer log in.
+        fs.stop()
+        try fs.waitForLog("lease revoked", within: 20)
+        let afterRevoke = try Self.login(lastDSN)
+        #expect(!afterRevoke, "the revoked lease's user still logs in")
+        #expect(!fs.log.contains(password), "no value in the log")
+    }
+
+    @Test("vault-pki: certificate, private_key, ca_chain and issuing_ca from one issue; openssl verifies the chain and matches the key; a PEM bundle template renders them from one snapshot")
+    func pki() throws {
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        try bao.cli(["secrets", "enable", "pki"])
+        try bao.cli(["secrets", "tune", "-max-lease-ttl=87600h", "pki"])
+        try bao.cli(["write", "pki/root/generate/internal", "common_name=Test Root", "ttl=87600h"])
+        try bao.cli(["write", "pki/roles/web", "allowed_domains=example.test", "allow_subdomains=true", "max_ttl=72h"])
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let config = try fixture.dir.write("pki.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [stores.certs]
+            type = "vault-pki"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            [stores.certs.roles.web]
+            common_name = "web.example.test"
+            alt_names = ["www.example.test"]
+            ttl = "1h"
+
+            [[files]]
+            path = "certs/web/bundle.pem"
+            template = "{{pem(certificate, private_key)}}"
+            """)
+        let fs = try fixture.mount(config: config)
+        let names = Set(try fs.list("certs/web"))
+        #expect(names.isSuperset(of: ["certificate", "private_key", "ca_chain", "issuing_ca", "serial_number", "expiration", "bundle.pem"]), "\(names)")
+        let copies = try TemporaryDirectory()
+        defer { copies.remove() }
+        for name in ["certificate", "private_key", "issuing_ca", "bundle.pem"] {
+            try Data(try fs.read("certs/web/\(name)")).write(to: URL(fileURLWithPath: copies.file(name)))
+        }
+        let verified = try run(["openssl", "verify", "-CAfile", copies.file("issuing_ca"), copies.file("certificate")], timeout: 20)
+        #expect(verified.status == 0 && verified.stdoutText.contains(": OK"), "\(verified.stdoutText) \(verified.stderr.prefix(200))")
+        let subject = try run(["openssl", "x509", "-noout", "-subject", "-ext", "subjectAltName", "-in", copies.file("certificate")], timeout: 20)
+        #expect(subject.stdoutText.contains("web.example.test") && subject.stdoutText.contains("www.example.test"))
+        let pair = try run(["sh", "-c", TemplateMountTests.pairCheck, "check", copies.file("bundle.pem")], timeout: 20)
+        #expect(pair.status == 0, "the bundle's certificate and key belong together")
+        let issued = try String(contentsOfFile: copies.file("certificate"), encoding: .utf8)
+        #expect(try fs.readText("certs/web/certificate") == issued, "cached: the same issue until it nears its end")
+    }
+}
+
+/// What the login readers saw, shared with their threads.
+final class LoginTally: Sendable {
+    let results = Locked<[(ok: Bool, old: Bool)]>([])
+    let running = Locked(true)
+}

@@ -193,7 +193,8 @@ public final class LeasedStore: SecretStore {
         switch response.status {
         case 200...299: return response
         case 403: throw SecretsError(.permissionDenied, "store '\(name)': \(method) \(HTTPClient.redacted(path)): 403 permission denied")
-        case 404: throw SecretsError(.notFound, "store '\(name)': \(method) \(HTTPClient.redacted(path)): no such role or engine (404)")
+        // Not ENOENT: the role is configured, so its directory exists; what fails is getting its lease.
+        case 404: throw SecretsError(.io, "store '\(name)': \(method) \(HTTPClient.redacted(path)): no such role or engine (404)")
         default: throw SecretsError(.storeUnavailable, "store '\(name)': \(method) \(HTTPClient.redacted(path)): HTTP \(response.status)")
         }
     }

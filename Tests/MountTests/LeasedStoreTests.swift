@@ -105,6 +105,41 @@ struct LeasedStoreTests {
         #expect(!fs.log.contains(password), "no value in the log")
     }
 
+    @Test("a role the engine does not have is EIO on its own directory only; a token the engine refuses is EACCES; the other role serves")
+    func failures() throws {
+        let postgres = try PostgresServer()
+        defer { postgres.remove() }
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        try Self.databaseEngine(bao, postgres, ttl: "1h", maxTTL: "2h")
+        let limited = try bao.cli(["token", "create", "-policy=default", "-field=token"]).stdoutText
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let weak = try fixture.dir.write("weak-token", limited + "\n")
+        let config = try fixture.dir.write("leased.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [stores.db]
+            type = "vault-database"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            roles = ["app", "ghost"]
+            [stores.weak]
+            type = "vault-database"
+            address = "\(bao.address)"
+            token_file = "\(weak)"
+            roles = ["app"]
+            """)
+        let fs = try fixture.mount(config: config)
+        #expect(throws: FSError(code: EIO)) { try fs.read("db/ghost/username") }
+        #expect(throws: FSError(code: EACCES)) { try fs.read("weak/app/username") }
+        let username = try fs.readText("db/app/username")
+        #expect(!username.isEmpty, "the configured role serves")
+        #expect(!fs.log.contains(limited), "no token in the log")
+    }
+
     @Test("vault-pki: certificate, private_key, ca_chain and issuing_ca from one issue; openssl verifies the chain and matches the key; a PEM bundle template renders them from one snapshot")
     func pki() throws {
         let bao = try BaoServer()

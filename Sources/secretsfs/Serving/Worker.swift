@@ -38,6 +38,12 @@ struct Worker {
         signal(SIGPIPE, SIG_IGN)
         // SIGTERM (the supervisor stopping or retiring this worker): close the stores first (leased stores revoke
         // their leases), then exit. Taken by one thread; blocked before any other thread starts.
+        // SIGUSR1 (reopen the audit log) gets its thread later: blocked now, so no thread started before then
+        // (this SIGTERM one included) takes it with the default action.
+        var later = sigset_t()
+        sigemptyset(&later)
+        sigaddset(&later, SIGUSR1)
+        pthread_sigmask(SIG_BLOCK, &later, nil)
         let closing = StoresToClose()
         SignalThread.on(SIGTERM) {
             closing.stores.withLock { $0 }.forEach { $0.close() }

@@ -70,23 +70,7 @@ struct WorkerProcess {
     static func spawnProcess(
         _ binary: String, _ argv: [String], actions: inout posix_spawn_file_actions_t
     ) throws(SecretsError) -> pid_t {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in handledSignals + [SIGPIPE] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let cArgv = argv.map { strdup($0) } + [nil]
-        defer { cArgv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, binary, &actions, &attributes, cArgv, Glibc.environ)
-        guard result == 0 else { throw SecretsError(.io, "cannot start \(binary): \(FileIO.errnoText(result))") }
-        return pid
+        try ChildProcess.spawn(binary, argv, actions: &actions, defaultSignals: handledSignals + [SIGPIPE])
     }
 }
 

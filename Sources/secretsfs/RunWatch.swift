@@ -93,6 +93,11 @@ struct WatchedRun {
         }
     }
 
+    /// As a shell: 127 for a command that is not there, 126 for one that cannot run.
+    static func status(of error: SecretsError) -> Int32 {
+        error.code == .notFound ? ExitStatus.commandNotFound.rawValue : ExitStatus.commandNotExecutable.rawValue
+    }
+
     static func exitStatus(_ status: Int32) -> Int32 {
         let signal = status & 0x7F
         return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
@@ -103,29 +108,11 @@ struct WatchedRun {
     }
 
     /// Starts the command with `values`; a thread waits for it and posts its exit.
-    func spawn(_ values: [(String, SecretBytes)], events: Events) -> pid_t? {
+    func spawn(_ values: [(String, SecretBytes)], events: Events) throws(SecretsError) -> pid_t {
         var block = environment(values)
         defer { RunCommand.release(&block) }
-        var arguments: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
-        defer { for pointer in arguments { free(pointer) } }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in Self.forwarded + [SIGPIPE, SIGCHLD] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var pid: pid_t = 0
-        let result = posix_spawnp(&pid, command[0], nil, &attributes, &arguments, &block)
-        guard result == 0 else {
-            printError("run: cannot run \(command[0]): \(FileIO.errnoText(result))")
-            return nil
-        }
-        let started = pid
+        let started = try ChildProcess.spawn(
+            command[0], command, environment: block, searchPath: true, defaultSignals: Self.forwarded + [SIGPIPE, SIGCHLD])
         Thread {
             var status: Int32 = 0
             while waitpid(started, &status, 0) < 0 && errno == EINTR {}
@@ -147,8 +134,12 @@ struct WatchedRun {
                 if sigwait(&mask, &received) == 0 { events.post(.signal(received)) }
             }
         }.start()
-        guard var child = spawn(first, events: events) else {
-            return errno == ENOENT ? ExitStatus.commandNotFound.rawValue : ExitStatus.commandNotExecutable.rawValue
+        var child: pid_t
+        do {
+            child = try spawn(first, events: events)
+        } catch {
+            printError("run: \(error)")
+            return Self.status(of: error)
         }
         var current = Self.versions(first)
         // Held for as long as run runs: the stores' notices reach it through weak references.
@@ -180,7 +171,13 @@ struct WatchedRun {
                     stopping = nil
                     if leaving != nil { return Self.exitStatus(status) }
                     guard let next = stop.then else { return Self.changedExitStatus }
-                    guard let started = spawn(next, events: events) else { return ExitStatus.commandNotExecutable.rawValue }
+                    let started: pid_t
+                    do {
+                        started = try spawn(next, events: events)
+                    } catch {
+                        printError("run: \(error)")
+                        return Self.status(of: error)
+                    }
                     child = started
                     current = Self.versions(next)
                     printError("run: restarted \(command[0]) (pid \(started)) with the new values")

@@ -167,6 +167,8 @@ struct RunWatchTests {
         defer { own.stop() }
         #expect(own.waitForExit() == 7)
         for command in [hup, stubborn, exiting, own] { #expect(!command.stderr.joined().contains("pw-")) }
+        let missing = try fixture.cli(["run", "--config", config, "--watch", "--secret", "SECRET=local/production/PASSWORD", "--", "/nonexistent/cmd"])
+        #expect(missing.status == 127, "a command that is not there: \(missing.status)")
     }
 
     @Test("secretsfs watch: one line per change (path, old and new version; - for a path not there), never a value")

@@ -1,3 +1,4 @@
+import CLinux
 import Age
 import Foundation
 import TestSupport
@@ -61,6 +62,22 @@ final class Fixture: @unchecked Sendable {
             twoBackendConfig(mountpoint: mountpoint, vaultAddress: bao.address, tokenFile: token, redisURL: redis.url, cache: cache))
     }
 
+    /// A config with one Redis store `redis` over `redis` (`store`: more lines of its table), a cache ttl of 10
+    /// minutes, and `extra` TOML after it.
+    func writeRedisConfig(_ redis: RedisServer, store: String = "", extra: String = "") throws -> String {
+        try dir.write("redis.toml", """
+            [mount]
+            path = "\(mountpoint)"
+            [cache]
+            ttl = "10m"
+            [stores.redis]
+            type = "redis"
+            url = "\(redis.url)"
+            \(store)
+            \(extra)
+            """)
+    }
+
     func mount(config: String, environment: [String: String] = [:]) throws -> MountedSecretsFS {
         let fs = try MountedSecretsFS(
             binary: binary, config: config, mountpoint: mountpoint, logPath: dir.file("mount.log"),
@@ -104,4 +121,17 @@ let baseSecrets = """
 
 extension Fixture {
     static func otherIdentity() -> String { X25519Identity.generate().secretString }
+}
+
+extension MountedSecretsFS {
+    /// An extended attribute of a mounted file (nil: none), read with a timeout.
+    func attribute(_ relative: String, _ name: String) throws -> String? {
+        let full = path(relative)
+        return try withTimeout(10, onTimeout: abortConnection) { () -> String? in
+            var buffer = [CChar](repeating: 0, count: 512)
+            let count = getxattr(full, name, &buffer, buffer.count)
+            guard count >= 0 else { return nil }
+            return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
 }

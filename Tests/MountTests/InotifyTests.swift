@@ -46,15 +46,7 @@ struct InotifyTests {
         try redis.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v-0")])
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let config = try fixture.dir.write("redis.toml", """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "10m"
-            [stores.redis]
-            type = "redis"
-            url = "\(redis.url)"
-            """)
+        let config = try fixture.writeRedisConfig(redis)
         let fs = try fixture.mount(config: config)
         #expect(try fs.readText("redis/production/PASSWORD") == "v-0")
         try redis.waitForPatternSubscriptions()

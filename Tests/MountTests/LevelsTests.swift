@@ -55,15 +55,7 @@ struct LevelsTests {
 
         let fs = try fixture.mount(config: config)
         #expect(try fs.readText("billing/production/DB_PASS") == "project-secret-2")
-        func attribute(_ relative: String) throws -> String? {
-            let full = fs.path(relative)
-            return try withTimeout(10, onTimeout: fs.abortConnection) { () -> String? in
-                var buffer = [CChar](repeating: 0, count: 512)
-                let count = getxattr(full, "user.secretsfs.source", &buffer, buffer.count)
-                guard count >= 0 else { return nil }
-                return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            }
-        }
+        func attribute(_ relative: String) throws -> String? { try fs.attribute(relative, "user.secretsfs.source") }
         #expect(try attribute("billing/production/DB_PASS") == "level=project store=redis env=production shadowed=platform")
         #expect(try attribute("billing/production/REGION") == "level=platform store=vault env=default")
         // Deleting the project's key uncovers the platform's, and the attribute follows.

@@ -203,15 +203,7 @@ struct RunWatchTests {
         try fixture.writeEncrypted("secrets.toml.age", "[production]\nPASSWORD = \"pw-1\"\n")
         let config = try fixture.writeConfig(ttl: "10m")
         let fs = try fixture.mount(config: config)
-        func version() throws -> String? {
-            let full = fs.path("local/production/PASSWORD")
-            return try withTimeout(10, onTimeout: fs.abortConnection) { () -> String? in
-                var buffer = [CChar](repeating: 0, count: 64)
-                let count = getxattr(full, "user.secretsfs.version", &buffer, buffer.count)
-                guard count >= 0 else { return nil }
-                return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            }
-        }
+        func version() throws -> String? { try fs.attribute("local/production/PASSWORD", "user.secretsfs.version") }
         #expect(try fs.readText("local/production/PASSWORD") == "pw-1")
         let first = try #require(try version())
         #expect(first.count == 16 && first.allSatisfy(\.isHexDigit))

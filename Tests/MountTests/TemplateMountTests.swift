@@ -137,16 +137,7 @@ struct TemplateMountTests {
         try redis.hset("DYNACONF_PRODUCTION", [("NAME", "n-1"), ("DB_PASS", "p-1")])
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let config = try fixture.dir.write("fresh.toml", """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "10m"
-            [stores.redis]
-            type = "redis"
-            url = "\(redis.url)"
-            fresh = ["DB_*"]
-            timeout = "1s"
+        let config = try fixture.writeRedisConfig(redis, store: "fresh = [\"DB_*\"]\ntimeout = \"1s\"", extra: """
             [[files]]
             path = "redis/production/both.txt"
             template = "{{NAME}} {{DB_PASS}}"
@@ -212,15 +203,7 @@ struct TemplateMountTests {
         try redis.hset("DYNACONF_PRODUCTION", [("TLS_CERT", pairs[0].cert), ("TLS_KEY", pairs[0].key), ("TLS_CHAIN", pairs[0].cert)])
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let config = try fixture.dir.write("tls.toml", """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "10m"
-            [stores.redis]
-            type = "redis"
-            url = "\(redis.url)"
-            timeout = "2s"
+        let config = try fixture.writeRedisConfig(redis, store: "timeout = \"2s\"", extra: """
             [[files]]
             path = "redis/production/tls.pem"
             template = "{{pem(TLS_CERT, TLS_CHAIN, TLS_KEY)}}"

@@ -139,7 +139,7 @@ let package = Package(
             name: "secretsfs",
             dependencies: [
                 "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "EnvStore", "FuseBridge",
-                "StatusServer", "DaprGRPC", "Handover", "Supervision", "CLinux",
+                "StatusServer", "DaprGRPC", "Handover", "Supervision", "CLinux", "Locking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

@@ -99,7 +99,10 @@ let package = Package(
         // Backend: HashiCorp Vault / OpenBao KV v1 and v2 in Dynaconf's layout, over libcurl.
         .target(
             name: "VaultStore",
-            dependencies: ["SecretsCore", "CCurl", "Locking", "Deadline", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "SecretsCore", "CCurl", "Locking", "Deadline", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: strict
         ),
         // [metrics]: /metrics (Prometheus text), /healthz and /status over Hummingbird, for the worker.

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Locking
 import Logging
+import Metrics
 import SecretsCore
 
 /// `type = "vault-database"` and `type = "vault-pki"`: leased secrets as files. Each role is a directory
@@ -155,6 +156,7 @@ public final class LeasedStore: SecretStore {
             do {
                 try revoke(id)
                 logger.info("lease revoked", metadata: ["store": "\(name)", "role": "\(role)"])
+                count("revoked", role: role)
             } catch {
                 logger.warning("revoking a lease failed; it expires on its own", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
             }
@@ -235,9 +237,18 @@ public final class LeasedStore: SecretStore {
         var id: String?
         if case .string(let text)? = root["lease_id"], !text.isEmpty { id = text }
         logger.info("new lease", metadata: ["store": "\(name)", "role": "\(role)", "seconds": "\(Int(duration))", "renewable": "\(renewable)"])
+        count("minted", role: role)
+        if kind == .pki, let expiration = Self.number(data["expiration"]) {
+            Gauge(label: "secretsfs_certificate_not_after", dimensions: [("store", name), ("role", role)]).record(expiration)
+        }
         return Lease(
             id: id, fields: data, renewable: renewable && id != nil, duration: duration,
             renewAt: now + duration * renewFraction, expires: now + duration)
+    }
+
+    /// `secretsfs_lease_events_total{store,role,event}`: minted, renewed, rotated, revoked, failed.
+    func count(_ event: String, role: String) {
+        Counter(label: "secretsfs_lease_events_total", dimensions: [("store", name), ("role", role), ("event", event)]).increment()
     }
 
     static func number(_ value: SecretValue?) -> Double? {
@@ -289,15 +300,19 @@ public final class LeasedStore: SecretStore {
     func tend() {
         let now = CoreClock.monotonic()
         for (role, lease) in leases.withLock({ $0 }) {
+            Gauge(label: "secretsfs_lease_expiry_seconds", dimensions: [("store", name), ("role", role)])
+                .record(max(0, lease.expires - now))
             let rotateAt = lease.expires - lease.duration * rotateFraction
             if now >= rotateAt {
                 do {
                     let next = try mint(role)
                     leases.withLock { $0[role] = next }
                     logger.info("rotated to a new lease before the old one expires", metadata: ["store": "\(name)", "role": "\(role)"])
+                    count("rotated", role: role)
                     if let notify = watcher.withLock({ $0 }) { notify([.at(location: nil, env: role)]) }
                 } catch {
                     logger.warning("minting the next lease failed; the current one serves until it expires", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
+                    count("failed", role: role)
                     if now >= lease.expires { _ = leases.withLock { $0.removeValue(forKey: role) } }
                 }
                 continue
@@ -308,9 +323,11 @@ public final class LeasedStore: SecretStore {
                 updated.expires = expires
                 updated.renewAt = now + (expires - now) * renewFraction
                 logger.info("lease renewed", metadata: ["store": "\(name)", "role": "\(role)", "seconds": "\(Int(expires - now))"])
+                count("renewed", role: role)
             } else {
                 // No more renewals: rotate when due.
                 updated.renewable = false
+                count("failed", role: role)
             }
             leases.withLock { $0[role] = updated }
         }

@@ -150,7 +150,9 @@ struct WatchedRun {
         var stopping: (pid: pid_t, killAt: Double, then: [(String, SecretBytes)]?)?
         var leaving: Int32?
         while true {
-            let deadline = [changeDue, stopping?.killAt].compactMap { $0 }.filter(\.isFinite).min()
+            // A change due while the command stops waits for its exit (the exit event wakes this loop).
+            let deadline = [stopping == nil && leaving == nil ? changeDue : nil, stopping?.killAt].compactMap { $0 }
+                .filter(\.isFinite).min()
             let event = events.next(until: deadline)
             let now = CoreClock.monotonic()
             if let stop = stopping, now >= stop.killAt {

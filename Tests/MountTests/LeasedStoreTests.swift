@@ -41,11 +41,14 @@ struct LeasedStoreTests {
         let fixture = try Fixture()
         defer { fixture.tearDown() }
         let token = try fixture.dir.write("vault-token", "root\n")
+        let metricsPort = try freePort()
         let config = try fixture.dir.write("leased.toml", """
             [mount]
             path = "\(fixture.mountpoint)"
             [cache]
             ttl = "10m"
+            [metrics]
+            listen = "127.0.0.1:\(metricsPort)"
             [stores.db]
             type = "vault-database"
             address = "\(bao.address)"
@@ -96,6 +99,16 @@ struct LeasedStoreTests {
         #expect(newUser != username, "the role directory flipped to the new lease")
         let lastDSN = try fs.readText("db/app/dsn")
         #expect(lastDSN.contains(newUser))
+
+        // Lease metrics (names and counts, never a value).
+        let metrics = try run([try requireTool("curl"), "-s", "-m", "5", "http://127.0.0.1:\(metricsPort)/metrics"], timeout: 10).stdoutText
+        for line in [#"secretsfs_lease_events_total{store="db",role="app",event="minted"} "#,
+                     #"secretsfs_lease_events_total{store="db",role="app",event="rotated"} "#,
+                     #"secretsfs_lease_events_total{store="db",role="app",event="renewed"}"#,
+                     #"secretsfs_lease_expiry_seconds{store="db",role="app"}"#] {
+            #expect(metrics.contains(line), "/metrics lacks \(line)")
+        }
+        #expect(!metrics.contains(password))
 
         // Unmount: the store revokes its lease, and its user can no longer log in.
         fs.stop()

@@ -84,6 +84,10 @@ public enum StatusServer {
             "\"worker_restarts\":\(status.workerRestarts)",
         ]
         if let last = status.lastNotice { fields.append("\"last_change_notice\":\(last.seconds)") }
+        let leases = status.leases.map { lease in
+            "{\"store\":\(quoted(lease.store)),\"role\":\(quoted(lease.role)),\"seconds_left\":\(lease.secondsLeft),\"renewable\":\(lease.renewable)}"
+        }
+        fields.append("\"leases\":[\(leases.joined(separator: ","))]")
         return "{" + fields.joined(separator: ",") + "}\n"
     }
 }

@@ -16,7 +16,7 @@ import SecretsCore
 /// minted `rotate_before` (10% of the lease) before the old one expires, so readers never see an expired credential.
 /// The old lease is left to expire (clients still connected with it keep working); `close` (unmount, stop) revokes
 /// every lease this store holds.
-public final class LeasedStore: SecretStore {
+public final class LeasedStore: SecretStore, LeaseReporting {
     public enum Kind: String, Sendable { case database = "vault-database", pki = "vault-pki" }
 
     /// A PKI role's request: `[stores.<name>.roles.<role>]`.
@@ -164,6 +164,13 @@ public final class LeasedStore: SecretStore {
     }
 
     // MARK: Leases
+
+    public func leaseSummaries() -> [LeaseSummary] {
+        let now = CoreClock.monotonic()
+        return leases.withLock { $0 }.sorted { $0.key < $1.key }.map { role, lease in
+            LeaseSummary(store: name, role: role, secondsLeft: max(0, Int(lease.expires - now)), renewable: lease.renewable)
+        }
+    }
 
     /// The role's current lease: minted on first use (one mint at a time per role).
     func lease(for role: String) throws(SecretsError) -> Lease {

@@ -5,7 +5,7 @@ import SecretsCore
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show the running daemon's state: stores up or failing and since when, change notices, counts.",
+        abstract: "Show the running daemon's state: stores up or failing and since when, change notices, counts, leases.",
         discussion: """
             Asks the daemon's status server ([metrics] listen in the config) for /status and prints it. Exit 0 when \
             every store answered its last call, 1 when one is failing or the daemon cannot be reached, 2 when the \
@@ -57,6 +57,15 @@ struct StatusCommand: ParsableCommand {
         if case .int(let last)? = root["last_change_notice"] { notices += ", last at \(Self.time(last))" }
         print(notices)
         print("live inodes: \(number("live_inodes")), cached envs: \(number("cached_envs")), worker restarts: \(number("worker_restarts"))")
+        if case .array(let leases)? = root["leases"] {
+            for case .table(let lease) in leases {
+                guard case .string(let store)? = lease["store"], case .string(let role)? = lease["role"],
+                    case .int(let left)? = lease["seconds_left"]
+                else { continue }
+                let renewable = lease["renewable"] == .bool(true) ? "renewable" : "not renewable"
+                print("lease \(store)/\(role): \(left) s left, \(renewable)")
+            }
+        }
         if failing { throw ExitCode(ExitStatus.failure.rawValue) }
     }
 

@@ -109,6 +109,9 @@ struct LeasedStoreTests {
             #expect(metrics.contains(line), "/metrics lacks \(line)")
         }
         #expect(!metrics.contains(password))
+        let status = try fixture.cli(["status", "--config", config])
+        #expect(status.stdoutText.contains("lease db/app: "), "status lists the lease: \(status.stdoutText)")
+        #expect(!status.stdoutText.contains(password) && !status.stdoutText.contains(newUser))
 
         // Unmount: the store revokes its lease, and its user can no longer log in.
         fs.stop()

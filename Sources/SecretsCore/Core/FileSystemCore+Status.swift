@@ -52,7 +52,19 @@ extension FileSystemCore {
             stores: resolver.topNames.map { name in
                 (name, health[name] ?? StoreHealth(ok: true, since: mountedAt, error: nil))
             }, liveInodes: liveInodes, cachedEnvs: cachedEnvs, notices: notices, lastNotice: lastNotice,
-            workerRestarts: restarts)
+            workerRestarts: restarts, leases: leaseSummaries())
+    }
+
+    /// Every leased store's leases, each store once (a store may serve several tops).
+    func leaseSummaries() -> [LeaseSummary] {
+        var seen: Set<String> = []
+        var out: [LeaseSummary] = []
+        for top in resolver.tops.values.sorted(by: { $0.name < $1.name }) {
+            for level in top.chain where seen.insert(level.store.name).inserted {
+                if let leased = level.store as? any LeaseReporting { out += leased.leaseSummaries() }
+            }
+        }
+        return out
     }
 }
 

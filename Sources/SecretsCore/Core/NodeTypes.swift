@@ -45,6 +45,28 @@ public struct CoreStatus: Sendable {
     public var notices: Int
     public var lastNotice: WallTime?
     public var workerRestarts: UInt64
+    /// The leased stores' current leases (never a value or a lease id).
+    public var leases: [LeaseSummary] = []
 
     public var failing: [String] { stores.filter { !$0.health.ok }.map(\.name) }
+}
+
+/// One current lease of a leased store, for /status and `secretsfs status`.
+public struct LeaseSummary: Sendable, Equatable {
+    public var store: String
+    public var role: String
+    public var secondsLeft: Int
+    public var renewable: Bool
+
+    public init(store: String, role: String, secondsLeft: Int, renewable: Bool) {
+        self.store = store
+        self.role = role
+        self.secondsLeft = secondsLeft
+        self.renewable = renewable
+    }
+}
+
+/// A store that holds leases (`vault-database`, `vault-pki`) says which, for the status.
+public protocol LeaseReporting {
+    func leaseSummaries() -> [LeaseSummary]
 }

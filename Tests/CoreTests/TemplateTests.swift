@@ -24,6 +24,7 @@ struct TemplateTests {
         let template = try SecretTemplate(parsing: "{{A}}{{url(A)}}{{pem(B, s/e/C)}}")
         #expect(template.references.map(\.reference.description) == ["A", "B", "s/e/C"])
         #expect(template.references.map { "\($0.line):\($0.column)" } == ["1:3", "1:22", "1:25"])
+        #expect(try SecretTemplate(parsing: "{{vault/Production/K}}").references.map(\.reference.description) == ["vault/production/K"])
     }
 
     @Test("each helper: url, json, base64, base64decode, pem, trim, pgpass, sh")

@@ -79,12 +79,8 @@ public final class BaoCluster: @unchecked Sendable {
 
         /// SIGTERM (a clean shutdown: the leader steps down) or SIGKILL; waits until the process is gone.
         public func stop(_ signal: Int32 = SIGKILL) {
-            guard let process, process.isRunning else { return }
-            kill(process.processIdentifier, signal)
-            let deadline = Date().addingTimeInterval(15)
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
+            guard let process else { return }
+            stopProcess(process, signal, grace: 15)
         }
     }
 

@@ -76,13 +76,7 @@ public final class PostgresServer: @unchecked Sendable {
     public func stop() {
         guard let process, process.isRunning else { return }
         // SIGINT: PostgreSQL's fast shutdown.
-        kill(process.processIdentifier, SIGINT)
-        let deadline = Date().addingTimeInterval(10)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        stopProcess(process, SIGINT, grace: 10)
     }
 
     public func remove() {

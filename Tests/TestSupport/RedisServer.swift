@@ -143,13 +143,7 @@ public final class RedisServer: @unchecked Sendable {
         guard let process, process.isRunning else { return }
         resume()
         _ = try? cli(["SHUTDOWN", "NOSAVE"])
-        kill(process.processIdentifier, SIGTERM)
-        let deadline = Date().addingTimeInterval(2)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        stopProcess(process, SIGTERM, grace: 2)
     }
 
     public func remove() {

@@ -86,6 +86,16 @@ final class OutputCollector: @unchecked Sendable {
     }
 }
 
+/// Stops a server by PID: `signal`, up to `grace` seconds to exit, then SIGKILL; returns once it has exited.
+public func stopProcess(_ process: Process, _ signal: Int32, grace: Double) {
+    guard process.isRunning else { return }
+    kill(process.processIdentifier, signal)
+    let deadline = Date().addingTimeInterval(grace)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    process.waitUntilExit()
+}
+
 /// Fails loudly when a required tool is missing, rather than skipping.
 public func requireTool(_ name: String) throws -> String {
     for directory in ["/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin", "/sbin"] {

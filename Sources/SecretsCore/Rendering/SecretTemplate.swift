@@ -335,7 +335,8 @@ extension SecretTemplate {
             case 1:
                 reference = Reference(top: nil, env: nil, key: text)
             case 3 where parts.allSatisfy({ !$0.isEmpty }):
-                reference = Reference(top: parts[0], env: parts[1], key: parts[2])
+                // Env names are lower-case everywhere (as the mount shows them): `Production` is `production`.
+                reference = Reference(top: parts[0], env: parts[1].lowercased(), key: parts[2])
             default:
                 throw error(
                     "'\(text)': name a key of this env (DB_PASS) or of another one as <store or scope>/<env>/<key>",

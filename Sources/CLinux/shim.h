@@ -5,6 +5,7 @@
 // No _GNU_SOURCE here: it changes glibc's struct definitions (fd_set) against Swift's own Glibc module, which then
 // refuses to build. The two GNU functions used are declared below instead.
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/xattr.h>
@@ -22,6 +23,15 @@ static inline unsigned long secretsfs_signalfd_siginfo_size(void) { return sizeo
 
 extern int memfd_create(const char *name, unsigned int flags);
 extern int execvpe(const char *file, char *const argv[], char *const envp[]);
+
+// The CSI plugin's read-only bind mounts: bind, then remount read-only, nosuid, nodev, noexec (a bind mount takes
+// no flags of its own on the first call).
+static inline int secretsfs_bind_readonly(const char *source, const char *target) {
+    if (mount(source, target, NULL, MS_BIND, NULL) != 0) return -1;
+    return mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+static inline int secretsfs_unmount(const char *target, int detach) { return umount2(target, detach ? MNT_DETACH : 0); }
 
 static inline int secretsfs_memfd(const char *name) { return memfd_create(name, 0); }
 

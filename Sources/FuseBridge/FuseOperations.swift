@@ -53,8 +53,7 @@ enum FuseOperations {
 
     static func lookup(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         guard let req, let name else { return }
-        // Who walks the path: the kernel's record of the calling process.
-        let caller = fuse_req_ctx(req).map { Caller(uid: $0.pointee.uid, gid: $0.pointee.gid, pid: $0.pointee.pid) }
+        let caller = caller(req)
         let key = String(cString: name)
         if let fault = context(req).abortOnLookup, fault == key { abort() }
         do {
@@ -142,7 +141,7 @@ enum FuseOperations {
         guard let req, let fi else { return }
         let context = context(req)
         do {
-            fi.pointee.fh = context.directoryHandles.open(try context.core.listing(ino))
+            fi.pointee.fh = context.directoryHandles.open(try context.core.listing(ino, caller: caller(req)))
             fuse_reply_open(req, fi)
         } catch {
             fuse_reply_err(req, error.errno)
@@ -157,7 +156,7 @@ enum FuseOperations {
         let entries: [DirectoryEntry]
         do {
             entries = try context.directoryHandles.entries(fi.pointee.fh) { () throws(SecretsError) in
-                try context.core.listing(ino)
+                try context.core.listing(ino, caller: caller(req))
             }
         } catch {
             fuse_reply_err(req, error.errno)
@@ -235,6 +234,11 @@ enum FuseOperations {
 
     static func readOnly(_ req: fuse_req_t?) {
         if let req { fuse_reply_err(req, EROFS) }
+    }
+
+    /// Who asks: the kernel's record of the calling process.
+    static func caller(_ req: fuse_req_t) -> Caller? {
+        fuse_req_ctx(req).map { Caller(uid: $0.pointee.uid, gid: $0.pointee.gid, pid: $0.pointee.pid) }
     }
 
     static func context(_ req: fuse_req_t) -> FuseContext {

@@ -8,14 +8,19 @@ import SecretsCore
 ///   the re-exec state starts with `SFSR` and its version, and records the running worker's protocol version.
 /// - Version 2: the worker takes `--inflight-fd 5`, a page where it stamps the requests it serves (`InflightPage`),
 ///   so the supervisor can tell a request of death; the re-exec state records that page's descriptor.
+/// - Version 3: node records of published CSI volumes (tag 4) and of the files in their views (tag 3). A worker
+///   serves CSI only on a channel of version 3 or later; a supervisor holding volumes re-executes only into a binary
+///   that speaks it.
 ///
 /// A supervisor asks a binary which versions it speaks before starting it as a worker or re-executing into it
 /// (`secretsfs handover-protocol`; a binary of version 0 does not know that command, which says so), then speaks the
 /// newest both know, or refuses with a log line and keeps the running worker.
 public enum HandoverProtocol {
-    public static let current: UInt16 = 2
+    public static let current: UInt16 = 3
     public static let oldest: UInt16 = 0
     public static var supported: ClosedRange<UInt16> { oldest...current }
+    /// The first version with CSI volumes' node records.
+    public static let csiVolumes: UInt16 = 3
 
     static let streamMagic: [UInt8] = Array("SFSH".utf8)
     static let stateMagic: [UInt8] = Array("SFSR".utf8)

@@ -109,7 +109,8 @@ extension NodeRecord {
             writer.optionalString(top)
             writer.optionalString(env)
         case .file(let file):
-            writer.byte(2)
+            // Version 3: a node of a CSI volume's view is tag 3, tag 2's fields then the volume id.
+            writer.byte(file.view.isEmpty ? 2 : 3)
             writer.u64(file.inode)
             writer.u64(file.parent)
             writer.string(file.top)
@@ -119,6 +120,25 @@ extension NodeRecord {
             writer.u64(UInt64(bitPattern: Int64(file.modifiedSeconds)))
             writer.u64(UInt64(file.modifiedNanoseconds))
             writer.bytes(file.digest)
+            if !file.view.isEmpty { writer.string(file.view) }
+        case .volume(let inode, let volume):
+            writer.byte(4)
+            writer.u64(inode)
+            writer.bool(volume != nil)
+            if let volume {
+                writer.string(volume.id)
+                writer.string(volume.top)
+                writer.string(volume.env)
+                writer.u64(UInt64(volume.keys.count))
+                for key in volume.keys { writer.string(key) }
+                writer.string(volume.pod.uid)
+                writer.string(volume.pod.name)
+                writer.string(volume.pod.namespace)
+                writer.string(volume.pod.serviceAccount)
+                writer.bool(volume.group != nil)
+                writer.u64(UInt64(volume.group ?? 0))
+                writer.string(volume.targetPath)
+            }
         }
     }
 
@@ -127,7 +147,7 @@ extension NodeRecord {
         case 1:
             let inode = try reader.u64()
             return .directory(inode: inode, top: try reader.optionalString(), env: try reader.optionalString())
-        case 2:
+        case let tag where tag == 2 || tag == 3:
             let inode = try reader.u64()
             let parent = try reader.u64()
             let top = try reader.string()
@@ -137,13 +157,35 @@ extension NodeRecord {
             let seconds = Int64(bitPattern: try reader.u64())
             let nanoseconds = try reader.u64()
             let digest = try reader.bytes()
+            let view = tag == 3 ? try reader.string() : ""
             guard size <= UInt64(Int32.max), nanoseconds < 1_000_000_000 else {
                 throw SecretsError(.invalidData, "file node \(inode) has an impossible size or time")
             }
             return .file(
                 FileRecord(
                     inode: inode, parent: parent, top: top, env: env, key: key, size: Int(size),
-                    modifiedSeconds: Int(seconds), modifiedNanoseconds: Int(nanoseconds), digest: digest))
+                    modifiedSeconds: Int(seconds), modifiedNanoseconds: Int(nanoseconds), digest: digest, view: view))
+        case 4:
+            let inode = try reader.u64()
+            guard try reader.bool() else { return .volume(inode: inode, nil) }
+            let id = try reader.string()
+            let top = try reader.string()
+            let env = try reader.string()
+            let count = try reader.u64()
+            guard count <= 1024 else { throw SecretsError(.invalidData, "volume \(inode) has \(count) key globs") }
+            var keys: [String] = []
+            for _ in 0..<count { keys.append(try reader.string()) }
+            let pod = PodIdentity(
+                uid: try reader.string(), name: try reader.string(), namespace: try reader.string(),
+                serviceAccount: try reader.string())
+            let hasGroup = try reader.bool()
+            let group = try reader.u64()
+            guard group <= UInt64(UInt32.max) else { throw SecretsError(.invalidData, "volume \(inode) has an impossible group") }
+            return .volume(
+                inode: inode,
+                CSIVolume(
+                    id: id, top: top, env: env, keys: keys, pod: pod, group: hasGroup ? UInt32(group) : nil,
+                    targetPath: try reader.string()))
         case let tag:
             throw SecretsError(.invalidData, "unknown node record \(tag)")
         }
@@ -157,6 +199,11 @@ public struct NodeTable: Sendable, Equatable {
     public private(set) var highestInode: UInt64 = InodeTable.rootInode
 
     public init() {}
+
+    /// Whether any CSI volume is published (its records need handover protocol 3).
+    public var holdsVolumes: Bool {
+        nodes.values.contains { if case .volume(_, _?) = $0 { return true } else { return false } }
+    }
 
     public mutating func apply(_ message: HandoverMessage) {
         switch message {
@@ -172,8 +219,11 @@ public struct NodeTable: Sendable, Equatable {
             nodes[record.inode] = record
             highestInode = max(highestInode, record.inode)
         case .forgotten(let inode):
-            // Directories stay: a bind mount may hold one.
-            if case .file? = nodes[inode] { nodes.removeValue(forKey: inode) }
+            // Directories stay: a bind mount may hold one. A volume's view goes when it is unpublished.
+            switch nodes[inode] {
+            case .file?, .volume(_, _?)?: nodes.removeValue(forKey: inode)
+            default: break
+            }
         }
     }
 
@@ -181,8 +231,8 @@ public struct NodeTable: Sendable, Equatable {
     public var records: [NodeRecord] {
         nodes.values.sorted { lhs, rhs in
             switch (lhs, rhs) {
-            case (.directory, .file): return true
-            case (.file, .directory): return false
+            case (.directory, .file), (.volume, .file): return true
+            case (.file, .directory), (.file, .volume): return false
             default: return lhs.inode < rhs.inode
             }
         }

@@ -22,8 +22,11 @@ public struct CallerDetails: Sendable, Equatable {
     public var cgroup: String?
     /// Supplementary groups.
     public var groups: [UInt32]
+    /// The Kubernetes pod the caller runs in, when its cgroup names a pod a CSI volume was published for.
+    public var pod: PodIdentity?
 
-    public init(exe: String?, cgroup: String?, groups: [UInt32]) {
+    public init(exe: String?, cgroup: String?, groups: [UInt32], pod: PodIdentity? = nil) {
+        self.pod = pod
         self.exe = exe
         self.cgroup = cgroup
         self.groups = groups
@@ -70,8 +73,11 @@ public enum CallerPattern: Sendable, Equatable, CustomStringConvertible {
     case cgroup(String)
     /// The caller's executable, exactly.
     case exe(String)
+    /// A Kubernetes identity, `namespace/serviceaccount` (`*` for any service account of the namespace): a caller
+    /// in a pod a CSI volume was published for, running as that service account.
+    case k8s(namespace: String, serviceAccount: String)
 
-    public static let kinds = ["uid", "gid", "unit", "cgroup", "exe"]
+    public static let kinds = ["uid", "gid", "unit", "cgroup", "exe", "k8s"]
 
     /// `kind:value`; nil when the kind is unknown or the value malformed.
     public init?(_ text: String) {
@@ -93,6 +99,10 @@ public enum CallerPattern: Sendable, Equatable, CustomStringConvertible {
         case "exe":
             guard value.hasPrefix("/") else { return nil }
             self = .exe(value)
+        case "k8s":
+            let parts = value.split(separator: "/", omittingEmptySubsequences: false)
+            guard parts.count == 2, parts.allSatisfy({ !$0.isEmpty }) else { return nil }
+            self = .k8s(namespace: String(parts[0]), serviceAccount: String(parts[1]))
         default: return nil
         }
     }
@@ -104,6 +114,7 @@ public enum CallerPattern: Sendable, Equatable, CustomStringConvertible {
         case .unit(let name): return "unit:\(name)"
         case .cgroup(let prefix): return "cgroup:\(prefix)"
         case .exe(let path): return "exe:\(path)"
+        case .k8s(let namespace, let account): return "k8s:\(namespace)/\(account)"
         }
     }
 
@@ -124,6 +135,9 @@ public enum CallerPattern: Sendable, Equatable, CustomStringConvertible {
             guard let cgroup = details().cgroup else { return false }
             return cgroup == prefix || cgroup.hasPrefix(prefix.hasSuffix("/") ? prefix : prefix + "/")
         case .exe(let path): return details().exe == path
+        case .k8s(let namespace, let account):
+            guard let pod = details().pod else { return false }
+            return pod.namespace == namespace && (account == "*" || pod.serviceAccount == account)
         }
     }
 
@@ -183,7 +197,7 @@ public struct AccessRule: Sendable {
             guard let pattern = CallerPattern(text) else {
                 throw section.error(
                     "allow",
-                    "access rule #\(index + 1): '\(text)' is not a caller (\(CallerPattern.kinds.map { "\($0):..." }.joined(separator: ", ")); uid/gid take a number or a name, cgroup and exe an absolute path)")
+                    "access rule #\(index + 1): '\(text)' is not a caller (\(CallerPattern.kinds.map { "\($0):..." }.joined(separator: ", ")); uid/gid take a number or a name, cgroup and exe an absolute path, k8s namespace/serviceaccount)")
             }
             allow.append(pattern)
         }

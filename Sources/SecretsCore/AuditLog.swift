@@ -44,6 +44,11 @@ public struct AuditEntry: Sendable {
         if let exe = details.exe { fields.append(("exe", JSONText.quoted(exe))) }
         if let unit = details.unit { fields.append(("unit", JSONText.quoted(unit))) }
         if let cgroup = details.cgroup { fields.append(("cgroup", JSONText.quoted(cgroup))) }
+        if let pod = details.pod {
+            fields.append(("namespace", JSONText.quoted(pod.namespace)))
+            fields.append(("pod", JSONText.quoted(pod.name)))
+            fields.append(("service_account", JSONText.quoted(pod.serviceAccount)))
+        }
         if let cache { fields.append(("cache", JSONText.quoted(cache))) }
         if let keys { fields.append(("keys", "[" + keys.map(JSONText.quoted).joined(separator: ",") + "]")) }
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"

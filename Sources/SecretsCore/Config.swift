@@ -14,6 +14,8 @@ public struct Config: Sendable {
     public var metrics: MetricsListen?
     /// `[api]`: the Dapr-compatible secrets API; nil: off.
     public var api: ApiConfig?
+    /// `[csi]`: the Kubernetes CSI node plugin; nil: off.
+    public var csi: CSIConfig?
     /// `[[files]]`: whole-env files rendered at open.
     public var files: [RenderedFileConfig] = []
 
@@ -31,7 +33,7 @@ public struct Config: Sendable {
     public static func parse(text: String, file: String) throws(LocatedError) -> Config {
         let document = try TOMLDocument(file: file, text: text)
         let root = ConfigSection(document: document, path: [], values: document.root)
-        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit", "metrics", "api", "files"])
+        try root.rejectUnknown(allowed: ["mount", "cache", "stores", "scopes", "access", "audit", "metrics", "api", "files", "csi"])
 
         let mount = try MountConfig(root.section("mount"))
         let cache = try CacheConfig(root.section("cache"))
@@ -106,6 +108,7 @@ public struct Config: Sendable {
             config.metrics = parsed
         }
         if root.values["api"] != nil { config.api = try ApiConfig(root.section("api")) }
+        if root.values["csi"] != nil { config.csi = try CSIConfig(root.section("csi")) }
         return config
     }
 
@@ -146,6 +149,36 @@ public struct MountConfig: Sendable {
         dirMode = try section.mode("dir_mode") ?? 0o500
         noOpen = try section.bool("no_open") ?? true
         autoUnmount = try section.bool("auto_unmount") ?? true
+    }
+}
+
+/// `[csi]`: a CSI node plugin (Identity and Node, CSI v1) on a unix socket, publishing inline ephemeral volumes
+/// (`csi: { driver: ..., volumeAttributes: { path: <store or scope>/<env> } }`) as per-pod views of the mount.
+public struct CSIConfig: Sendable {
+    /// The unix socket kubelet (and the node-driver-registrar) dial.
+    public var socket: String
+    /// The driver name pods and the CSIDriver object use.
+    public var driver: String
+    /// This node's name for NodeGetInfo: the config's, else `$KUBE_NODE_NAME`, else the host name.
+    public var nodeID: String?
+
+    public static let defaultDriver = "csi.secretsfs.dev"
+
+    init(_ section: ConfigSection) throws(LocatedError) {
+        try section.rejectUnknown(allowed: ["socket", "driver", "node_id"])
+        guard let socket = try section.path("socket") else {
+            throw section.error(nil, "[csi] needs socket = \"/csi/csi.sock\" (the plugin's unix socket)")
+        }
+        self.socket = socket
+        driver = try section.string("driver") ?? Self.defaultDriver
+        // A CSI driver name is a DNS-1123 subdomain of at most 63 characters.
+        let valid = !driver.isEmpty && driver.count <= 63 && driver.utf8.allSatisfy {
+            ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d || $0 == 0x2e
+        } && driver.first != "." && driver.first != "-" && driver.last != "." && driver.last != "-"
+        guard valid else {
+            throw section.error("driver", "driver must be a DNS name of at most 63 characters (lower case), such as \(Self.defaultDriver)")
+        }
+        if let raw = try section.string("node_id") { nodeID = try section.expand(raw, key: "node_id") }
     }
 }
 

@@ -308,6 +308,13 @@ public final class Supervisor {
                 ])
             return nil
         }
+        // CSI volumes' records exist from version 3 on: an older binary could not read the node table.
+        if version < HandoverProtocol.csiVolumes && state.table.holdsVolumes {
+            logger.error(
+                "the binary on disk speaks a handover protocol without CSI volumes while volumes are published; refusing, the running worker keeps serving",
+                metadata: ["binary": "\(binary)", "for": "\(purpose)", "version": "\(version)"])
+            return nil
+        }
         if version != HandoverProtocol.current {
             logger.notice("speaking an older handover protocol with the binary on disk", metadata: [
                 "binary": "\(binary)", "for": "\(purpose)", "version": "\(version)",

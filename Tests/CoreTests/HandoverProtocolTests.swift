@@ -51,7 +51,7 @@ struct HandoverProtocolTests {
         #expect(HandoverProtocol.parseAnnouncement("secretsfs-handover 3 1") == nil)
     }
 
-    @Test("the re-exec state round-trips in every version; versions 1 and 2 start with their magic and version")
+    @Test("the re-exec state round-trips in every version; versions 1 to 3 start with their magic and version")
     func stateRoundTrip() throws {
         let worker = SupervisorState.RunningWorker(pid: 4242, channelFD: 9, serving: true, protocolVersion: 2, inflightFD: 11)
         let state = SupervisorState(
@@ -59,9 +59,13 @@ struct HandoverProtocolTests {
             configText: "[mount]\n", noOpen: true, logLevel: "info", everServed: true, worker: worker, restarts: 2,
             table: table())
         let current = state.encoded()
-        #expect(Array(current[0..<6]) == Array("SFSR".utf8) + [2, 0])
+        #expect(Array(current[0..<6]) == Array("SFSR".utf8) + [3, 0])
         let (decoded, version) = try SupervisorState.decode(current)
-        #expect(decoded == state && version == 2)
+        #expect(decoded == state && version == 3)
+        // Version 3 adds node records (CSI volumes) only: the rest is version 2's.
+        let two = state.encoded(version: 2)
+        #expect(Array(two[0..<6]) == Array("SFSR".utf8) + [2, 0] && Array(two[6...]) == Array(current[6...]))
+        #expect(try SupervisorState.decode(two) == (state, 2))
         // Version 1 cannot carry the in-flight page: the worker it resumes then has none.
         var withoutPage = state
         withoutPage.worker?.inflightFD = -1
@@ -161,7 +165,7 @@ struct HandoverProtocolTests {
             _ = try WorkerHandshake.accept(fd: futureWorker)
             Issue.record("a version-9 supervisor was accepted")
         } catch {
-            #expect(error.code == .unsupported && error.message.contains("9") && error.message.contains("0 to 2"))
+            #expect(error.code == .unsupported && error.message.contains("9") && error.message.contains("0 to 3"))
         }
     }
 

@@ -46,26 +46,54 @@ public final class PodmanReader: @unchecked Sendable {
 
     /// Starts the container: `source` (a folder of the mount) at /run/secrets; `files` maps a file name to the
     /// values it may hold (no commas in them). Returns once the container's loop runs.
-    public init(source: String, files: [String: [String]], seconds: Int) throws {
-        let (podman, busybox) = try Self.requireRuntime()
-        folder = try TemporaryDirectory()
+    /// A busybox root filesystem in `folder` and a containers.conf for this machine; returns (rootfs, conf).
+    static func prepare(_ folder: TemporaryDirectory, busybox: String) throws -> (String, String) {
         let rootfs = folder.file("rootfs")
         for dir in ["bin", "proc", "dev", "sys", "tmp", "etc", "run"] {
             try FileManager.default.createDirectory(atPath: rootfs + "/" + dir, withIntermediateDirectories: true)
         }
         try FileManager.default.copyItem(atPath: busybox, toPath: rootfs + "/bin/busybox")
-        for link in ["sh", "cat", "sleep", "date"] {
+        for link in ["sh", "cat", "sleep", "date", "ls", "id", "stat"] {
             try FileManager.default.createSymbolicLink(atPath: rootfs + "/bin/" + link, withDestinationPath: "busybox")
         }
-        let control = folder.file("control")
-        try FileManager.default.createDirectory(atPath: control, withIntermediateDirectories: true)
         // Podman's default ulimits exceed this machine's hard NOFILE limit; a project-local containers.conf drops them.
         let conf = try folder.write("containers.conf", "[containers]\ndefault_ulimits = []\n", mode: 0o644)
+        return (rootfs, conf)
+    }
+
+    /// The options that place a container in a pod's cgroup, as kubelet's cgroupfs driver does.
+    static func cgroupOptions(_ parent: String?) -> [String] {
+        parent.map { ["--cgroup-manager", "cgroupfs", "--cgroup-parent", $0] } ?? []
+    }
+
+    /// Runs `script` once in a container (uid 65534, `source` at /run/secrets, in cgroup `cgroupParent`), with
+    /// `groups` as supplementary groups; returns its status and output.
+    public static func runOnce(
+        source: String, script: String, cgroupParent: String? = nil, groups: [UInt32] = []
+    ) throws -> ProcessResult {
+        let (podman, busybox) = try requireRuntime()
+        let folder = try TemporaryDirectory()
+        defer { folder.remove() }
+        let (rootfs, conf) = try prepare(folder, busybox: busybox)
+        return try run(
+            [podman, "run", "--rm", "--network", "none", "--user", "65534:65534"]
+                + groups.flatMap { ["--group-add", "\($0)"] } + cgroupOptions(cgroupParent)
+                + ["-v", "\(source):/run/secrets:ro", "--rootfs", rootfs, "/bin/sh", "-c", script],
+            environment: ["CONTAINERS_CONF": conf], timeout: 120)
+    }
+
+    public init(source: String, files: [String: [String]], seconds: Int, cgroupParent: String? = nil) throws {
+        let (podman, busybox) = try Self.requireRuntime()
+        folder = try TemporaryDirectory()
+        let (rootfs, conf) = try Self.prepare(folder, busybox: busybox)
+        let control = folder.file("control")
+        try FileManager.default.createDirectory(atPath: control, withIntermediateDirectories: true)
         try Data(Self.script.utf8).write(to: URL(fileURLWithPath: folder.file("reader.sh")))
         process = Process()
         process.executableURL = URL(fileURLWithPath: podman)
         process.arguments = [
             "run", "--rm", "--network", "none", "--user", "65534:65534",
+        ] + Self.cgroupOptions(cgroupParent) + [
             "-v", "\(source):/run/secrets:ro", "-v", "\(control):/run/control:ro",
             "-v", "\(folder.file("reader.sh")):/reader.sh:ro",
             "--rootfs", rootfs, "/bin/sh", "/reader.sh", "\(seconds)",

@@ -43,8 +43,8 @@ public final class DirectoryHandles: Sendable {
 
 extension FileSystemCore {
     /// A directory's listing as readdir shows it: `.` and `..` first, then the entries.
-    public func listing(_ inode: UInt64) throws(SecretsError) -> [DirectoryEntry] {
-        let entries = try list(inode)
+    public func listing(_ inode: UInt64, caller: Caller? = nil) throws(SecretsError) -> [DirectoryEntry] {
+        let entries = try list(inode, caller: caller)
         return [
             DirectoryEntry(name: ".", inode: inode, isDirectory: true),
             DirectoryEntry(name: "..", inode: parent(of: inode), isDirectory: true),

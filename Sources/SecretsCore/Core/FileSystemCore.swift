@@ -22,7 +22,7 @@ public final class FileSystemCore: Sendable {
     public let reader: SecretReader
     public let policy: AccessPolicy
     let gate: AccessGate
-    let inodes = InodeRegistry()
+    let inodes: InodeRegistry
     let health: StoreHealthBoard
     let changes: ChangePropagation
     let listings: EnvListingCache
@@ -41,7 +41,16 @@ public final class FileSystemCore: Sendable {
         self.cache = config.cache
         self.clock = clock
         self.policy = AccessPolicy(config: config)
-        self.gate = AccessGate(policy: policy, audit: audit, callerDetails: callerDetails)
+        let inodes = InodeRegistry()
+        self.inodes = inodes
+        // A caller in a pod a CSI volume was published for is known by that pod's identity (rules, audit).
+        self.gate = AccessGate(policy: policy, audit: audit, callerDetails: { pid in
+            var details = callerDetails(pid)
+            if let uid = details.cgroup.flatMap(PodIdentity.podUID(inCgroup:)) {
+                details.pod = inodes.read { $0.volumes.values.first { $0.pod.uid == uid }?.pod }
+            }
+            return details
+        })
         self.health = StoreHealthBoard(clock: clock, logger: logger)
         let views = EnvViewCache(
             resolver: resolver, health: health, ttl: config.cache.ttl, staleIfError: config.cache.staleIfError)
@@ -72,8 +81,32 @@ public final class FileSystemCore: Sendable {
         }
         switch kind {
         case .root:
+            if name == CSIVolume.directory, let inode = inodes.read({ $0.existingDirectory(.volumes) }) {
+                return EntryReply(
+                    attributes: directoryAttributes(inode), entryTimeout: directoryTimeout,
+                    attributeTimeout: directoryTimeout)
+            }
             guard resolver.tops[name] != nil else { throw SecretsError(.notFound, "no store or scope '\(name)'") }
             return directoryEntry(.top(name))
+        case .volumes:
+            guard let inode = inodes.read({ $0.existingDirectory(.volume(name)) }) else {
+                throw SecretsError(.notFound, "no CSI volume '\(name)' is published")
+            }
+            return EntryReply(attributes: directoryAttributes(inode), entryTimeout: 0, attributeTimeout: directoryTimeout)
+        case .volume(let id):
+            let volume = try admit(caller, to: id)
+            guard EntryName.isValid(name), volume.shows(name) else {
+                throw SecretsError(.notFound, "no key '\(name)' in this volume")
+            }
+            let path = InodeTable.FilePath(top: volume.top, env: volume.env, key: name, view: id)
+            // Every open through a view is checked: entry timeout 0.
+            return try gate.read(path, caller: caller, via: "csi", usingKeys: { () throws(SecretsError) in
+                var (reply, cache, keys) = try lookupFailures.answer(path) { () throws(SecretsError) in
+                    try fileEntry(path, parent: parent)
+                }
+                reply.entryTimeout = 0
+                return (reply, cache, keys)
+            })
         case .top(let top):
             // A file of every env ([[files]] path = "<top>/<name>") beside the env directories.
             if resolver.rendered.file(top: top, env: RenderedFiles.allEnvs, name: name) != nil {
@@ -145,11 +178,13 @@ public final class FileSystemCore: Sendable {
         let answer = try reader.value(path, now: clock())
         let now = CoreClock.wall()
         // One lock hold decides the inode and its snapshot together.
-        let (inode, node) = inodes.update { table, digest, events in
-            table.fileLookup(path, parent: parent, bytes: answer.bytes, now: now, digest: digest, events: &events)
+        let attributes = inodes.update { table, digest, events in
+            let (inode, node) = table.fileLookup(
+                path, parent: parent, bytes: answer.bytes, now: now, digest: digest, events: &events)
+            return fileAttributes(inode, node, in: table)
         }
         let reply = EntryReply(
-            attributes: fileAttributes(inode, node), entryTimeout: answer.timeout,
+            attributes: attributes, entryTimeout: answer.timeout,
             attributeTimeout: Self.fileAttributeTimeout)
         return (reply, answer.cache, answer.keys)
     }
@@ -169,17 +204,25 @@ public final class FileSystemCore: Sendable {
     // MARK: - Attributes, forget, read
 
     public func attributes(_ inode: UInt64) throws(SecretsError) -> (NodeAttributes, Double) {
-        let (isDirectory, node) = inodes.read { ($0.directories[inode] != nil, $0.files[inode]) }
+        let (isDirectory, file) = inodes.read { table in
+            (table.directories[inode] != nil, table.files[inode].map { fileAttributes(inode, $0, in: table) })
+        }
         if isDirectory { return (directoryAttributes(inode), directoryTimeout) }
-        if let node { return (fileAttributes(inode, node), Self.fileAttributeTimeout) }
+        if let file { return (file, Self.fileAttributeTimeout) }
         throw SecretsError(.notFound, "unknown inode \(inode)")
     }
 
     private func directoryAttributes(_ inode: UInt64) -> NodeAttributes {
-        let owner: AccessPolicy.Attributes
-        switch inodes.read({ $0.directories[inode] }) {
-        case .top(let top)?: owner = policy.directory(top: top, env: nil)
-        case .env(let top, let env)?: owner = policy.directory(top: top, env: env)
+        var owner: AccessPolicy.Attributes
+        switch inodes.read({ table in table.directories[inode].map { ($0, table.volumes) } }) {
+        case (.top(let top), _)?: owner = policy.directory(top: top, env: nil)
+        case (.env(let top, let env), _)?: owner = policy.directory(top: top, env: env)
+        case (.volume(let id), let volumes)?:
+            owner = policy.directory(top: nil, env: nil)
+            if let volume = volumes[id] {
+                owner.gid = volume.group ?? owner.gid
+                owner.mode = volume.directoryMode
+            }
         default: owner = policy.directory(top: nil, env: nil)
         }
         return NodeAttributes(
@@ -187,9 +230,15 @@ public final class FileSystemCore: Sendable {
             modified: mountedAt)
     }
 
-    private func fileAttributes(_ inode: UInt64, _ node: InodeTable.FileNode) -> NodeAttributes {
-        let owner = policy.file(top: node.path.top, env: node.path.env, key: node.path.key)
-        let detached = inodes.read { $0.current[node.path] != inode }
+    /// A file's attributes as `table` has them (called with the table locked).
+    private func fileAttributes(_ inode: UInt64, _ node: InodeTable.FileNode, in table: InodeTable) -> NodeAttributes {
+        var owner = policy.file(top: node.path.top, env: node.path.env, key: node.path.key)
+        // A view's files are the pod's: readable in the pod (the view refuses everyone else), or by its fsGroup.
+        if !node.path.view.isEmpty, let volume = table.volumes[node.path.view] {
+            owner.gid = volume.group ?? owner.gid
+            owner.mode = volume.fileMode
+        }
+        let detached = table.current[node.path] != inode
         return NodeAttributes(
             inode: inode, isDirectory: false, size: node.size, mode: owner.mode, uid: owner.uid, gid: owner.gid,
             modified: node.modified, detached: detached)
@@ -231,11 +280,28 @@ public final class FileSystemCore: Sendable {
         return last
     }
 
-    public func list(_ inode: UInt64) throws(SecretsError) -> [DirectoryEntry] {
+    public func list(_ inode: UInt64, caller: Caller? = nil) throws(SecretsError) -> [DirectoryEntry] {
         guard let kind = inodes.read({ $0.directories[inode] }) else {
             throw SecretsError(.notFound, "unknown directory inode \(inode)")
         }
         switch kind {
+        case .volumes:
+            // Volume ids are not listed: a view is reached only through its pod's bind mount.
+            return []
+        case .volume(let id):
+            let volume = try admit(caller, to: id)
+            let view = try reader.views.view(EnvKey(top: volume.top, env: volume.env), now: clock()).view
+            let renderedNames = resolver.rendered.names(top: volume.top, env: volume.env)
+            let keys = (health.usableNames(
+                view.keys.filter { !renderedNames.contains($0) }, top: volume.top, env: volume.env) + renderedNames)
+                .filter(volume.shows)
+            return inodes.read { table in
+                keys.enumerated().map { index, key in
+                    let path = InodeTable.FilePath(top: volume.top, env: volume.env, key: key, view: id)
+                    return DirectoryEntry(
+                        name: key, inode: table.current[path] ?? UInt64.max - UInt64(index), isDirectory: false)
+                }
+            }
         case .root:
             return inodes.update { table, _, events in
                 resolver.topNames.map {

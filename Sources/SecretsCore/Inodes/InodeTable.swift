@@ -3,11 +3,14 @@
 public enum NodeRecord: Sendable, Equatable {
     case directory(inode: UInt64, top: String?, env: String?)
     case file(FileRecord)
+    /// A published CSI volume's view (nil: the `.csi` directory that holds the views). Removed at unpublish.
+    case volume(inode: UInt64, CSIVolume?)
 
     public var inode: UInt64 {
         switch self {
         case .directory(let inode, _, _): return inode
         case .file(let file): return file.inode
+        case .volume(let inode, _): return inode
         }
     }
 }
@@ -24,11 +27,14 @@ public struct FileRecord: Sendable, Equatable {
     public var modifiedSeconds: Int
     public var modifiedNanoseconds: Int
     public var digest: [UInt8]
+    /// The CSI volume whose view the node is in ("": the tree's own node).
+    public var view: String
 
     public init(
         inode: UInt64, parent: UInt64, top: String, env: String, key: String, size: Int, modifiedSeconds: Int,
-        modifiedNanoseconds: Int, digest: [UInt8]
+        modifiedNanoseconds: Int, digest: [UInt8], view: String = ""
     ) {
+        self.view = view
         self.inode = inode
         self.parent = parent
         self.top = top
@@ -60,17 +66,25 @@ public struct InodeTable: Sendable {
         case root
         case top(String)
         case env(top: String, env: String)
+        /// `.csi`, the directory of the published CSI volumes' views (never listed).
+        case volumes
+        /// One published volume's view, by volume id.
+        case volume(String)
     }
 
     public struct FilePath: Hashable, Sendable {
         public var top: String
         public var env: String
         public var key: String
+        /// The CSI volume whose view the name is in ("": the tree's own name). A view has nodes of its own, since
+        /// their owner and modes are the pod's.
+        public var view: String
 
-        public init(top: String, env: String, key: String) {
+        public init(top: String, env: String, key: String, view: String = "") {
             self.top = top
             self.env = env
             self.key = key
+            self.view = view
         }
     }
 
@@ -97,7 +111,8 @@ public struct InodeTable: Sendable {
             .file(
                 FileRecord(
                     inode: inode, parent: parent, top: path.top, env: path.env, key: path.key, size: size,
-                    modifiedSeconds: modified.seconds, modifiedNanoseconds: modified.nanoseconds, digest: digest))
+                    modifiedSeconds: modified.seconds, modifiedNanoseconds: modified.nanoseconds, digest: digest,
+                    view: path.view))
         }
     }
 
@@ -107,6 +122,8 @@ public struct InodeTable: Sendable {
     public private(set) var files: [UInt64: FileNode] = [:]
     /// The node each path's name leads to now.
     public private(set) var current: [FilePath: UInt64] = [:]
+    /// The published CSI volumes, by volume id.
+    public private(set) var volumes: [String: CSIVolume] = [:]
 
     public init() {}
 
@@ -121,8 +138,37 @@ public struct InodeTable: Sendable {
         let inode = allocate()
         directoryInodes[kind] = inode
         directories[inode] = kind
-        events.append(.issued(kind.record(inode)))
+        events.append(.issued(kind.record(inode, volume: nil)))
         return inode
+    }
+
+    /// Publishes a CSI volume's view: its directory id, the same for a publish repeated with the same volume.
+    /// Nil when `id` is already published differently (another target, path or pod).
+    public mutating func publish(_ volume: CSIVolume, events: inout [NodeEvent]) -> UInt64? {
+        if let existing = volumes[volume.id] {
+            guard existing == volume else { return nil }
+            return directoryInodes[.volume(volume.id)]
+        }
+        _ = directoryInode(.volumes, events: &events)
+        let inode = allocate()
+        directoryInodes[.volume(volume.id)] = inode
+        directories[inode] = .volume(volume.id)
+        volumes[volume.id] = volume
+        events.append(.issued(.volume(inode: inode, volume)))
+        return inode
+    }
+
+    /// Removes a volume's view (after its bind mount is gone); nodes still held stay until forgotten. False when
+    /// it was not published.
+    @discardableResult
+    public mutating func unpublish(_ id: String, events: inout [NodeEvent]) -> Bool {
+        guard volumes.removeValue(forKey: id) != nil, let inode = directoryInodes.removeValue(forKey: .volume(id)) else {
+            return false
+        }
+        directories.removeValue(forKey: inode)
+        for path in current.keys where path.view == id { current.removeValue(forKey: path) }
+        events.append(.forgotten(inode))
+        return true
     }
 
     /// The id of a directory already issued, if any (no new id).
@@ -192,8 +238,13 @@ public struct InodeTable: Sendable {
                 if kind == .root && inode != Self.rootInode { continue }
                 directories[inode] = kind
                 directoryInodes[kind] = inode
+            case .volume(let inode, let volume):
+                let kind: DirectoryKind = volume.map { .volume($0.id) } ?? .volumes
+                directories[inode] = kind
+                directoryInodes[kind] = inode
+                if let volume { volumes[volume.id] = volume }
             case .file(let file):
-                let path = FilePath(top: file.top, env: file.env, key: file.key)
+                let path = FilePath(top: file.top, env: file.env, key: file.key, view: file.view)
                 files[file.inode] = FileNode(
                     path: path, parent: file.parent, bytes: nil, size: file.size, digest: file.digest,
                     modified: (file.modifiedSeconds, file.modifiedNanoseconds),
@@ -208,17 +259,19 @@ public struct InodeTable: Sendable {
     public func parent(of inode: UInt64) -> UInt64 {
         switch directories[inode] {
         case .env(let top, _)?: return directoryInodes[.top(top)] ?? Self.rootInode
+        case .volume?: return directoryInodes[.volumes] ?? Self.rootInode
         default: return Self.rootInode
         }
     }
 }
 
 extension InodeTable.DirectoryKind {
-    func record(_ inode: UInt64) -> NodeRecord {
+    func record(_ inode: UInt64, volume: CSIVolume?) -> NodeRecord {
         switch self {
         case .root: return .directory(inode: inode, top: nil, env: nil)
         case .top(let top): return .directory(inode: inode, top: top, env: nil)
         case .env(let top, let env): return .directory(inode: inode, top: top, env: env)
+        case .volumes, .volume: return .volume(inode: inode, volume)
         }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Crypto
+import CSIPlugin
 import DaprGRPC
 import Foundation
 import FuseBridge
@@ -134,6 +135,17 @@ struct Worker {
             try server.serve(fd: fuseFD, initRequest: hello.initRequest, reload: hello.reload) {
                 channel.send(.serving)
                 let reload = hello.reload
+                // The CSI plugin's publishes walk this mount: it starts once the connection is served.
+                if let csi = prepared.config.csi {
+                    if channel.version >= HandoverProtocol.csiVolumes {
+                        CSIPlugin.start(
+                            core: core, config: csi, mountPath: hello.mountPath,
+                            version: "handover-\(HandoverProtocol.current)", ready: { true }, logger: serving)
+                    } else {
+                        serving.error(
+                            "[csi] needs handover protocol \(HandoverProtocol.csiVolumes); the supervisor speaks \(channel.version): CSI stays off until it is upgraded")
+                    }
+                }
                 Thread {
                     if !reload { probe() }
                     // Change notices start once this worker serves (subscribing may wait on a backend).

@@ -1,0 +1,233 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// The CSI node plugin ([csi]) as kubelet uses it: a Python stand-in makes kubelet's calls on the plugin's socket;
+/// pods are real containers (podman + runc) in the pod's cgroup, reading the target path kubelet would bind.
+@Suite("Kubernetes CSI volumes", .serialized)
+struct CSITests {
+    static let secrets = """
+        [default]
+        PORT = 1234
+
+        [production]
+        PASSWORD = "pw-1"
+        DB_HOST = "db-1"
+        DB_USER = "app"
+        API_TOKEN = "tok-1"
+        """
+
+    /// A mount with [csi] on a socket in the fixture, an audit log, and `extra` TOML.
+    func mount(_ fixture: Fixture, extra: String = "") throws -> (MountedSecretsFS, CSIKubelet) {
+        _ = try PodmanReader.requireRuntime()
+        chmod(fixture.dir.path, 0o755)
+        try fixture.writeEncrypted("secrets.toml.age", Self.secrets)
+        let config = try fixture.writeConfig(extra: """
+            [csi]
+            socket = "\(fixture.dir.file("csi.sock"))"
+            node_id = "node-a"
+
+            [audit]
+            path = "\(fixture.dir.file("audit.log"))"
+            paths = ["local/production/*"]
+
+            \(extra)
+            """)
+        var text = try String(contentsOfFile: config, encoding: .utf8)
+        text = text.replacingOccurrences(of: "[mount]\n", with: "[mount]\nallow_other = true\n")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let fs = try fixture.mount(config: config)
+        let kubelet = try CSIKubelet(socket: fixture.dir.file("csi.sock"), root: fixture.dir.file("kubelet"))
+        try kubelet.waitUntilServing()
+        return (fs, kubelet)
+    }
+
+    /// Unmounts whatever a failed test left at kubelet's target paths.
+    func cleanUp(_ kubelet: CSIKubelet) {
+        if let mounts = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) {
+            for line in mounts.split(separator: "\n") {
+                let fields = line.split(separator: " ")
+                if fields.count > 4, fields[4].hasPrefix(kubelet.root) { umount2(String(fields[4]), Int32(MNT_DETACH)) }
+            }
+        }
+        kubelet.remove()
+    }
+
+    func publish(
+        _ kubelet: CSIKubelet, _ pod: TestPod, volume: String = "secrets", path: String = "local/production",
+        keys: String? = nil, fsGroup: Int? = nil, readonly: Bool = true, extra: [String: String] = [:]
+    ) throws -> CSIKubelet.Answer {
+        var attributes = ["path": path].merging(extra) { _, new in new }
+        if let keys { attributes["keys"] = keys }
+        var arguments: [String: Any] = [
+            "volume_id": "csi-\(pod.uid.prefix(8))-\(volume)", "target_path": kubelet.targetPath(podUID: pod.uid, volume: volume),
+            "readonly": readonly, "attributes": attributes, "pod": pod.context,
+        ]
+        if let fsGroup { arguments["fs_group"] = fsGroup }
+        return try kubelet.call("publish", arguments)
+    }
+
+    func unpublish(_ kubelet: CSIKubelet, _ pod: TestPod, volume: String = "secrets") throws -> CSIKubelet.Answer {
+        try kubelet.call("unpublish", [
+            "volume_id": "csi-\(pod.uid.prefix(8))-\(volume)", "target_path": kubelet.targetPath(podUID: pod.uid, volume: volume),
+        ])
+    }
+
+    func mountCount(at path: String) -> Int {
+        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").filter { $0.split(separator: " ").dropFirst(4).first.map(String.init) == path }.count
+    }
+
+    /// open(2) + read of an absolute path with a timeout: the bytes, or the errno.
+    func readFile(_ path: String, _ fs: MountedSecretsFS) throws -> Result<String, FSError> {
+        try withTimeout(10, onTimeout: fs.abortConnection) {
+            let fd = open(path, O_RDONLY)
+            guard fd >= 0 else { return .failure(FSError(code: errno)) }
+            defer { close(fd) }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let count = read(fd, &buffer, buffer.count)
+            guard count >= 0 else { return .failure(FSError(code: errno)) }
+            return .success(String(decoding: buffer[0..<count], as: UTF8.self))
+        }
+    }
+
+    @Test("kubelet's calls: plugin info, capabilities, probe; a pod reads its view through a worker SIGKILL and a reload")
+    func publishAndServe() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let (fs, kubelet) = try mount(fixture)
+        defer { cleanUp(kubelet) }
+        let info = try kubelet.call("info")
+        #expect(info.ok && info.fields["name"] == "csi.secretsfs.dev" && info.fields["node_id"] == "node-a")
+        #expect(info.fields["ready"] == "1" || info.fields["ready"] == "true", "\(info.fields)")
+        #expect(info.fields["node_capabilities"]?.contains("VOLUME_MOUNT_GROUP") == true, "\(info.fields)")
+
+        let pod = TestPod(name: "api-7d9f", namespace: "billing", serviceAccount: "api")
+        let published = try publish(kubelet, pod, keys: "DB_*,PASSWORD")
+        #expect(published.ok, "\(published.code ?? "") \(published.details)")
+        let target = kubelet.targetPath(podUID: pod.uid, volume: "secrets")
+        #expect(mountCount(at: target) == 1)
+        // kubelet retries a publish it did not see answered: the same call again changes nothing.
+        #expect(try publish(kubelet, pod, keys: "DB_*,PASSWORD").ok)
+        #expect(mountCount(at: target) == 1)
+        // The bind is read-only and shows only the keys the globs name.
+        let options = (try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)).split(separator: "\n")
+            .first { $0.split(separator: " ").dropFirst(4).first.map(String.init) == target }.map(String.init) ?? ""
+        #expect(options.split(separator: " ").dropFirst(5).first?.hasPrefix("ro") == true, "\(options)")
+        #expect(!(try fs.list("")).contains(".csi"), "the views' directory is not listed")
+
+        let listing = try PodmanReader.runOnce(
+            source: target, script: "ls /run/secrets; id -u", cgroupParent: pod.cgroupParent)
+        #expect(listing.stdoutText.split(separator: "\n") == ["DB_HOST", "DB_USER", "PASSWORD", "65534"], "\(listing.stdoutText) \(listing.stderr)")
+
+        let reader = try PodmanReader(
+            source: target, files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"], "DB_USER": ["app"]], seconds: 120,
+            cgroupParent: pod.cgroupParent)
+        defer { reader.stop() }
+        try reader.waitForReads()
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        try reader.waitForReads()
+        kill(fs.process.processIdentifier, SIGHUP)
+        try fs.waitForLog("reloaded: the new worker serves")
+        try reader.waitForReads()
+        // The volume, recorded with the supervisor's node table, is still published in the new worker.
+        try kubelet.waitUntilServing()
+        #expect(try publish(kubelet, pod, keys: "DB_*,PASSWORD").ok)
+        #expect(mountCount(at: target) == 1)
+        let report = try reader.wait(timeout: 60, onTimeout: fs.abortConnection)
+        #expect(report.failed == 0 && report.unexpected == 0, "\(report.failed) failed, \(report.unexpected) unexpected")
+        #expect(report.ok >= 20)
+
+        // Audit lines carry the pod's identity.
+        let audit = try String(contentsOfFile: fixture.dir.file("audit.log"), encoding: .utf8)
+        let line = audit.split(separator: "\n").last { $0.contains("\"via\":\"csi\"") }.map(String.init) ?? ""
+        #expect(line.contains("\"namespace\":\"billing\"") && line.contains("\"pod\":\"api-7d9f\"")
+            && line.contains("\"service_account\":\"api\""), "\(line)")
+        #expect(!audit.contains("pw-1") && !fs.log.contains("pw-1") && !fs.log.contains("db-1"))
+
+        // Unpublish removes the mount and the directory; repeated, it still succeeds.
+        #expect(try unpublish(kubelet, pod).ok)
+        #expect(mountCount(at: target) == 0 && !FileManager.default.fileExists(atPath: target))
+        #expect(try unpublish(kubelet, pod).ok)
+        #expect(try publish(kubelet, pod, keys: "DB_*,PASSWORD").ok)
+        #expect(mountCount(at: target) == 1)
+        #expect(try unpublish(kubelet, pod).ok)
+    }
+
+    @Test("another pod and a node process get EACCES on a pod's view; k8s: rules and fsGroup")
+    func perPodIdentity() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let (fs, kubelet) = try mount(fixture, extra: """
+            [[access]]
+            path = "local/production/API_TOKEN"
+            allow = ["k8s:billing/api"]
+            """)
+        defer { cleanUp(kubelet) }
+        let api = TestPod(name: "api-1", namespace: "billing", serviceAccount: "api")
+        let batch = TestPod(name: "batch-1", namespace: "billing", serviceAccount: "batch")
+        #expect(try publish(kubelet, api).ok)
+        #expect(try publish(kubelet, batch, fsGroup: 2000).ok)
+        let apiTarget = kubelet.targetPath(podUID: api.uid, volume: "secrets")
+        let batchTarget = kubelet.targetPath(podUID: batch.uid, volume: "secrets")
+
+        let own = try PodmanReader.runOnce(
+            source: apiTarget, script: "cat /run/secrets/PASSWORD; echo; cat /run/secrets/API_TOKEN",
+            cgroupParent: api.cgroupParent)
+        #expect(own.status == 0 && own.stdoutText == "pw-1\ntok-1", "\(own.stderr)")
+        // The other pod, given the first pod's target path, is refused: the view serves one pod's cgroup.
+        let other = try PodmanReader.runOnce(
+            source: apiTarget, script: "cat /run/secrets/PASSWORD; echo status=$?", cgroupParent: batch.cgroupParent)
+        #expect(other.stdoutText.contains("status=1") && other.stderr.contains("Permission denied"), "\(other.stdoutText) \(other.stderr)")
+        // A process of the node (this test, root, in no pod) is refused too.
+        #expect(try readFile(apiTarget + "/PASSWORD", fs) == .failure(FSError(code: EACCES)))
+        // The access rule names a Kubernetes identity: batch's own view serves it everything but API_TOKEN.
+        let rule = try PodmanReader.runOnce(
+            source: batchTarget, script: "cat /run/secrets/DB_HOST; echo; cat /run/secrets/API_TOKEN; echo status=$?",
+            cgroupParent: batch.cgroupParent, groups: [2000])
+        #expect(rule.stdoutText.hasPrefix("db-1\n") && rule.stdoutText.contains("status=1"), "\(rule.stdoutText) \(rule.stderr)")
+        // fsGroup: the view's files are group 2000, mode 0440, so without the group the pod's user cannot read.
+        let attributes = try PodmanReader.runOnce(
+            source: batchTarget, script: "stat -c '%g %a' /run/secrets/DB_HOST /run/secrets", cgroupParent: batch.cgroupParent,
+            groups: [2000])
+        #expect(attributes.stdoutText == "2000 440\n2000 550\n", "\(attributes.stdoutText) \(attributes.stderr)")
+        let noGroup = try PodmanReader.runOnce(
+            source: batchTarget, script: "cat /run/secrets/DB_HOST; echo status=$?", cgroupParent: batch.cgroupParent)
+        #expect(noGroup.stdoutText.contains("status=1"), "\(noGroup.stdoutText)")
+        let audit = try String(contentsOfFile: fixture.dir.file("audit.log"), encoding: .utf8)
+        #expect(audit.contains("\"decision\":\"denied\"") && audit.contains("\"service_account\":\"batch\""))
+        #expect(try unpublish(kubelet, api).ok && unpublish(kubelet, batch).ok)
+    }
+
+    @Test("refusals name the attribute: unknown scope, env, key glob; not read-only; block; no pod info; unknown key")
+    func refusals() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let (_, kubelet) = try mount(fixture)
+        defer { cleanUp(kubelet) }
+        let pod = TestPod(name: "p", namespace: "n", serviceAccount: "s")
+        let cases: [(CSIKubelet.Answer, String)] = [
+            (try publish(kubelet, pod, path: "nosuch/production"), "no store or scope 'nosuch'"),
+            (try publish(kubelet, pod, path: "local/staging"), "no env 'staging'"),
+            (try publish(kubelet, pod, keys: "DB_*,NOPE_*"), "'NOPE_*' matches no key"),
+            (try publish(kubelet, pod, readonly: false), "readonly"),
+            (try publish(kubelet, pod, extra: ["pth": "x"]), "volume attribute 'pth' is unknown"),
+            (try publish(kubelet, pod, path: "local"), "volume attribute 'path'"),
+            (try kubelet.call("publish", [
+                "volume_id": "v1", "target_path": kubelet.targetPath(podUID: pod.uid, volume: "v"),
+                "attributes": ["path": "local/production", "csi.storage.k8s.io/ephemeral": "true"],
+            ]), "podInfoOnMount"),
+            (try kubelet.call("publish", [
+                "volume_id": "v2", "target_path": kubelet.targetPath(podUID: pod.uid, volume: "v"), "block": true,
+                "attributes": ["path": "local/production"], "pod": pod.context,
+            ]), "block"),
+        ]
+        for (answer, expected) in cases {
+            #expect(!answer.ok && answer.code == "INVALID_ARGUMENT" && answer.details.contains(expected), "\(answer)")
+        }
+        // Nothing was left mounted or created by a refused publish.
+        #expect(!FileManager.default.fileExists(atPath: kubelet.root + "/pods/\(pod.uid)/volumes/kubernetes.io~csi/secrets/mount"))
+    }
+}

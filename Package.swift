@@ -54,7 +54,7 @@ let package = Package(
             swiftSettings: strict
         ),
         // The supervisor/worker protocol: messages, node table, re-exec state, transport, versions.
-        .target(name: "Handover", dependencies: ["SecretsCore"], swiftSettings: strict),
+        .target(name: "Handover", dependencies: ["SecretsCore", "CLinux"], swiftSettings: strict),
         // The supervisor: event loop, worker processes, restart policy. Never links a store or the FUSE operations.
         .target(
             name: "Supervision",

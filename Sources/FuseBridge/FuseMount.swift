@@ -10,6 +10,8 @@ public struct FuseMount: Sendable {
     /// inherit it.
     public let fd: Int32
     public let path: String
+    /// fusermount3's auto_unmount sockets, held without close-on-exec (see `mount`).
+    public var unmountSockets: [Int32] = []
 
     public init(fd: Int32, path: String) {
         self.fd = fd
@@ -38,11 +40,17 @@ public struct FuseMount: Sendable {
         // is dead. Workers and a re-executed supervisor must hold that socket too, or it would close while a worker
         // still serves (and fusermount3 would leave without unmounting).
         // It moves above the numbers workers get theirs at (3 and 4), without close-on-exec.
-        for fd in socketDescriptors().subtracting(socketsBefore) {
+        var unmountSockets: [Int32] = []
+        for fd in socketDescriptors().subtracting(socketsBefore).sorted() {
             if fd >= 20 {
                 _ = fcntl(fd, F_SETFD, 0)
-            } else if fcntl(fd, F_DUPFD, 20) >= 0 {
-                close(fd)
+                unmountSockets.append(fd)
+            } else {
+                let moved = fcntl(fd, F_DUPFD, 20)
+                if moved >= 0 {
+                    close(fd)
+                    unmountSockets.append(moved)
+                }
             }
         }
         let sessionFD = fuse_session_fd(session)
@@ -54,7 +62,9 @@ public struct FuseMount: Sendable {
             throw SecretsError(.io, "the kernel's first FUSE request is not FUSE_INIT")
         }
         logger.info("mounted", metadata: ["path": "\(mount.path)", "options": "\(FuseServer.mountOptions(mount))"])
-        return (FuseMount(fd: fd, path: mount.path), request)
+        var mounted = FuseMount(fd: fd, path: mount.path)
+        mounted.unmountSockets = unmountSockets
+        return (mounted, request)
     }
 
     /// The open descriptors of this process that are sockets.

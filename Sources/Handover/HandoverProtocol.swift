@@ -10,7 +10,8 @@ import SecretsCore
 ///   so the supervisor can tell a request of death; the re-exec state records that page's descriptor.
 /// - Version 3: node records of published CSI volumes (tag 4) and of the files in their views (tag 3). A worker
 ///   serves CSI only on a channel of version 3 or later; a supervisor holding volumes re-executes only into a binary
-///   that speaks it.
+///   that speaks it. The re-exec state records fusermount3's auto_unmount sockets. Takeover by an independent
+///   process (`TakeoverMessage`) speaks version 3 or later.
 ///
 /// A supervisor asks a binary which versions it speaks before starting it as a worker or re-executing into it
 /// (`secretsfs handover-protocol`; a binary of version 0 does not know that command, which says so), then speaks the
@@ -21,6 +22,8 @@ public enum HandoverProtocol {
     public static var supported: ClosedRange<UInt16> { oldest...current }
     /// The first version with CSI volumes' node records.
     public static let csiVolumes: UInt16 = 3
+    /// The first version with takeover by an independent process.
+    public static let takeover: UInt16 = 3
 
     static let streamMagic: [UInt8] = Array("SFSH".utf8)
     static let stateMagic: [UInt8] = Array("SFSR".utf8)

@@ -37,6 +37,9 @@ public struct SupervisorState: Sendable, Equatable {
     /// The memfd workers keep their encrypted last-known-good snapshot in (`ViewSnapshot`); the supervisor passes it
     /// on and never reads it. -1: none (states before version 2).
     public var snapshotFD: Int32 = -1
+    /// fusermount3's auto_unmount sockets (the mount goes when every holder of them is gone), not close-on-exec:
+    /// a process that takes the mount over must hold them too. Empty in states before version 3.
+    public var unmountSockets: [Int32] = []
 
     public init(
         fuseFD: Int32, mountPath: String, initRequest: [UInt8], digestKey: [UInt8], configPath: String,
@@ -59,7 +62,7 @@ public struct SupervisorState: Sendable, Equatable {
 
     /// Version 0 is the layout of the releases before versions (no magic, the same fields in the same order, no
     /// worker version); version 1 adds the magic and version in front and the worker's protocol version; version 2
-    /// the descriptors of the worker's in-flight page and of the workers' snapshot.
+    /// the descriptors of the worker's in-flight page and of the workers' snapshot; version 3 fusermount3's sockets.
     public func encoded(version: UInt16 = HandoverProtocol.current) -> [UInt8] {
         var writer = HandoverWriter()
         if version >= 1 {
@@ -84,6 +87,10 @@ public struct SupervisorState: Sendable, Equatable {
         if version >= 2 {
             writer.u64(UInt64(bitPattern: Int64(worker?.inflightFD ?? -1)))
             writer.u64(UInt64(bitPattern: Int64(snapshotFD)))
+        }
+        if version >= 3 {
+            writer.u64(UInt64(unmountSockets.count))
+            for fd in unmountSockets { writer.u64(UInt64(bitPattern: Int64(fd))) }
         }
         return writer.output
     }
@@ -115,6 +122,11 @@ public struct SupervisorState: Sendable, Equatable {
         let workerVersion = version >= 1 ? try reader.u16() : 0
         let inflightFD = version >= 2 ? Int32(truncatingIfNeeded: Int64(bitPattern: try reader.u64())) : -1
         state.snapshotFD = version >= 2 ? Int32(truncatingIfNeeded: Int64(bitPattern: try reader.u64())) : -1
+        if version >= 3 {
+            let count = try reader.u64()
+            guard count <= 16 else { throw SecretsError(.invalidData, "the supervisor state names \(count) unmount sockets") }
+            for _ in 0..<count { state.unmountSockets.append(Int32(truncatingIfNeeded: Int64(bitPattern: try reader.u64()))) }
+        }
         try reader.finish()
         if pid > 0 && channelFD >= 0 {
             state.worker = RunningWorker(

@@ -136,11 +136,15 @@ public struct MountConfig: Sendable {
     public var noOpen: Bool
     /// Have fusermount3 unmount when the daemon dies, so a killed daemon leaves no dead mount.
     public var autoUnmount: Bool
+    /// Where the supervisor listens for an independent process that takes the mount over (`mount --take-over`, a
+    /// DaemonSet's next pod); its directory is made 0700. nil: no takeovers.
+    public var takeoverSocket: String?
 
     init(_ section: ConfigSection) throws(LocatedError) {
         try section.rejectUnknown(allowed: [
-            "path", "allow_other", "uid", "gid", "file_mode", "dir_mode", "no_open", "auto_unmount",
+            "path", "allow_other", "uid", "gid", "file_mode", "dir_mode", "no_open", "auto_unmount", "takeover_socket",
         ])
+        takeoverSocket = try section.path("takeover_socket")
         path = try section.path("path") ?? "/secrets"
         allowOther = try section.bool("allow_other") ?? false
         uid = try section.uint32("uid") ?? getuid()

@@ -3,6 +3,23 @@ import Glibc
 
 /// What a process holding secrets does to itself first.
 public enum ProcessHardening {
+    /// Marks every descriptor this process inherited above stderr close-on-exec, so that none reaches what it
+    /// starts: fusermount3 (which outlives a supervisor that hands its mount over) or a worker. An inherited
+    /// descriptor held on by a long-lived child keeps whoever watches it for EOF (a parent's process monitor)
+    /// waiting. Call before the process opens descriptors of its own that children must inherit.
+    public static func closeInheritedOnExec() {
+        guard let directory = opendir("/proc/self/fd") else { return }
+        var descriptors: [Int32] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if let fd = Int32(name), fd > 2 { descriptors.append(fd) }
+        }
+        closedir(directory)
+        for fd in descriptors { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    }
+
     /// Sets the core-file limit to zero (soft and hard), so a crash never writes decrypted values to disk. Core
     /// handlers that run as pipes (systemd-coredump, apport) honour the limit too. False if the kernel refused.
     @discardableResult

@@ -39,6 +39,13 @@ public final class Supervisor {
     var binaries = BinaryVersions()
     var exitStatus: Int32?
     let signalFD: Int32
+    /// Takeover (`Supervisor+Takeover.swift`): the listening socket, the process taking this mount over, and on
+    /// the taking side the previous supervisor.
+    var takeoverListener: Int32 = -1
+    var takeoverPeer: TakeoverPeer?
+    var takingOver: TakeoverChannel?
+    /// This supervisor handed its mount to another process (and exits without unmounting).
+    public internal(set) var handedOver = false
 
     public init(state: SupervisorState, connection: SupervisedConnection, logger: Logger) throws(SecretsError) {
         self.state = state
@@ -76,6 +83,9 @@ public final class Supervisor {
             for worker in [current, pending].compactMap({ $0 }) where !worker.closed {
                 fds.append(pollfd(fd: worker.channel.fd, events: Int16(POLLIN), revents: 0))
             }
+            for fd in [takeoverListener, takeoverPeer?.channel.fd ?? -1] where fd >= 0 {
+                fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+            }
             var timeout: Int32 = -1
             if let restartAt { timeout = Int32(max(0, (restartAt - CoreClock.monotonic()) * 1000)) }
             let count = poll(&fds, nfds_t(fds.count), timeout)
@@ -85,6 +95,7 @@ public final class Supervisor {
             }
             if fds[0].revents != 0 { readSignals() }
             pumpMessages()
+            pumpTakeover()
             if let due = restartAt, CoreClock.monotonic() >= due, exitStatus == nil {
                 restartAt = nil
                 if pending == nil && current == nil { pending = spawn(reload: false, configText: state.configText) }
@@ -140,7 +151,7 @@ public final class Supervisor {
     private func handle(_ message: HandoverMessage, from which: ReferenceWritableKeyPath<Supervisor, WorkerProcess?>) {
         switch message {
         case .ready where which == \Supervisor.pending:
-            takeOver()
+            if takingOver != nil { completeTakeover() } else { takeOver() }
         case .node, .removed:
             if which == \Supervisor.current { state.table.apply(message) }
         case .serving where which == \Supervisor.current:
@@ -151,6 +162,9 @@ public final class Supervisor {
                 state.everServed = true
                 SystemdNotify.send("READY=1\nSTATUS=serving \(connection.path)")
                 logger.info("serving", metadata: ["path": "\(connection.path)", "worker": "\(worker.pid)"])
+            } else if worker.tookOver {
+                SystemdNotify.send("READY=1\nSTATUS=serving \(connection.path) (taken over)")
+                logger.notice("took the mount over: the new worker serves", metadata: ["worker": "\(worker.pid)"])
             } else if worker.reload {
                 SystemdNotify.send("READY=1\nSTATUS=serving \(connection.path) (reloaded)")
                 logger.info("reloaded: the new worker serves", metadata: ["worker": "\(worker.pid)"])
@@ -164,7 +178,7 @@ public final class Supervisor {
 
     /// The pending worker is ready: retire the current one (after it is gone no request can be half-taken), hand
     /// the pending one the node table, let it serve.
-    private func takeOver() {
+    func takeOver() {
         guard var next = pending else { return }
         if let old = current {
             kill(old.pid, SIGKILL)
@@ -185,14 +199,14 @@ public final class Supervisor {
     }
 
     /// Reads what a dead worker sent before it died into the table, then closes its channel.
-    private func drain(_ worker: WorkerProcess) {
+    func drain(_ worker: WorkerProcess) {
         while case .message(let message) = worker.channel.receive(wait: false) {
             state.table.apply(message)
         }
         worker.channel.close()
     }
 
-    private func reapChildren() {
+    func reapChildren() {
         while true {
             var status: Int32 = 0
             let pid = waitpid(-1, &status, WNOHANG)
@@ -209,6 +223,16 @@ public final class Supervisor {
                 worker.channel.close()
                 worker.inflight?.release()
                 pending = nil
+                if let previous = takingOver {
+                    // Nothing was handed over yet: the previous supervisor keeps serving.
+                    logger.error(
+                        "the new worker failed before the takeover; the previous supervisor keeps serving",
+                        metadata: ["worker": "\(pid)", "exit": "\(how)"])
+                    previous.close()
+                    takingOver = nil
+                    exitStatus = ExitStatus.failure.rawValue
+                    continue
+                }
                 switch RestartPolicy.pendingDied(
                     everServed: state.everServed, hasCurrent: current != nil, exitCode: Exit.code(status))
                 {
@@ -289,7 +313,7 @@ public final class Supervisor {
     }
 
     /// The protocol to speak with `binary`, or nil (logged) when there is none both know.
-    private func negotiate(_ binary: String, purpose: String) -> UInt16? {
+    func negotiate(_ binary: String, purpose: String) -> UInt16? {
         let theirs: ClosedRange<UInt16>
         do {
             theirs = try binaries.versions(of: binary)
@@ -406,7 +430,7 @@ public final class Supervisor {
 
     // MARK: - Workers
 
-    private func spawn(reload: Bool, configText: String) -> WorkerProcess? {
+    func spawn(reload: Bool, configText: String) -> WorkerProcess? {
         let binary = Self.binaryPath()
         guard let version = negotiate(binary, purpose: reload ? "reload" : "worker") else {
             // After a crash there is no worker to keep: try again later (a compatible binary may be installed).

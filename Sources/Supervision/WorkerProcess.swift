@@ -11,6 +11,8 @@ struct WorkerProcess {
     var serving = false
     var startedAt: Double
     var closed = false
+    /// Started by a process that took the mount over from another supervisor.
+    var tookOver = false
     /// The page where it stamps the requests it serves (protocol version 2 and later).
     var inflight: InflightMapping?
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FuseBridge
+import Glibc
 import Handover
 import SecretsCore
 import Supervision
@@ -27,6 +28,31 @@ struct MountCommand: ParsableCommand {
     @Option(name: .long, help: "Mount here instead of [mount] path.")
     var mountpoint: String?
 
+    @Flag(
+        name: .long,
+        help: """
+            Take the mount over from the supervisor listening at [mount] takeover_socket (another process, another \
+            binary, another mount namespace) instead of mounting: this process starts its own worker while the \
+            running one serves, then receives the connection and the running supervisor exits 0 without unmounting. \
+            Refused (another user, an unknown protocol version, a reload under way): exits 76, the running one keeps \
+            serving. Without this flag a configured takeover_socket that answers is taken over too, and one that \
+            does not is mounted fresh.
+            """)
+    var takeOver = false
+
+    enum AfterHandover: String, ExpressibleByArgument, CaseIterable {
+        case exit, wait
+    }
+
+    @Option(
+        name: .long,
+        help: """
+            What this process does once it has handed its mount to another (exit|wait). exit: exits 0 at once. \
+            wait: holds nothing more and waits for SIGTERM, then exits 0 without unmounting: for a container that \
+            would otherwise be restarted into taking the mount back (a DaemonSet's old pod until it is deleted).
+            """)
+    var afterHandover: AfterHandover = .exit
+
     @Option(name: .long, help: .hidden)
     var resumeState: Int32?
 
@@ -43,6 +69,7 @@ struct MountCommand: ParsableCommand {
                 try Supervisor.resume(memfd: resumeState, logger: logger, connection: connection)
             }
         } else {
+            ProcessHardening.closeInheritedOnExec()
             let text: String
             do {
                 text = try FileIO.readText(options.config)
@@ -58,21 +85,59 @@ struct MountCommand: ParsableCommand {
                 throw ExitCode(ExitStatus.invalidConfig.rawValue)
             }
             if let mountpoint { config.mount.path = mountpoint }
+            if let socket = config.mount.takeoverSocket {
+                do {
+                    let taking = try Supervisor.takeOver(
+                        socket: socket, configPath: options.config, configText: text, logLevel: options.logLevel,
+                        logger: logger, connection: connection)
+                    let status = taking.run()
+                    if taking.handedOver { Self.afterHandover(afterHandover) }
+                    if status != 0 { throw ExitCode(status) }
+                    return
+                } catch let error as SecretsError {
+                    // Nothing answers there: the first pod on this node mounts.
+                    if error.code != .notFound || takeOver {
+                        printError("\(error)")
+                        throw ExitCode(
+                            error.code == .unsupported ? ExitStatus.protocolMismatch.rawValue : ExitStatus.failure.rawValue)
+                    }
+                    logger.info("no supervisor to take over; mounting", metadata: ["socket": "\(socket)"])
+                }
+            } else if takeOver {
+                printError("\(options.config): --take-over needs [mount] takeover_socket")
+                throw ExitCode(ExitStatus.usage.rawValue)
+            }
             let mount = config.mount
             let (mounted, initRequest) = try Self.orFail { () throws(SecretsError) in
                 try FuseMount.mount(mount, logger: logger)
             }
             var generator = SystemRandomNumberGenerator()
             let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-            let state = SupervisorState(
+            var state = SupervisorState(
                 fuseFD: mounted.fd, mountPath: mounted.path, initRequest: initRequest, digestKey: key,
                 configPath: options.config, configText: text, noOpen: config.mount.noOpen, logLevel: options.logLevel)
+            state.unmountSockets = mounted.unmountSockets
             supervisor = try Self.orFail { () throws(SecretsError) in
                 try Supervisor(state: state, connection: connection(mounted.fd, mounted.path), logger: logger)
             }
         }
+        supervisor.listenForTakeovers()
         let status = supervisor.run()
+        if supervisor.handedOver { Self.afterHandover(afterHandover) }
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// After a handover: return (exit 0), or drop every descriptor and wait for SIGTERM or SIGINT (blocked since
+    /// the start, so sigwait takes them).
+    static func afterHandover(_ mode: AfterHandover) {
+        guard mode == .wait else { return }
+        for fd in Int32(3)..<Int32(4096) { close(fd) }
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, SIGTERM)
+        sigaddset(&mask, SIGINT)
+        var received: Int32 = 0
+        sigwait(&mask, &received)
     }
 
     static func orFail<T>(_ body: () throws(SecretsError) -> T) throws -> T {

@@ -62,9 +62,13 @@ struct HandoverProtocolTests {
         #expect(Array(current[0..<6]) == Array("SFSR".utf8) + [3, 0])
         let (decoded, version) = try SupervisorState.decode(current)
         #expect(decoded == state && version == 3)
-        // Version 3 adds node records (CSI volumes) only: the rest is version 2's.
-        let two = state.encoded(version: 2)
-        #expect(Array(two[0..<6]) == Array("SFSR".utf8) + [2, 0] && Array(two[6...]) == Array(current[6...]))
+        // Version 3 adds node records (CSI volumes) and fusermount3's sockets at the end: the rest is version 2's.
+        var withSockets = state
+        withSockets.unmountSockets = [21, 22]
+        let three = withSockets.encoded()
+        #expect(try SupervisorState.decode(three) == (withSockets, 3))
+        let two = withSockets.encoded(version: 2)
+        #expect(Array(two[0..<6]) == Array("SFSR".utf8) + [2, 0] && Array(two[6...]) == Array(current[6..<(current.count - 8)]))
         #expect(try SupervisorState.decode(two) == (state, 2))
         // Version 1 cannot carry the in-flight page: the worker it resumes then has none.
         var withoutPage = state

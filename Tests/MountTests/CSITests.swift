@@ -34,7 +34,9 @@ struct CSITests {
             \(extra)
             """)
         var text = try String(contentsOfFile: config, encoding: .utf8)
-        text = text.replacingOccurrences(of: "[mount]\n", with: "[mount]\nallow_other = true\n")
+        text = text.replacingOccurrences(
+            of: "[mount]\n",
+            with: "[mount]\nallow_other = true\ntakeover_socket = \"\(fixture.dir.file("takeover/takeover.sock"))\"\n")
         try text.write(toFile: config, atomically: true, encoding: .utf8)
         let fs = try fixture.mount(config: config)
         let kubelet = try CSIKubelet(socket: fixture.dir.file("csi.sock"), root: fixture.dir.file("kubelet"))
@@ -51,6 +53,17 @@ struct CSITests {
             }
         }
         kubelet.remove()
+    }
+
+    /// kubelet's directory as a shared mount, as a node's is: a DaemonSet pod's mounts under it (Bidirectional)
+    /// reach the host's namespace and back. Returns the unmount for teardown.
+    func shareKubeletRoot(_ kubelet: CSIKubelet) throws -> () -> Void {
+        try FileManager.default.createDirectory(atPath: kubelet.root, withIntermediateDirectories: true)
+        for arguments in [["--bind", kubelet.root, kubelet.root], ["--make-shared", kubelet.root]] {
+            let result = try run(["/usr/bin/mount"] + arguments, timeout: 10)
+            guard result.status == 0 else { throw TestFailure.message("mount \(arguments): \(result.stderr)") }
+        }
+        return { umount2(kubelet.root, Int32(MNT_DETACH)) }
     }
 
     func publish(
@@ -229,5 +242,75 @@ struct CSITests {
         }
         // Nothing was left mounted or created by a refused publish.
         #expect(!FileManager.default.fileExists(atPath: kubelet.root + "/pods/\(pod.uid)/volumes/kubernetes.io~csi/secrets/mount"))
+    }
+
+    @Test("another secretsfs process in its own mount namespace takes the mount over: the pod reads on, the first exits 0")
+    func takeover() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let (first, kubelet) = try mount(fixture)
+        let unshareRoot = try shareKubeletRoot(kubelet)
+        defer {
+            cleanUp(kubelet)
+            unshareRoot()
+        }
+        let socket = fixture.dir.file("takeover/takeover.sock")
+        var info = stat()
+        #expect(stat(fixture.dir.file("takeover"), &info) == 0 && info.st_mode & 0o777 == 0o700)
+        let pod = TestPod(name: "api-1", namespace: "billing", serviceAccount: "api")
+        #expect(try publish(kubelet, pod).ok)
+        let target = kubelet.targetPath(podUID: pod.uid, volume: "secrets")
+        let reader = try PodmanReader(
+            source: target, files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"]], seconds: 120,
+            cgroupParent: pod.cgroupParent)
+        defer { reader.stop() }
+        try reader.waitForReads()
+
+        // A client that speaks only a future protocol is refused, and the running supervisor keeps serving.
+        let future = try run(["/usr/bin/python3", "-c", """
+            import socket, struct, sys
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.connect(sys.argv[1])
+            s.send(b"SFST" + bytes([1]) + struct.pack("<HH", 9, 9))
+            reply = s.recv(65536)
+            print(reply[4], reply[9:].decode())
+            """, socket], timeout: 30)
+        #expect(future.stdoutText.hasPrefix("5 ") && future.stdoutText.contains("9 to 9"), "\(future.stdoutText) \(future.stderr)")
+        try first.waitForLog("takeover refused; this supervisor keeps serving")
+        try reader.waitForReads()
+        #expect(first.process.isRunning)
+
+        // The next DaemonSet pod: its own mount namespace (mounts under kubelet's directory shared), the same
+        // config; it finds the socket answering and takes over.
+        let second = try MountedSecretsFS(
+            binary: fixture.binary, config: fixture.dir.file("config.toml"), mountpoint: fixture.mountpoint,
+            logPath: fixture.dir.file("second.log"),
+            launcher: ["/usr/bin/unshare", "--mount", "--propagation", "unchanged"])
+        defer { second.stop() }
+        try second.waitForLog("took the mount over: the new worker serves")
+        try waitUntil("the first supervisor to exit", seconds: 20) { !first.process.isRunning }
+        #expect(first.process.terminationStatus == 0)
+        #expect(first.log.contains("handed the mount over; exiting without unmounting"))
+        try reader.waitForReads()
+        // The published volume moved with the node table: the new worker's plugin still knows it.
+        try kubelet.waitUntilServing()
+        #expect(try publish(kubelet, pod).ok)
+        #expect(mountCount(at: target) == 1)
+        let report = try reader.wait(timeout: 60, onTimeout: second.abortConnection)
+        #expect(report.failed == 0 && report.unexpected == 0, "\(report.failed) failed, \(report.unexpected) unexpected")
+        #expect(try unpublish(kubelet, pod).ok)
+        #expect(mountCount(at: target) == 0, "the unmount in the new namespace reaches the host's")
+        #expect(!first.log.contains("pw-1") && !second.log.contains("pw-1"))
+
+        // --take-over with nothing to take over is an error, not a fresh mount.
+        let nothing = try fixture.dir.write("nothing.toml", """
+            [mount]
+            path = "\(fixture.dir.file("mnt2"))"
+            takeover_socket = "\(fixture.dir.file("none/takeover.sock"))"
+            [stores.env]
+            type = "env"
+            """)
+        let refused = try fixture.cli(["mount", "--config", nothing, "--take-over"])
+        #expect(refused.status == 1 && refused.stderr.contains("no supervisor answers"), "\(refused.stderr)")
     }
 }

@@ -137,7 +137,7 @@ struct Bench {
         }
         let binary = arguments[1]
         let seconds = arguments.count > 2 ? Double(arguments[2]) ?? 2 : 2
-        // BENCH_ONLY=local|failover|audit|redis|vault|notices|dapr|ha|outage|rendered|sops runs one part (for working on one store); unset runs everything.
+        // BENCH_ONLY=local|failover|audit|redis|vault|notices|dapr|ha|outage|rendered|sops|csi runs one part (for working on one store); unset runs everything.
         let only = ProcessInfo.processInfo.environment["BENCH_ONLY"]
         func wanted(_ part: String) -> Bool { only == nil || only == part }
 
@@ -332,6 +332,8 @@ struct Bench {
         if wanted("rendered") { RenderedBench.run(binary: binary, root: root, seconds: seconds) }
         print("")
         if wanted("sops") { SopsBench.run(binary: binary, root: root, seconds: seconds, python: python) }
+        print("")
+        if wanted("csi") { CSIBench.run(binary: binary, root: root, seconds: seconds, python: python) }
 
     }
 }

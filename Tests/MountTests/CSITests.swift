@@ -18,7 +18,7 @@ struct CSITests {
         """
 
     /// A mount with [csi] on a socket in the fixture, an audit log, and `extra` TOML.
-    func mount(_ fixture: Fixture, extra: String = "") throws -> (MountedSecretsFS, CSIKubelet) {
+    func mount(_ fixture: Fixture, extra: String = "", arguments: [String] = []) throws -> (MountedSecretsFS, CSIKubelet) {
         _ = try PodmanReader.requireRuntime()
         chmod(fixture.dir.path, 0o755)
         try fixture.writeEncrypted("secrets.toml.age", Self.secrets)
@@ -38,7 +38,7 @@ struct CSITests {
             of: "[mount]\n",
             with: "[mount]\nallow_other = true\ntakeover_socket = \"\(fixture.dir.file("takeover/takeover.sock"))\"\n")
         try text.write(toFile: config, atomically: true, encoding: .utf8)
-        let fs = try fixture.mount(config: config)
+        let fs = try fixture.mount(config: config, arguments: arguments)
         let kubelet = try CSIKubelet(socket: fixture.dir.file("csi.sock"), root: fixture.dir.file("kubelet"))
         try kubelet.waitUntilServing()
         return (fs, kubelet)
@@ -211,6 +211,12 @@ struct CSITests {
         #expect(noGroup.stdoutText.contains("status=1"), "\(noGroup.stdoutText)")
         let audit = try String(contentsOfFile: fixture.dir.file("audit.log"), encoding: .utf8)
         #expect(audit.contains("\"decision\":\"denied\"") && audit.contains("\"service_account\":\"batch\""))
+        // The other pod at the first pod's view: denied, by the view, with its own identity.
+        let refusedAtView = audit.split(separator: "\n").filter {
+            $0.contains("\"via\":\"csi\"") && $0.contains("\"decision\":\"denied\"") && $0.contains("PASSWORD")
+                && $0.contains(batch.uid)
+        }
+        #expect(!refusedAtView.isEmpty, "\(audit)")
         #expect(try unpublish(kubelet, api).ok && unpublish(kubelet, batch).ok)
     }
 
@@ -244,11 +250,12 @@ struct CSITests {
         #expect(!FileManager.default.fileExists(atPath: kubelet.root + "/pods/\(pod.uid)/volumes/kubernetes.io~csi/secrets/mount"))
     }
 
-    @Test("another secretsfs process in its own mount namespace takes the mount over: the pod reads on, the first exits 0")
+    @Test("another secretsfs process in its own mount namespace takes the mount over: the pod reads on; the old one idles, then exits 0 on SIGTERM")
     func takeover() throws {
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let (first, kubelet) = try mount(fixture)
+        // As the DaemonSet runs it: after handing over, the old process idles until its pod is deleted.
+        let (first, kubelet) = try mount(fixture, arguments: ["--after-handover", "wait"])
         let unshareRoot = try shareKubeletRoot(kubelet)
         defer {
             cleanUp(kubelet)
@@ -288,9 +295,12 @@ struct CSITests {
             launcher: ["/usr/bin/unshare", "--mount", "--propagation", "unchanged"])
         defer { second.stop() }
         try second.waitForLog("took the mount over: the new worker serves")
-        try waitUntil("the first supervisor to exit", seconds: 20) { !first.process.isRunning }
-        #expect(first.process.terminationStatus == 0)
-        #expect(first.log.contains("handed the mount over; exiting without unmounting"))
+        try first.waitForLog("handed the mount over; exiting without unmounting")
+        try reader.waitForReads()
+        // It holds nothing more (no worker, no takeover socket): SIGTERM, as at pod deletion, exits 0 and unmounts
+        // nothing.
+        #expect(first.process.isRunning)
+        #expect(first.signal(SIGTERM, wait: 20) == 0)
         try reader.waitForReads()
         // The published volume moved with the node table: the new worker's plugin still knows it.
         try kubelet.waitUntilServing()

@@ -78,10 +78,10 @@ final class Fixture: @unchecked Sendable {
             """)
     }
 
-    func mount(config: String, environment: [String: String] = [:]) throws -> MountedSecretsFS {
+    func mount(config: String, environment: [String: String] = [:], arguments: [String] = []) throws -> MountedSecretsFS {
         let fs = try MountedSecretsFS(
             binary: binary, config: config, mountpoint: mountpoint, logPath: dir.file("mount.log"),
-            environment: environment)
+            environment: environment, arguments: arguments)
         mounted = fs
         return fs
     }

@@ -41,7 +41,7 @@ public final class MountedSecretsFS: @unchecked Sendable {
     /// `launcher`: a command that starts the daemon (for example setpriv to run it as another user).
     public init(
         binary: String, config: String, mountpoint: String, logPath: String, environment: [String: String] = [:],
-        launcher: [String] = []
+        launcher: [String] = [], arguments extra: [String] = []
     ) throws {
         self.mountpoint = mountpoint
         self.logPath = logPath
@@ -49,7 +49,7 @@ public final class MountedSecretsFS: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process = Process()
-        let arguments = ["mount", "--config", config, "--log-level", "debug"]
+        let arguments = ["mount", "--config", config, "--log-level", "debug"] + extra
         if let first = launcher.first {
             process.executableURL = URL(fileURLWithPath: first)
             process.arguments = Array(launcher.dropFirst()) + [binary] + arguments

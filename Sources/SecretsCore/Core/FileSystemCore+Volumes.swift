@@ -59,17 +59,17 @@ extension FileSystemCore {
     /// The published volumes, by id.
     public var volumes: [String: CSIVolume] { inodes.read { $0.volumes } }
 
-    /// The volume `id`, if `caller` belongs to its pod (nil: the daemon itself); EACCES otherwise, ENOENT when
-    /// it is not published.
-    func admit(_ caller: Caller?, to id: String) throws(SecretsError) -> CSIVolume {
+    /// The volume `id`, if `caller` belongs to its pod (nil: the daemon itself); EACCES otherwise (counted and
+    /// audited as a denial of `key`, `*` for a listing), ENOENT when it is not published.
+    func admit(_ caller: Caller?, to id: String, key: String = "*") throws(SecretsError) -> CSIVolume {
         guard let volume = inodes.read({ $0.volumes[id] }) else {
             throw SecretsError(.notFound, "no CSI volume '\(id)' is published")
         }
         guard let caller else { return volume }
         guard volume.serves(gate.callerDetails(caller.pid)) else {
             let hint = caller.pid == 0 ? " (pid 0: the daemon sees no pids of other pid namespaces; it needs hostPID)" : ""
-            throw SecretsError(
-                .permissionDenied,
+            throw gate.deny(
+                InodeTable.FilePath(top: volume.top, env: volume.env, key: key, view: id), caller: caller, via: "csi",
                 "caller uid \(caller.uid) pid \(caller.pid) is not in pod \(volume.pod.namespace)/\(volume.pod.name), "
                     + "the only one volume '\(id)' serves\(hint)")
         }

@@ -94,7 +94,7 @@ public final class FileSystemCore: Sendable {
             }
             return EntryReply(attributes: directoryAttributes(inode), entryTimeout: 0, attributeTimeout: directoryTimeout)
         case .volume(let id):
-            let volume = try admit(caller, to: id)
+            let volume = try admit(caller, to: id, key: name)
             guard EntryName.isValid(name), volume.shows(name) else {
                 throw SecretsError(.notFound, "no key '\(name)' in this volume")
             }

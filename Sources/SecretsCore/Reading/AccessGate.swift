@@ -18,6 +18,19 @@ public struct AccessGate: Sendable {
         self.callerDetails = callerDetails
     }
 
+    /// A caller refused before any rule is asked (a CSI view that serves another pod): counted and audited as a
+    /// denial like any other; returns the error to throw.
+    public func deny(_ path: InodeTable.FilePath, caller: Caller, via: String, _ message: String) -> SecretsError {
+        Counter(label: "secretsfs_reads_total", dimensions: [("top", path.top), ("kind", "denied")]).increment()
+        if let audit, policy.isAudited(top: path.top, env: path.env, key: path.key) {
+            audit.record(
+                AuditEntry(
+                    via: via, path: "\(path.top)/\(path.env)/\(path.key)", decision: .denied, caller: caller,
+                    details: callerDetails(caller.pid), cache: nil, keys: nil))
+        }
+        return SecretsError(.permissionDenied, message)
+    }
+
     /// One read of `path` by `caller` (nil: the daemon itself or an API client, to which no `allow` rule applies)
     /// through `via`. `body` reads and says how ("cached", "fresh", "stale").
     public func read<T>(

@@ -12,8 +12,10 @@ enum CSIBench {
         socket, root, rounds = sys.argv[2], sys.argv[3], int(sys.argv[4])
         node = rpc.NodeStub(grpc.insecure_channel("unix:" + socket))
         uid = str(uuid.uuid4())
-        # This process joins the pod's cgroup, as a container of the pod would be.
-        cgroup = "/sys/fs/cgroup/kubepods/besteffort/pod" + uid
+        # This process joins the pod's cgroup, as a container of the pod would be: in the unified hierarchy, or on a
+        # cgroup v1 host in systemd's named one (what the daemon reads there).
+        base = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "/sys/fs/cgroup/systemd"
+        cgroup = base + "/kubepods/besteffort/pod" + uid
         os.makedirs(cgroup, exist_ok=True)
         with open(cgroup + "/cgroup.procs", "w") as f: f.write(str(os.getpid()))
         capability = pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(),
@@ -31,7 +33,7 @@ enum CSIBench {
             with open(target + "/PASSWORD", "rb") as f: f.read()
             samples.append(time.perf_counter() - begin)
             node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=volume, target_path=target), timeout=30)
-        with open("/sys/fs/cgroup/cgroup.procs", "w") as f: f.write(str(os.getpid()))
+        with open(base + "/cgroup.procs", "w") as f: f.write(str(os.getpid()))
         os.rmdir(cgroup)
         samples.sort()
         print(json.dumps({"p50": samples[len(samples) // 2] * 1e3, "max": samples[-1] * 1e3, "grpc": grpc.__version__}))

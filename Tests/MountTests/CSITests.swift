@@ -250,7 +250,7 @@ struct CSITests {
         #expect(!FileManager.default.fileExists(atPath: kubelet.root + "/pods/\(pod.uid)/volumes/kubernetes.io~csi/secrets/mount"))
     }
 
-    @Test("another secretsfs process in its own mount namespace takes the mount over: the pod reads on; the old one idles, then exits 0 on SIGTERM")
+    @Test("a pod reads on through a worker SIGKILL, a reload and a takeover by another secretsfs process in its own mount namespace; the old one idles, then exits 0 on SIGTERM")
     func takeover() throws {
         let fixture = try Fixture()
         defer { fixture.tearDown() }
@@ -271,6 +271,15 @@ struct CSITests {
             source: target, files: ["DB_HOST": ["db-1"], "PASSWORD": ["pw-1"]], seconds: 120,
             cgroupParent: pod.cgroupParent)
         defer { reader.stop() }
+        try reader.waitForReads()
+
+        // Under the same read loop: a worker SIGKILL and a reload first, as a DaemonSet pod lives through them.
+        let worker = try #require(first.workerPID())
+        kill(worker, SIGKILL)
+        try first.waitForLog("a new worker serves the connection")
+        try reader.waitForReads()
+        kill(first.process.processIdentifier, SIGHUP)
+        try first.waitForLog("reloaded: the new worker serves")
         try reader.waitForReads()
 
         // A client that speaks only a future protocol is refused, and the running supervisor keeps serving.
@@ -301,6 +310,11 @@ struct CSITests {
         // nothing.
         #expect(first.process.isRunning)
         #expect(first.signal(SIGTERM, wait: 20) == 0)
+        try reader.waitForReads()
+        // The new supervisor keeps its own workers: one SIGKILLed is replaced on the same connection.
+        let newWorker = try #require(second.workerPID())
+        kill(newWorker, SIGKILL)
+        try second.waitForLog("a new worker serves the connection")
         try reader.waitForReads()
         // The published volume moved with the node table: the new worker's plugin still knows it.
         try kubelet.waitUntilServing()

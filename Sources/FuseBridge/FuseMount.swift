@@ -33,7 +33,9 @@ public struct FuseMount: Sendable {
             throw SecretsError(.io, "fuse_session_new failed (bad mount options?)")
         }
         let socketsBefore = socketDescriptors()
-        guard fuse_session_mount(session, mount.path) == 0 else {
+        // fusermount3 (forked by libfuse here) gets none of this process's inherited descriptors.
+        let status = ProcessHardening.withoutInheritance { fuse_session_mount(session, mount.path) }
+        guard status == 0 else {
             throw SecretsError(.io, "cannot mount at \(mount.path) (see the message above; is /dev/fuse usable?)")
         }
         // With auto_unmount, fusermount3 stays behind and unmounts once its socket to us closes and the connection

@@ -70,6 +70,9 @@ public enum ExitStatus: Int32, Sendable {
     case notFound = 3
     /// Usage error as ArgumentParser reports it (an unknown command or option).
     case usage = 64
+    /// `worker`: its FUSE connection ended (unmounted from outside, or aborted): no next worker could serve it
+    /// (EX_UNAVAILABLE). Between a worker and its supervisor only.
+    case connectionEnded = 69
     /// `worker`: the supervisor speaks a handover protocol this binary does not (EX_PROTOCOL).
     case protocolMismatch = 76
     /// `run`: the command exists but cannot be executed (as shells do).

@@ -3,21 +3,23 @@ import Glibc
 
 /// What a process holding secrets does to itself first.
 public enum ProcessHardening {
-    /// Marks every descriptor this process inherited above stderr close-on-exec, so that none reaches what it
-    /// starts: fusermount3 (which outlives a supervisor that hands its mount over) or a worker. An inherited
-    /// descriptor held on by a long-lived child keeps whoever watches it for EOF (a parent's process monitor)
-    /// waiting. Call before the process opens descriptors of its own that children must inherit.
-    public static func closeInheritedOnExec() {
-        guard let directory = opendir("/proc/self/fd") else { return }
+    /// Runs `body` with every descriptor above stderr that is not close-on-exec made so, then restores them: what
+    /// `body` starts inherits none of them. For fusermount3, which outlives a supervisor that hands its mount over:
+    /// a parent's descriptor it held on to would keep whoever watches that descriptor for EOF (a parent's process
+    /// monitor) waiting after the supervisor is gone. A re-exec still inherits them, as before.
+    public static func withoutInheritance<T>(_ body: () -> T) -> T {
+        guard let directory = opendir("/proc/self/fd") else { return body() }
         var descriptors: [Int32] = []
         while let entry = readdir(directory) {
             let name = withUnsafePointer(to: entry.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }
-            if let fd = Int32(name), fd > 2 { descriptors.append(fd) }
+            if let fd = Int32(name), fd > 2, fcntl(fd, F_GETFD) == 0 { descriptors.append(fd) }
         }
         closedir(directory)
         for fd in descriptors { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        defer { for fd in descriptors { _ = fcntl(fd, F_SETFD, 0) } }
+        return body()
     }
 
     /// Sets the core-file limit to zero (soft and hard), so a crash never writes decrypted values to disk. Core

@@ -92,6 +92,14 @@ extension Supervisor {
                     + "takes over in \(HandoverProtocol.takeover) to \(HandoverProtocol.current)")
             return
         }
+        // Without fusermount3's socket the mount would go when this process exits.
+        let autoUnmount = (try? Config.parse(text: state.configText, file: state.configPath))?.mount.autoUnmount ?? true
+        if autoUnmount && state.unmountSockets.isEmpty {
+            refuse(
+                "this supervisor does not hold fusermount3's auto_unmount socket by number (it was started by an "
+                    + "older release and re-executed); restart it once to enable takeovers")
+            return
+        }
         var offered = state
         offered.fuseFD = connection.fd
         offered.mountPath = connection.path
@@ -120,15 +128,16 @@ extension Supervisor {
     private func handOver() {
         guard let peer = takeoverPeer, let version = peer.version else { return }
         takeoverPeer = nil
-        if let old = current {
-            kill(old.pid, SIGKILL)
+        // A worker that was starting (after a crash) must not outlive this supervisor either.
+        if let starting = pending {
+            kill(starting.pid, SIGKILL)
             var status: Int32 = 0
-            while waitpid(old.pid, &status, 0) < 0 && errno == EINTR {}
-            old.inflight?.release()
-            deaths.lastCrash = []
-            drain(old)
-            current = nil
+            while waitpid(starting.pid, &status, 0) < 0 && errno == EINTR {}
+            starting.channel.close()
+            starting.inflight?.release()
+            pending = nil
         }
+        retireCurrent()
         var final = state
         final.fuseFD = connection.fd
         final.mountPath = connection.path

@@ -180,22 +180,27 @@ public final class Supervisor {
     /// the pending one the node table, let it serve.
     func takeOver() {
         guard var next = pending else { return }
-        if let old = current {
-            kill(old.pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(old.pid, &status, 0) < 0 && errno == EINTR {}
-            // Retired, not crashed: what it had in flight is resent, and says nothing about requests of death.
-            old.inflight?.release()
-            deaths.lastCrash = []
-            drain(old)
-            current = nil
-        }
+        retireCurrent()
         state.configText = next.configText
         for record in state.table.records { next.channel.send(.node(record)) }
         next.channel.send(.go(nextInode: state.table.highestInode + 1))
         next.startedAt = CoreClock.monotonic()
         pending = nil
         current = next
+    }
+
+    /// Kills and reaps the serving worker (a reload's old one, or one whose mount is handed over) and reads what it
+    /// left into the table. Retired, not crashed: what it had in flight is resent by the next worker, and says
+    /// nothing about requests of death.
+    func retireCurrent() {
+        guard let old = current else { return }
+        kill(old.pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(old.pid, &status, 0) < 0 && errno == EINTR {}
+        old.inflight?.release()
+        deaths.lastCrash = []
+        drain(old)
+        current = nil
     }
 
     /// Reads what a dead worker sent before it died into the table, then closes its channel.
@@ -218,6 +223,15 @@ public final class Supervisor {
                 worker.inflight?.release()
                 drain(worker)
                 current = nil
+                if Exit.code(status) == ExitStatus.connectionEnded.rawValue {
+                    // Another worker would end at once too: nothing is left to serve.
+                    logger.error(
+                        "the FUSE connection ended (unmounted from outside, or aborted); exiting",
+                        metadata: ["path": "\(connection.path)", "worker": "\(pid)"])
+                    connection.unmount()
+                    exitStatus = ExitStatus.failure.rawValue
+                    continue
+                }
                 workerDied(worker, how: how)
             } else if let worker = pending, worker.pid == pid {
                 worker.channel.close()
@@ -277,6 +291,10 @@ public final class Supervisor {
     private func reload() {
         guard pending == nil else {
             logger.warning("reload ignored: a new worker is already starting")
+            return
+        }
+        guard takeoverPeer?.version == nil, takingOver == nil else {
+            logger.warning("reload ignored: a takeover is under way")
             return
         }
         let text: String
@@ -350,8 +368,8 @@ public final class Supervisor {
     /// SIGUSR2: replace this supervisor with the binary now on disk, keeping the PID, the FUSE connection and the
     /// running worker. Everything it knows goes into a memfd the new image reads back, in a version it reads.
     private func reexecute() {
-        guard pending == nil else {
-            logger.warning("supervisor re-exec postponed: a new worker is starting; send SIGUSR2 again")
+        guard pending == nil, takeoverPeer?.version == nil, takingOver == nil else {
+            logger.warning("supervisor re-exec postponed: a new worker or a takeover is under way; send SIGUSR2 again")
             return
         }
         let binary = Self.binaryPath()

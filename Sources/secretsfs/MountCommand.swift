@@ -69,7 +69,6 @@ struct MountCommand: ParsableCommand {
                 try Supervisor.resume(memfd: resumeState, logger: logger, connection: connection)
             }
         } else {
-            ProcessHardening.closeInheritedOnExec()
             let text: String
             do {
                 text = try FileIO.readText(options.config)

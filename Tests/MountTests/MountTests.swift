@@ -246,6 +246,21 @@ struct MountTests {
         #expect(try fs.list("", timeout: 5) == [])
     }
 
+    @Test("an aborted connection ends the daemon (exit 1, the dead mount cleared) instead of restarting workers forever")
+    func abortedConnection() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        try fixture.writeEncrypted("secrets.toml.age", baseSecrets)
+        let fs = try fixture.mount(config: try fixture.writeConfig())
+        #expect(try fs.readText("local/production/PORT") == "1234")
+        fs.abortConnection()
+        try waitUntil("the supervisor to exit after the abort", seconds: 20) { !fs.process.isRunning }
+        #expect(fs.process.terminationStatus == 1)
+        #expect(fs.log.contains("the FUSE connection ended (unmounted from outside, or aborted); exiting"))
+        #expect(!fs.log.contains("worker died; starting another"), "no worker restarted on a dead connection")
+        #expect(!MountedSecretsFS.isMounted(fixture.mountpoint))
+    }
+
     @Test("a malformed config names file, line and problem, exits 2 and mounts nothing")
     func malformedConfig() throws {
         let fixture = try Fixture()

@@ -156,7 +156,8 @@ struct Worker {
             printError("\(error)")
             return .failure
         }
-        return .success
+        // The session loop ends only when the connection does (unmounted from outside, or aborted).
+        return .connectionEnded
     }
 
     /// The config, stores, resolver, audit log and core.

@@ -66,6 +66,17 @@ struct CSITests {
         return { umount2(kubelet.root, Int32(MNT_DETACH)) }
     }
 
+    /// A worker SIGKILL, then a reload (SIGHUP), each followed by more good reads of `reader`.
+    func crashAndReload(_ fs: MountedSecretsFS, under reader: PodmanReader) throws {
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        try reader.waitForReads()
+        kill(fs.process.processIdentifier, SIGHUP)
+        try fs.waitForLog("reloaded: the new worker serves")
+        try reader.waitForReads()
+    }
+
     func publish(
         _ kubelet: CSIKubelet, _ pod: TestPod, volume: String = "secrets", path: String = "local/production",
         keys: String? = nil, fsGroup: Int? = nil, readonly: Bool = true, extra: [String: String] = [:]
@@ -138,13 +149,7 @@ struct CSITests {
             cgroupParent: pod.cgroupParent)
         defer { reader.stop() }
         try reader.waitForReads()
-        let worker = try #require(fs.workerPID())
-        kill(worker, SIGKILL)
-        try fs.waitForLog("a new worker serves the connection")
-        try reader.waitForReads()
-        kill(fs.process.processIdentifier, SIGHUP)
-        try fs.waitForLog("reloaded: the new worker serves")
-        try reader.waitForReads()
+        try crashAndReload(fs, under: reader)
         // The volume, recorded with the supervisor's node table, is still published in the new worker.
         try kubelet.waitUntilServing()
         #expect(try publish(kubelet, pod, keys: "DB_*,PASSWORD").ok)
@@ -274,13 +279,7 @@ struct CSITests {
         try reader.waitForReads()
 
         // Under the same read loop: a worker SIGKILL and a reload first, as a DaemonSet pod lives through them.
-        let worker = try #require(first.workerPID())
-        kill(worker, SIGKILL)
-        try first.waitForLog("a new worker serves the connection")
-        try reader.waitForReads()
-        kill(first.process.processIdentifier, SIGHUP)
-        try first.waitForLog("reloaded: the new worker serves")
-        try reader.waitForReads()
+        try crashAndReload(first, under: reader)
 
         // A client that speaks only a future protocol is refused, and the running supervisor keeps serving.
         let future = try run(["/usr/bin/python3", "-c", """

@@ -26,12 +26,16 @@ struct VolumeMounts: Sendable {
             }
             return
         }
-        try makeDirectories(target)
+        do {
+            try FileIO.makeDirectories(target, mode: 0o750)
+        } catch {
+            throw MountError(description: "\(error)")
+        }
         guard secretsfs_bind_readonly(from, target) == 0 else {
             let code = errno
             // A bind that succeeded before its remount failed must not stay writable or behind.
             if mountRoot(of: target) != nil { _ = secretsfs_unmount(target, 1) }
-            throw MountError(description: "bind-mounting the view at '\(target)' failed: \(String(cString: strerror(code)))")
+            throw MountError(description: "bind-mounting the view at '\(target)' failed: \(FileIO.errnoText(code))")
         }
     }
 
@@ -41,14 +45,14 @@ struct VolumeMounts: Sendable {
             if secretsfs_unmount(target, 0) != 0 {
                 let code = errno
                 guard code == EBUSY, secretsfs_unmount(target, 1) == 0 else {
-                    throw MountError(description: "unmounting '\(target)' failed: \(String(cString: strerror(code)))")
+                    throw MountError(description: "unmounting '\(target)' failed: \(FileIO.errnoText(code))")
                 }
                 logger.notice("the volume's target was busy; detached it", metadata: ["target": "\(target)"])
             }
         }
         if rmdir(target) != 0 && errno != ENOENT {
             let code = errno
-            throw MountError(description: "removing '\(target)' failed: \(String(cString: strerror(code)))")
+            throw MountError(description: "removing '\(target)' failed: \(FileIO.errnoText(code))")
         }
     }
 
@@ -81,16 +85,5 @@ struct VolumeMounts: Sendable {
             }
         }
         return String(decoding: bytes, as: UTF8.self)
-    }
-
-    func makeDirectories(_ path: String) throws(MountError) {
-        var current = ""
-        for component in path.split(separator: "/") {
-            current += "/" + component
-            if mkdir(current, 0o750) != 0 && errno != EEXIST {
-                let code = errno
-                throw MountError(description: "creating '\(current)' failed: \(String(cString: strerror(code)))")
-            }
-        }
     }
 }

@@ -97,11 +97,8 @@ public struct FuseMount: Sendable {
                 logger.warning("clearing a dead mount left by an earlier daemon", metadata: ["path": "\(path)"])
                 _ = runCommand(["/usr/bin/fusermount3", "-u", "-z", path])
             } else if code == ENOENT {
-                var built = ""
-                for part in path.split(separator: "/") {
-                    built += "/" + part
-                    _ = mkdir(built, 0o755)
-                }
+                // A failure shows in the stat below.
+                try? FileIO.makeDirectories(path, mode: 0o755)
             }
             guard stat(path, &info) == 0 else {
                 throw SecretsError(.io, "mount point \(path): \(FileIO.errnoText(errno))")

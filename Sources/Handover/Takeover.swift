@@ -83,13 +83,7 @@ public struct TakeoverChannel: Sendable {
     /// Listens at `path` (its directory created 0700 when missing), replacing a stale socket there.
     public static func listen(at path: String) throws(SecretsError) -> Int32 {
         let directory = path.split(separator: "/").dropLast().reduce("") { $0 + "/" + $1 }
-        if !directory.isEmpty, access(directory, F_OK) != 0 {
-            var built = ""
-            for part in directory.split(separator: "/") {
-                built += "/" + part
-                _ = mkdir(built, 0o700)
-            }
-        }
+        if !directory.isEmpty, access(directory, F_OK) != 0 { try FileIO.makeDirectories(directory, mode: 0o700) }
         unlink(path)
         let fd = secretsfs_unix_seqpacket(path, 1)
         guard fd >= 0 else {

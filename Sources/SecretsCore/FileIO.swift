@@ -21,6 +21,17 @@ public enum FileIO {
         String(cString: strerror(code))
     }
 
+    /// Creates `path` and every missing parent with `mode` (`mkdir -p`); existing ones are left as they are.
+    public static func makeDirectories(_ path: String, mode: mode_t) throws(SecretsError) {
+        var built = ""
+        for part in path.split(separator: "/") {
+            built += "/" + part
+            if mkdir(built, mode) != 0 && errno != EEXIST {
+                throw SecretsError(.io, "creating '\(built)' failed: \(errnoText(errno))")
+            }
+        }
+    }
+
     public static func status(_ path: String) throws(SecretsError) -> Status {
         var info = stat()
         guard stat(path, &info) == 0 else {

@@ -29,6 +29,8 @@ deps:
 	@$(VENV)/bin/python -c "import yaml, dotenv, jproperties" 2>/dev/null || $(VENV)/bin/pip install -q pyyaml python-dotenv jproperties
 	@# Dynaconf, to read a rendered secrets file as it reads Vault and Redis directly.
 	@$(VENV)/bin/python -c "import dynaconf, hvac, redis" 2>/dev/null || $(VENV)/bin/pip install -q "dynaconf[vault,redis]"
+	@# Python's watchdog (inotify backend), one of the real watchers the directory-events tests run.
+	@$(VENV)/bin/python -c "import watchdog.observers.inotify" 2>/dev/null || $(VENV)/bin/pip install -q "watchdog>=4"
 	@test -e /dev/fuse || { echo "/dev/fuse is missing: FUSE mounts cannot work here"; exit 1; }
 
 # Debug build; fails on any compiler warning in this project's sources.

@@ -38,6 +38,14 @@ static inline void secretsfs_mark_faults(void *culprit_word) {
     for (unsigned i = 0; i < sizeof signals / sizeof signals[0]; i++) sigaction(signals[i], &action, NULL);
 }
 
+// The calling thread's id, as the kernel puts it in a FUSE request's header (pid: the task, not its process).
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline int32_t secretsfs_thread_id(void) { return (int32_t)syscall(SYS_gettid); }
+// utimensat's special times are macros of an expression.
+static inline long secretsfs_utime_omit(void) { return UTIME_OMIT; }
+static inline long secretsfs_utime_now(void) { return UTIME_NOW; }
+
 // Several libfuse entry points are macros over versioned symbols; Swift cannot call macros.
 static inline struct fuse_session *secretsfs_session_new(struct fuse_args *args,
                                                          const struct fuse_lowlevel_ops *ops,
@@ -59,6 +67,7 @@ static inline void secretsfs_process_raw(struct fuse_session *se, const void *me
 // Capability bits are macros too.
 static inline unsigned int secretsfs_cap_auto_inval_data(void) { return FUSE_CAP_AUTO_INVAL_DATA; }
 static inline unsigned int secretsfs_cap_no_open_support(void) { return FUSE_CAP_NO_OPEN_SUPPORT; }
+static inline unsigned int secretsfs_cap_atomic_o_trunc(void) { return FUSE_CAP_ATOMIC_O_TRUNC; }
 
 // fuse_file_info carries bit-fields, which Swift imports awkwardly; set them here.
 static inline void secretsfs_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }

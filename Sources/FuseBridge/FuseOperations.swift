@@ -26,7 +26,8 @@ enum FuseOperations {
         ops.getxattr = { FuseOperations.getxattr($0, $1, $2, $3) }
         ops.listxattr = { FuseOperations.listxattr($0, $1, $2) }
         // Everything that would change the tree is refused, even if the mount were made writable.
-        ops.setattr = { req, _, _, _, _ in FuseOperations.readOnly(req) }
+        // But the daemon's own touch (directory events; see `Announcer`) is answered, changing nothing.
+        ops.setattr = { FuseOperations.setattr($0, $1, $2, $3, $4) }
         ops.mknod = { req, _, _, _, _ in FuseOperations.readOnly(req) }
         ops.mkdir = { req, _, _, _ in FuseOperations.readOnly(req) }
         ops.unlink = { req, _, _ in FuseOperations.readOnly(req) }
@@ -49,6 +50,9 @@ enum FuseOperations {
         }
         // Inodes never change content, so there is nothing for auto-invalidation to do.
         conn.pointee.want &= ~secretsfs_cap_auto_inval_data()
+        // O_TRUNC must reach us as a setattr (refused) rather than ride on an open a no_open kernel never sends
+        // (on a mount writable for directory events, the kernel would believe the file truncated).
+        conn.pointee.want &= ~secretsfs_cap_atomic_o_trunc()
     }
 
     static func lookup(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
@@ -107,6 +111,11 @@ enum FuseOperations {
         let core = context(req).core
         guard core.isFile(ino) else {
             fuse_reply_err(req, core.isDirectory(ino) ? EISDIR : ENOENT)
+            return
+        }
+        // Opens for writing reach here only on a mount made writable for directory events: the daemon's own.
+        if fi.pointee.flags & O_ACCMODE != O_RDONLY, !isAnnouncer(req) {
+            fuse_reply_err(req, EROFS)
             return
         }
         // The inode's content never changes, so the kernel may keep its pages.
@@ -232,13 +241,35 @@ enum FuseOperations {
         }
     }
 
+    /// Refused (EROFS), except the daemon's own touch of a name, which is answered with the node's attributes as
+    /// they are: nothing changes, but the kernel reports the touch to inotify watchers (see `Announcer`).
+    static func setattr(
+        _ req: fuse_req_t?, _ ino: fuse_ino_t, _ attr: UnsafeMutablePointer<Glibc.stat>?, _ toSet: Int32,
+        _ fi: UnsafeMutablePointer<fuse_file_info>?
+    ) {
+        guard let req else { return }
+        guard isAnnouncer(req), toSet & ~(FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME) == 0 else {
+            fuse_reply_err(req, EROFS)
+            return
+        }
+        getattr(req, ino, fi)
+    }
+
+    /// Whether the request comes from this worker's touching thread (directory events).
+    static func isAnnouncer(_ req: fuse_req_t) -> Bool {
+        guard let announcer = context(req).announcer, let ctx = fuse_req_ctx(req) else { return false }
+        return announcer.admits(pid: ctx.pointee.pid)
+    }
+
     static func readOnly(_ req: fuse_req_t?) {
         if let req { fuse_reply_err(req, EROFS) }
     }
 
-    /// Who asks: the kernel's record of the calling process.
+    /// Who asks: the kernel's record of the calling process; nil for the daemon's own touching thread (no access
+    /// rules, no audit).
     static func caller(_ req: fuse_req_t) -> Caller? {
-        fuse_req_ctx(req).map { Caller(uid: $0.pointee.uid, gid: $0.pointee.gid, pid: $0.pointee.pid) }
+        if isAnnouncer(req) { return nil }
+        return fuse_req_ctx(req).map { Caller(uid: $0.pointee.uid, gid: $0.pointee.gid, pid: $0.pointee.pid) }
     }
 
     static func context(_ req: fuse_req_t) -> FuseContext {

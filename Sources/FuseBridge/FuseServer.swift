@@ -20,7 +20,10 @@ public final class FuseServer: Sendable {
 
     /// The `-o` option string for a mount config.
     public static func mountOptions(_ mount: MountConfig) -> String {
-        var options = ["ro", "default_permissions", "fsname=secretsfs", "subtype=secretsfs", "noatime"]
+        // With directory events the kernel lets changes through to the daemon, which refuses all but its own.
+        var options = (mount.directoryEvents ? [] : ["ro"]) + [
+            "default_permissions", "fsname=secretsfs", "subtype=secretsfs", "noatime",
+        ]
         if mount.allowOther { options.append("allow_other") }
         if mount.autoUnmount { options.append("auto_unmount") }
         return options.joined(separator: ",")
@@ -99,6 +102,8 @@ final class FuseContext: Sendable, KernelNotifier {
     let logger: Logger
     let session: Locked<SessionPointer?>
     let directoryHandles = DirectoryHandles()
+    /// Touches changed names through the mount (`[mount] directory_events`; nil: off).
+    let announcer: Announcer?
     /// A fault that exists only in debug builds, for the request-of-death tests: a lookup of this key name aborts
     /// the worker (`SECRETSFS_DEBUG_ABORT_ON_LOOKUP`).
     let abortOnLookup: String?
@@ -108,6 +113,7 @@ final class FuseContext: Sendable, KernelNotifier {
         self.mount = mount
         self.logger = logger
         self.session = Locked(nil)
+        self.announcer = Announcer(mount: mount, logger: logger)
         #if DEBUG
             abortOnLookup = getenv("SECRETSFS_DEBUG_ABORT_ON_LOOKUP").map { String(cString: $0) }
         #else
@@ -125,6 +131,8 @@ final class FuseContext: Sendable, KernelNotifier {
             logger.debug("entry invalidation failed", metadata: ["parent": "\(parent)", "errno": "\(-result)"])
         }
     }
+
+    func announce(_ paths: [String]) { announcer?.announce(paths) }
 
     func deleteEntry(parent: UInt64, child: UInt64, name: String) {
         guard let session = session.withLock({ $0 }) else { return }

@@ -139,11 +139,17 @@ public struct MountConfig: Sendable {
     /// Where the supervisor listens for an independent process that takes the mount over (`mount --take-over`, a
     /// DaemonSet's next pod); its directory is made 0700. nil: no takeovers.
     public var takeoverSocket: String?
+    /// Make inotify watches on directories see changes: the daemon touches each changed name through its own mount
+    /// (open for writing, set the mtime, close: IN_OPEN, IN_MODIFY, IN_CLOSE_WRITE for the name), so the mount is
+    /// made writable at the kernel and every other caller's change is refused by the daemon (EROFS).
+    public var directoryEvents: Bool
 
     init(_ section: ConfigSection) throws(LocatedError) {
         try section.rejectUnknown(allowed: [
             "path", "allow_other", "uid", "gid", "file_mode", "dir_mode", "no_open", "auto_unmount", "takeover_socket",
+            "directory_events",
         ])
+        directoryEvents = try section.bool("directory_events") ?? false
         takeoverSocket = try section.path("takeover_socket")
         path = try section.path("path") ?? "/secrets"
         allowOther = try section.bool("allow_other") ?? false

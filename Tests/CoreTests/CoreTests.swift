@@ -342,4 +342,30 @@ struct FileSystemCoreTests {
         let after = try core.lookup(parent: env, name: "CACHED")
         #expect(try core.contents(after.attributes.inode).copyBytes() == Array("v2".utf8))
     }
+
+    @Test("a change announces the changed names, in the tree and in a CSI view that shows them, and a directory whose listing changed; never an unchanged name, a fresh one or a value")
+    func announcesChangedNames() throws {
+        let core = try core()
+        let notifier = RecordingNotifier()
+        core.setNotifier(notifier)
+        let env = try envInode(core)
+        store.set("production", "OTHER", .string("same"))
+        store.set("production", "FRESH_A", .string("f1"))
+        core.storeChanged("fake")
+        notifier.announced.withLock { $0 = [] }
+        _ = try core.lookup(parent: env, name: "CACHED")
+        let pod = PodIdentity(uid: "0b7c6f0e-1111-2222-3333-444455556666", name: "web", namespace: "ns", serviceAccount: "sa")
+        _ = try core.publish(
+            CSIVolume(id: "vol-1", top: "fake", env: "production", keys: ["CACHED"], pod: pod, group: nil, targetPath: "/t"))
+        store.set("production", "CACHED", .string("v2"))
+        store.set("production", "FRESH_A", .string("f2"))
+        core.storeChanged("fake")
+        #expect(notifier.announced.withLock { $0 } == [["fake/production/CACHED", ".csi/vol-1/CACHED"].sorted()])
+        notifier.announced.withLock { $0 = [] }
+        store.set("production", "ADDED", .string("a"))
+        core.storeChanged("fake")
+        #expect(notifier.announced.withLock { $0 } == [["fake/production", "fake/production/ADDED"]])
+        let all = notifier.announced.withLock { $0 }.joined().joined()
+        for value in ["v2", "f2", "same"] { #expect(!all.contains(value)) }
+    }
 }

@@ -46,7 +46,9 @@ final class FakeStore: SecretStore {
 
 final class RecordingNotifier: KernelNotifier {
     let invalidated = Locked<[(UInt64, String)]>([])
+    let announced = Locked<[[String]]>([])
     func invalidateEntry(parent: UInt64, name: String) { invalidated.withLock { $0.append((parent, name)) } }
+    func announce(_ paths: [String]) { announced.withLock { $0.append(paths) } }
 }
 
 final class FakeClock: Sendable {

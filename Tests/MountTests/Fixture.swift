@@ -62,12 +62,13 @@ final class Fixture: @unchecked Sendable {
             twoBackendConfig(mountpoint: mountpoint, vaultAddress: bao.address, tokenFile: token, redisURL: redis.url, cache: cache))
     }
 
-    /// A config with one Redis store `redis` over `redis` (`store`: more lines of its table), a cache ttl of 10
-    /// minutes, and `extra` TOML after it.
-    func writeRedisConfig(_ redis: RedisServer, store: String = "", extra: String = "") throws -> String {
+    /// A config with one Redis store `redis` over `redis` (`store`: more lines of its table; `mount`: of `[mount]`),
+    /// a cache ttl of 10 minutes, and `extra` TOML after it.
+    func writeRedisConfig(_ redis: RedisServer, store: String = "", mount: String = "", extra: String = "") throws -> String {
         try dir.write("redis.toml", """
             [mount]
             path = "\(mountpoint)"
+            \(mount)
             [cache]
             ttl = "10m"
             [stores.redis]

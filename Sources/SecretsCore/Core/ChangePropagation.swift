@@ -9,10 +9,15 @@ public protocol KernelNotifier: Sendable {
     /// The name now leads elsewhere and `child` is gone: the kernel unhashes the name and unlinks the inode, so an
     /// inotify watch on the file gets IN_DELETE_SELF (FUSE_NOTIFY_DELETE). Falls back to `invalidateEntry`.
     func deleteEntry(parent: UInt64, child: UInt64, name: String)
+    /// Names whose value changed and directories whose listing changed, relative to the mount point, after the
+    /// kernel was told: the bridge may touch them through the mount so that inotify watches on their directories
+    /// see the change (`[mount] directory_events`). Returns at once; never given a value.
+    func announce(_ paths: [String])
 }
 
 extension KernelNotifier {
     public func deleteEntry(parent: UInt64, child: UInt64, name: String) { invalidateEntry(parent: parent, name: name) }
+    public func announce(_ paths: [String]) {}
 }
 
 /// Change notices from stores: refetch the cached env views that depend on what changed (one fetch per env,
@@ -78,7 +83,9 @@ final class ChangePropagation: Sendable {
         }
         let affected = views.keys.union(inherited).filter(affects)
         var stale: [(parent: UInt64, name: String, child: UInt64)] = []
+        var announced: Set<String> = []
         for key in affected {
+            let before = views.held(key)
             let view: EnvView
             do {
                 view = try OperationDeadline.within(resolver.operationTimeout(top: key.top)) { () throws(SecretsError) in
@@ -89,6 +96,7 @@ final class ChangePropagation: Sendable {
                 continue
             }
             views.store(view, for: key, at: clock())
+            if let before { announced.formUnion(changedNames(key, before: before, after: view)) }
             stale += inodes.update { table, digest, _ in
                 var changed: [(UInt64, String, UInt64)] = []
                 for (path, inode) in table.current where path.top == key.top && path.env == key.env {
@@ -133,7 +141,49 @@ final class ChangePropagation: Sendable {
         }
         record(storeName, envs: affected.count, changed: stale.count)
         guard let notifier = notifier.withLock({ $0 }) else { return }
+        announced.formUnion(inodes.read { table in stale.compactMap { table.files[$0.child].map { Self.mountPath($0.path) } } })
         for entry in stale { notifier.deleteEntry(parent: entry.parent, child: entry.child, name: entry.name) }
+        if !announced.isEmpty { notifier.announce(announced.sorted()) }
+    }
+
+    /// A name's path relative to the mount point.
+    static func mountPath(_ path: InodeTable.FilePath) -> String {
+        if !path.view.isEmpty { return CSIVolume.directory + "/" + path.view + "/" + path.key }
+        if path.env == RenderedFiles.allEnvs { return path.top + "/" + path.key }
+        return path.top + "/" + path.env + "/" + path.key
+    }
+
+    /// The names of `key` whose value differs between two views of it (in the tree and in the CSI views that show
+    /// them), and the directories whose listing differs. Fresh names are left out: they change without notices.
+    func changedNames(_ key: EnvKey, before: EnvView, after: EnvView) -> [String] {
+        let volumes = inodes.read { table in table.volumes.values.filter { $0.top == key.top && $0.env == key.env } }
+        var names: [String] = []
+        let added = Set(after.keys).subtracting(before.keys)
+        let removed = Set(before.keys).subtracting(after.keys)
+        let rendered = resolver.rendered.names(top: key.top, env: key.env)
+        for name in after.keys.filter({ !added.contains($0) && !rendered.contains($0) }) + rendered {
+            let path = InodeTable.FilePath(top: key.top, env: key.env, key: name)
+            guard !resolver.isFresh(path, in: after), !resolver.isFresh(path, in: before) else { continue }
+            let old = (try? resolver.bytes(of: path, in: before)) ?? nil
+            let new = (try? resolver.bytes(of: path, in: after)) ?? nil
+            guard old != new else { continue }
+            names.append(Self.mountPath(path))
+            for volume in volumes where volume.shows(name) {
+                names.append(Self.mountPath(InodeTable.FilePath(top: key.top, env: key.env, key: name, view: volume.id)))
+            }
+        }
+        // A name that came or went: its directory, and the new names themselves.
+        if !added.isEmpty || !removed.isEmpty {
+            names.append(key.top + "/" + key.env)
+            for name in added.sorted() { names.append(key.top + "/" + key.env + "/" + name) }
+            for volume in volumes where added.union(removed).contains(where: volume.shows) {
+                names.append(CSIVolume.directory + "/" + volume.id)
+                for name in added.sorted() where volume.shows(name) {
+                    names.append(CSIVolume.directory + "/" + volume.id + "/" + name)
+                }
+            }
+        }
+        return names
     }
 
     /// Counts the notice and logs a summary at most once a minute.

@@ -84,6 +84,9 @@ public final class EnvViewCache: Sendable {
         changed.withLock { $0 }?()
     }
 
+    /// The view held for `key`, whatever its age (nil: none).
+    public func held(_ key: EnvKey) -> EnvView? { entries.withLock { $0[key]?.view } }
+
     /// Every view held, with when it was fetched (for the next worker's snapshot).
     public func exported() -> [(key: EnvKey, fetchedAt: Double, view: EnvView)] {
         entries.withLock { entries in entries.map { ($0.key, $0.value.fetchedAt, $0.value.view) } }

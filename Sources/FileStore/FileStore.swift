@@ -28,7 +28,7 @@ public struct FileStoreSettings: Sendable {
     public init(config: StoreConfig) throws(LocatedError) {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "fresh_max_age", "files", "identity", "passphrase_file", "recipients", "max_work_factor",
+            "type", "fresh", "fresh_max_age", "layout", "files", "identity", "passphrase_file", "recipients", "max_work_factor",
             "layout", "env",
         ])
         func layout(_ layoutName: String?, env: String?, key: String) throws(LocatedError) -> FileLayout? {

@@ -21,7 +21,7 @@ final class Announcer: Sendable {
     /// The thread touching names now (nil: none).
     let touching = Locked<Int32?>(nil)
     /// Names waiting for the queue (changes close together are touched once).
-    let pending = Locked<(names: Set<String>, scheduled: Bool)>(([], false))
+    let pending = Locked<(names: Set<String>, swaps: Set<String>, scheduled: Bool)>(([], [], false))
 
     init?(mount: MountConfig, logger: Logger) {
         guard mount.directoryEvents else { return nil }
@@ -41,23 +41,24 @@ final class Announcer: Sendable {
         return statvfs(mountPath, &info) == 0 && info.f_flag & UInt(ST_RDONLY) == 0
     }
 
-    func announce(_ paths: [String]) {
+    func announce(_ paths: [String], swapping directories: [String]) {
         let schedule = pending.withLock { pending -> Bool in
             pending.names.formUnion(paths)
+            pending.swaps.formUnion(directories)
             defer { pending.scheduled = true }
             return !pending.scheduled
         }
         guard schedule else { return }
         queue.async { [self] in
-            let names = pending.withLock { pending -> [String] in
-                defer { pending = ([], false) }
-                return pending.names.sorted()
+            let (names, swaps) = pending.withLock { pending -> ([String], [String]) in
+                defer { pending = ([], [], false) }
+                return (pending.names.sorted(), pending.swaps.sorted())
             }
-            touch(names)
+            touch(names, swapping: swaps)
         }
     }
 
-    private func touch(_ names: [String]) {
+    private func touch(_ names: [String], swapping directories: [String]) {
         guard mountIsWritable() else {
             logger.debug("directory events: the mount is read-only at the kernel, nothing touched")
             return
@@ -80,6 +81,17 @@ final class Announcer: Sendable {
                 // ENOENT: the name went away again since.
                 failed += 1
             }
+        }
+        // The kubelet layout: ..data_tmp made, then renamed over ..data (IN_CREATE ..data_tmp, IN_MOVED_FROM
+        // ..data_tmp, IN_MOVED_TO ..data), as AtomicWriter does it.
+        for directory in directories {
+            let base = mountPath + "/" + directory + "/"
+            let made = symlink(".", base + DirectoryLayout.dataLinkTemporary)
+            if made != 0 && errno != EEXIST {
+                failed += 1
+                continue
+            }
+            if rename(base + DirectoryLayout.dataLinkTemporary, base + DirectoryLayout.dataLink) != 0 { failed += 1 }
         }
         if failed > 0 {
             logger.debug("directory events: some names could not be touched", metadata: ["failed": "\(failed)"])

@@ -32,8 +32,10 @@ enum FuseOperations {
         ops.mkdir = { req, _, _, _ in FuseOperations.readOnly(req) }
         ops.unlink = { req, _, _ in FuseOperations.readOnly(req) }
         ops.rmdir = { req, _, _ in FuseOperations.readOnly(req) }
-        ops.symlink = { req, _, _, _ in FuseOperations.readOnly(req) }
-        ops.rename = { req, _, _, _, _, _ in FuseOperations.readOnly(req) }
+        // But for the daemon's own ..data swap in a kubelet-layout directory (see `Announcer`).
+        ops.symlink = { FuseOperations.symlink($0, $1, $2, $3) }
+        ops.rename = { FuseOperations.rename($0, $1, $2, $3, $4, $5) }
+        ops.readlink = { FuseOperations.readlink($0, $1) }
         ops.link = { req, _, _, _ in FuseOperations.readOnly(req) }
         ops.write = { req, _, _, _, _, _ in FuseOperations.readOnly(req) }
         ops.create = { req, _, _, _, _ in FuseOperations.readOnly(req) }
@@ -255,6 +257,57 @@ enum FuseOperations {
         getattr(req, ino, fi)
     }
 
+    /// The daemon's own `..data_tmp` (kubelet layout); EROFS for anyone else and anything else.
+    static func symlink(
+        _ req: fuse_req_t?, _ link: UnsafePointer<CChar>?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?
+    ) {
+        guard let req else { return }
+        guard isAnnouncer(req), let link, let name else {
+            fuse_reply_err(req, EROFS)
+            return
+        }
+        do {
+            let entry = try context(req).core.makeDataLink(
+                parent: parent, name: String(cString: name), target: String(cString: link))
+            var param = fuse_entry_param()
+            param.ino = entry.attributes.inode
+            param.attr = stat(entry.attributes)
+            param.entry_timeout = entry.entryTimeout
+            param.attr_timeout = entry.attributeTimeout
+            fuse_reply_entry(req, &param)
+        } catch {
+            fuse_reply_err(req, error.errno)
+        }
+    }
+
+    /// The daemon's own `..data_tmp` → `..data` (kubelet layout); EROFS for anyone else and anything else.
+    static func rename(
+        _ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ newParent: fuse_ino_t,
+        _ newName: UnsafePointer<CChar>?, _ flags: UInt32
+    ) {
+        guard let req else { return }
+        guard isAnnouncer(req), flags == 0, let name, let newName else {
+            fuse_reply_err(req, EROFS)
+            return
+        }
+        do {
+            try context(req).core.swapDataLink(
+                parent: parent, name: String(cString: name), newParent: newParent, newName: String(cString: newName))
+            fuse_reply_err(req, 0)
+        } catch {
+            fuse_reply_err(req, error.errno)
+        }
+    }
+
+    static func readlink(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
+        guard let req else { return }
+        guard let target = context(req).core.linkTarget(ino) else {
+            fuse_reply_err(req, EINVAL)
+            return
+        }
+        fuse_reply_readlink(req, target)
+    }
+
     /// Whether the request comes from this worker's touching thread (directory events).
     static func isAnnouncer(_ req: fuse_req_t) -> Bool {
         guard let announcer = context(req).announcer, let ctx = fuse_req_ctx(req) else { return false }
@@ -279,7 +332,7 @@ enum FuseOperations {
     static func stat(_ attributes: NodeAttributes) -> Glibc.stat {
         var info = Glibc.stat()
         info.st_ino = numericCast(attributes.inode)
-        info.st_mode = (attributes.isDirectory ? S_IFDIR : S_IFREG) | attributes.mode
+        info.st_mode = (attributes.isDirectory ? S_IFDIR : attributes.isSymlink ? S_IFLNK : S_IFREG) | attributes.mode
         info.st_nlink = attributes.isDirectory ? 2 : attributes.detached ? 0 : 1
         info.st_uid = attributes.uid
         info.st_gid = attributes.gid

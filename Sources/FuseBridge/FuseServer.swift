@@ -132,7 +132,9 @@ final class FuseContext: Sendable, KernelNotifier {
         }
     }
 
-    func announce(_ paths: [String]) { announcer?.announce(paths) }
+    func announce(_ paths: [String], swapping directories: [String]) {
+        announcer?.announce(paths, swapping: directories)
+    }
 
     func deleteEntry(parent: UInt64, child: UInt64, name: String) {
         guard let session = session.withLock({ $0 }) else { return }

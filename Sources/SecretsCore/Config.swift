@@ -43,7 +43,9 @@ public struct Config: Sendable {
         for name in storesSection.keys {
             let section = try storesSection.section(name, required: true)
             try checkName(name, in: section)
-            stores.append(try StoreConfig(name: name, section: section))
+            let store = try StoreConfig(name: name, section: section)
+            try requireDirectoryEvents(store.layout, mount: mount, section: section)
+            stores.append(store)
         }
 
         var scopes: [ScopeConfig] = []
@@ -55,6 +57,7 @@ public struct Config: Sendable {
                 throw section.error(nil, "scope '\(name)' has the same name as a store; both would be /\(name)")
             }
             let scope = try ScopeConfig(name: name, section: section)
+            try requireDirectoryEvents(scope.layout, mount: mount, section: section)
             for element in scope.chain where !stores.contains(where: { $0.name == element.store }) {
                 throw section.error("chain", "scope '\(name)' names store '\(element.store)', which is not configured")
             }
@@ -123,6 +126,15 @@ public struct Config: Sendable {
     }
 
     public func store(named name: String) -> StoreConfig? { stores.first { $0.name == name } }
+
+    /// `layout = "kubernetes"` swaps `..data` through the mount, which only a mount with directory events allows.
+    static func requireDirectoryEvents(
+        _ layout: DirectoryLayout, mount: MountConfig, section: ConfigSection
+    ) throws(LocatedError) {
+        guard layout == .kubernetes, !mount.directoryEvents else { return }
+        throw section.error(
+            "layout", "layout = \"kubernetes\" needs directory_events = true in [mount] (it swaps ..data through the mount)")
+    }
 }
 
 public struct MountConfig: Sendable {
@@ -314,10 +326,12 @@ public struct StoreConfig: Sendable {
     public var type: String
     public var fresh: [String]
     public var freshMaxAge: Double?
+    public var layout: DirectoryLayout
     public var section: ConfigSection
 
     init(name: String, section: ConfigSection) throws(LocatedError) {
         self.name = name
+        self.layout = try DirectoryLayout(section)
         guard let type = try section.string("type") else {
             throw section.error(nil, "store '\(name)' needs a type (file)")
         }
@@ -361,6 +375,7 @@ public struct ScopeConfig: Sendable {
     public var chain: [ChainElement]
     public var fresh: [String]
     public var freshMaxAge: Double?
+    public var layout: DirectoryLayout
 
     /// Whether a chain item got its level name from its store.
     static func isDefaultNamed(_ item: SecretValue) -> Bool {
@@ -370,7 +385,7 @@ public struct ScopeConfig: Sendable {
 
     init(name: String, section: ConfigSection) throws(LocatedError) {
         self.name = name
-        try section.rejectUnknown(allowed: ["chain", "fresh", "fresh_max_age"])
+        try section.rejectUnknown(allowed: ["chain", "fresh", "fresh_max_age", "layout"])
         guard case .array(let items)? = section.values["chain"], !items.isEmpty else {
             throw section.error("chain", "scope '\(name)' needs a non-empty chain = [\"store\", ...]")
         }
@@ -428,5 +443,30 @@ public struct ScopeConfig: Sendable {
         self.chain = chain
         self.fresh = try section.stringArray("fresh") ?? []
         self.freshMaxAge = try section.duration("fresh_max_age")
+        self.layout = try DirectoryLayout(section)
+    }
+}
+
+/// `layout` of a store or scope: how its env directories look. `plain`: the keys. `kubernetes`: the keys and
+/// `..data`, a symlink to the directory itself (`..data/KEY` is `KEY`) that is replaced through the mount at each
+/// change (`..data_tmp` created, then renamed over `..data`), as kubelet's AtomicWriter does: watchers written for
+/// that layout (a Create or IN_MOVED_TO of `..data`) work unchanged. Needs `[mount] directory_events`.
+public enum DirectoryLayout: String, Sendable {
+    case plain
+    case kubernetes
+
+    /// The name that is swapped, and the one it is made under first.
+    public static let dataLink = "..data"
+    public static let dataLinkTemporary = "..data_tmp"
+
+    init(_ section: ConfigSection) throws(LocatedError) {
+        guard let raw = try section.string("layout") else {
+            self = .plain
+            return
+        }
+        guard let layout = DirectoryLayout(rawValue: raw) else {
+            throw section.error("layout", "layout must be \"plain\" or \"kubernetes\", not \"\(raw)\"")
+        }
+        self = layout
     }
 }

@@ -10,6 +10,8 @@ public final class Resolver: Sendable {
         public var freshMaxAge: Double? = nil
         /// The name of each chain element's level (a store's own top: the store's name).
         public var levels: [String] = []
+        /// How its env directories look (`layout`).
+        public var layout: DirectoryLayout = .plain
     }
 
     public static let defaultEnv = "default"
@@ -67,7 +69,7 @@ public final class Resolver: Sendable {
             }
             tops[storeConfig.name] = Top(
                 name: storeConfig.name, chain: [(store, nil)], fresh: storeConfig.fresh.map(Glob.init), isScope: false,
-                freshMaxAge: storeConfig.freshMaxAge, levels: [storeConfig.name])
+                freshMaxAge: storeConfig.freshMaxAge, levels: [storeConfig.name], layout: storeConfig.layout)
         }
         for scope in config.scopes {
             var chain: [(store: any SecretStore, location: String?)] = []
@@ -81,7 +83,7 @@ public final class Resolver: Sendable {
             }
             tops[scope.name] = Top(
                 name: scope.name, chain: chain, fresh: fresh, isScope: true, freshMaxAge: scope.freshMaxAge,
-                levels: scope.chain.map(\.level))
+                levels: scope.chain.map(\.level), layout: scope.layout)
         }
         self.tops = tops
         self.topNames = tops.keys.sorted()
@@ -89,6 +91,9 @@ public final class Resolver: Sendable {
         self.globalFresh = config.cache.fresh.map(Glob.init)
         self.globalFreshMaxAge = config.cache.freshMaxAge
     }
+
+    /// Whether `top`'s env directories have the kubelet layout (`..data`).
+    public func hasKubernetesLayout(_ top: String) -> Bool { tops[top]?.layout == .kubernetes }
 
     func top(_ name: String) throws(SecretsError) -> Top {
         guard let top = tops[name] else { throw SecretsError(.notFound, "no store or scope named '\(name)'") }

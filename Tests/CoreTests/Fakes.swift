@@ -47,8 +47,12 @@ final class FakeStore: SecretStore {
 final class RecordingNotifier: KernelNotifier {
     let invalidated = Locked<[(UInt64, String)]>([])
     let announced = Locked<[[String]]>([])
+    let swapped = Locked<[[String]]>([])
     func invalidateEntry(parent: UInt64, name: String) { invalidated.withLock { $0.append((parent, name)) } }
-    func announce(_ paths: [String]) { announced.withLock { $0.append(paths) } }
+    func announce(_ paths: [String], swapping directories: [String]) {
+        announced.withLock { $0.append(paths) }
+        if !directories.isEmpty { swapped.withLock { $0.append(directories) } }
+    }
 }
 
 final class FakeClock: Sendable {

@@ -216,4 +216,72 @@ struct InotifyTests {
         #expect(try fs.readText("redis/production/PASSWORD") == "v-last")
         #expect(!(waiter.stdout + watchdog.stdout + [fs.log]).contains { $0.contains("v-last") }, "a value in output")
     }
+
+    @Test("layout = \"kubernetes\": ..data is a symlink to the directory (unlisted), swapped at each of 50 rotations as kubelet's AtomicWriter does (IN_CREATE ..data_tmp, IN_MOVED_TO ..data: configmap-reload's Create of ..data, Envoy's moved_to), the new value read through ..data after the event; nobody else may make or move it; without directory_events the config is refused")
+    func kubernetesLayoutSwapsData() throws {
+        let redis = try RedisServer()
+        defer { redis.remove() }
+        try redis.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v-0")])
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let refused = try fixture.writeRedisConfig(redis, store: "layout = \"kubernetes\"")
+        let check = try fixture.cli(["check", "--config", refused])
+        #expect(check.status == 2)
+        #expect(check.stderr.contains("redis.toml:") && check.stderr.contains("needs directory_events = true"), "\(check.stderr)")
+        let config = try fixture.writeRedisConfig(redis, store: "layout = \"kubernetes\"", mount: "directory_events = true")
+        let fs = try fixture.mount(config: config)
+        let directory = fs.path("redis/production")
+        #expect(try fs.readText("redis/production/..data/PASSWORD") == "v-0")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: directory + "/..data") == ".")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["PASSWORD"], "..data is not listed")
+        try redis.waitForPatternSubscriptions()
+        let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let mask = UInt32(IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE)
+        let wd = try withTimeout(10, onTimeout: fs.abortConnection) { inotify_add_watch(fd, directory, mask) }
+        try #require(wd >= 0, "inotify_add_watch: errno \(errno)")
+        var latencies: [Double] = []
+        var missed: [Int] = []
+        for rotation in 1...50 {
+            let changed = Date()
+            try redis.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v-\(rotation)")])
+            let seen = Self.namedEvents(fd, seconds: 10) { events in
+                events.contains { $0.name == "..data" && $0.mask & UInt32(IN_MOVED_TO) != 0 }
+            }
+            // configmap-reload: a Create (IN_CREATE or IN_MOVED_TO, Go fsnotify) whose base name is ..data.
+            guard seen.contains(where: { $0.name == "..data" && Self.fsnotifyOps($0.mask).contains("Create") }) else {
+                missed.append(rotation)
+                continue
+            }
+            latencies.append(Date().timeIntervalSince(changed))
+            #expect(seen.contains { $0.name == "..data_tmp" && $0.mask & UInt32(IN_CREATE) != 0 }, "\(seen)")
+            #expect(try fs.readText("redis/production/..data/PASSWORD") == "v-\(rotation)", "after the swap, the new value")
+        }
+        #expect(missed.isEmpty, "rotations with no IN_MOVED_TO ..data: \(missed)")
+        let sorted = latencies.sorted()
+        if !sorted.isEmpty {
+            print("kubernetes layout: \(sorted.count) of 50 swaps seen; HSET to IN_MOVED_TO ..data p50 \(String(format: "%.1f", sorted[sorted.count / 2] * 1000)) ms, max \(String(format: "%.1f", (sorted.last ?? 0) * 1000)) ms")
+        }
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: directory + "/..data") == ".")
+
+        for command in [
+            ["ln", "-s", ".", directory + "/..data_tmp"], ["ln", "-sfn", "/etc", directory + "/..data"],
+            ["mv", "-T", directory + "/..data", directory + "/..old"], ["rm", "-f", directory + "/..data"],
+        ] {
+            let result = try run(command, timeout: 10)
+            #expect(result.status != 0 && result.stderr.contains("Read-only file system"), "\(command): \(result.stderr)")
+        }
+        #expect(try fs.readText("redis/production/..data/PASSWORD") == "v-50")
+
+        // Envoy's style: inotifywait for moved_to in the directory.
+        let waiter = try RunningCommand(["inotifywait", "-e", "moved_to", "--timeout", "20", directory])
+        defer { waiter.stop() }
+        try waiter.waitForStderr("Watches established")
+        try redis.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v-last")])
+        #expect(waiter.waitForExit() == 0, "inotifywait: \(waiter.stderr)")
+        #expect(waiter.stdout.contains { $0.contains("MOVED_TO ..data") }, "\(waiter.stdout)")
+        #expect(try fs.readText("redis/production/PASSWORD") == "v-last")
+        #expect(!fs.log.contains("v-last"), "a value in the log")
+    }
 }

@@ -11,13 +11,14 @@ public protocol KernelNotifier: Sendable {
     func deleteEntry(parent: UInt64, child: UInt64, name: String)
     /// Names whose value changed and directories whose listing changed, relative to the mount point, after the
     /// kernel was told: the bridge may touch them through the mount so that inotify watches on their directories
-    /// see the change (`[mount] directory_events`). Returns at once; never given a value.
-    func announce(_ paths: [String])
+    /// see the change (`[mount] directory_events`); and the kubelet-layout directories among them, whose `..data`
+    /// is swapped after. Returns at once; never given a value.
+    func announce(_ paths: [String], swapping directories: [String])
 }
 
 extension KernelNotifier {
     public func deleteEntry(parent: UInt64, child: UInt64, name: String) { invalidateEntry(parent: parent, name: name) }
-    public func announce(_ paths: [String]) {}
+    public func announce(_ paths: [String], swapping directories: [String]) {}
 }
 
 /// Change notices from stores: refetch the cached env views that depend on what changed (one fetch per env,
@@ -99,7 +100,8 @@ final class ChangePropagation: Sendable {
             if let before { announced.formUnion(changedNames(key, before: before, after: view)) }
             stale += inodes.update { table, digest, _ in
                 var changed: [(UInt64, String, UInt64)] = []
-                for (path, inode) in table.current where path.top == key.top && path.env == key.env {
+                for (path, inode) in table.current
+                where path.top == key.top && path.env == key.env && !FileSystemCore.isLinkName(path.key) {
                     guard let node = table.files[inode], !resolver.isFresh(path, in: view) else { continue }
                     // A rendered file changes when any key it uses does; one it cannot render any more is detached.
                     if !node.holds((try? resolver.bytes(of: path, in: view)) ?? nil, digest: digest) {
@@ -143,7 +145,17 @@ final class ChangePropagation: Sendable {
         guard let notifier = notifier.withLock({ $0 }) else { return }
         announced.formUnion(inodes.read { table in stale.compactMap { table.files[$0.child].map { Self.mountPath($0.path) } } })
         for entry in stale { notifier.deleteEntry(parent: entry.parent, child: entry.child, name: entry.name) }
-        if !announced.isEmpty { notifier.announce(announced.sorted()) }
+        guard !announced.isEmpty else { return }
+        // A name of a kubelet-layout top's env directory (top/env/key): that directory's ..data is swapped.
+        let swapped = Set(announced.compactMap { path -> String? in
+            let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+            guard parts.count >= 2, parts[0] != Substring(CSIVolume.directory), resolver.hasKubernetesLayout(String(parts[0])),
+                parts.count == 3 || (parts.count == 2 && resolver.rendered.file(
+                    top: String(parts[0]), env: RenderedFiles.allEnvs, name: String(parts[1])) == nil)
+            else { return nil }
+            return parts[0] + "/" + parts[1]
+        })
+        notifier.announce(announced.sorted(), swapping: swapped.sorted())
     }
 
     /// A name's path relative to the mount point.

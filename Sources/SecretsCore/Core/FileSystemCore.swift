@@ -155,6 +155,9 @@ public final class FileSystemCore: Sendable {
             guard let env else { throw SecretsError(.notFound, "no env '\(name)' in '\(top)'") }
             return directoryEntry(.env(top: top, env: env))
         case .env(let top, let env):
+            if Self.isLinkName(name), resolver.hasKubernetesLayout(top) {
+                return try linkEntry(InodeTable.FilePath(top: top, env: env, key: name), parent: parent, create: false)
+            }
             guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no key with such a name") }
             let path = InodeTable.FilePath(top: top, env: env, key: name)
             // Paths with an `allow` list or audited get entry timeout 0, so every open is checked and recorded.
@@ -172,6 +175,67 @@ public final class FileSystemCore: Sendable {
         let inode = inodes.update { table, _, events in table.directoryInode(kind, events: &events) }
         return EntryReply(
             attributes: directoryAttributes(inode), entryTimeout: directoryTimeout, attributeTimeout: directoryTimeout)
+    }
+
+    // MARK: - The kubelet layout (`layout = "kubernetes"`)
+
+    /// `..data`'s target: the directory itself, so that `..data/KEY` is `KEY`.
+    static let linkTarget = "."
+
+    static func isLinkName(_ name: String) -> Bool {
+        name == DirectoryLayout.dataLink || name == DirectoryLayout.dataLinkTemporary
+    }
+
+    /// `..data` (always there), or `..data_tmp` (only between the daemon's own symlink and rename). Entry and
+    /// attribute timeouts 0: the kernel asks at every walk, so a swap is seen at once and no worker need know the
+    /// links an earlier one made.
+    private func linkEntry(_ path: InodeTable.FilePath, parent: UInt64, create: Bool) throws(SecretsError) -> EntryReply {
+        let now = CoreClock.wall()
+        let attributes = inodes.update { table, digest, events -> NodeAttributes? in
+            if path.key != DirectoryLayout.dataLink, !create, table.current[path] == nil { return nil }
+            let (inode, node) = table.fileLookup(
+                path, parent: parent, bytes: SecretBytes(Array(Self.linkTarget.utf8)), now: now, digest: digest,
+                events: &events)
+            return fileAttributes(inode, node, in: table)
+        }
+        guard let attributes else { throw SecretsError(.notFound, "no '\(path.key)' now") }
+        return EntryReply(attributes: attributes, entryTimeout: 0, attributeTimeout: 0)
+    }
+
+    /// The env directory of a kubelet-layout top that `inode` is, or EROFS.
+    private func kubernetesDirectory(_ inode: UInt64) throws(SecretsError) -> (top: String, env: String) {
+        guard case .env(let top, let env)? = inodes.read({ $0.directories[inode] }), resolver.hasKubernetesLayout(top)
+        else { throw SecretsError(.readOnly, "read-only file system") }
+        return (top, env)
+    }
+
+    /// The daemon's own `symlink(".", "<dir>/..data_tmp")` (the first half of a swap). Anything else is EROFS.
+    public func makeDataLink(parent: UInt64, name: String, target: String) throws(SecretsError) -> EntryReply {
+        let (top, env) = try kubernetesDirectory(parent)
+        guard name == DirectoryLayout.dataLinkTemporary, target == Self.linkTarget else {
+            throw SecretsError(.readOnly, "read-only file system")
+        }
+        return try linkEntry(InodeTable.FilePath(top: top, env: env, key: name), parent: parent, create: true)
+    }
+
+    /// The daemon's own `rename("<dir>/..data_tmp", "<dir>/..data")` (the second half). Anything else is EROFS.
+    public func swapDataLink(parent: UInt64, name: String, newParent: UInt64, newName: String) throws(SecretsError) {
+        let (top, env) = try kubernetesDirectory(parent)
+        guard newParent == parent, name == DirectoryLayout.dataLinkTemporary, newName == DirectoryLayout.dataLink else {
+            throw SecretsError(.readOnly, "read-only file system")
+        }
+        let moved = inodes.update { table, _, events in
+            table.moveLink(
+                InodeTable.FilePath(top: top, env: env, key: name),
+                to: InodeTable.FilePath(top: top, env: env, key: newName), events: &events)
+        }
+        guard moved != nil else { throw SecretsError(.notFound, "no '\(name)' to rename") }
+    }
+
+    /// A symlink's target (`..data`: "."); nil for anything else.
+    public func linkTarget(_ inode: UInt64) -> String? {
+        guard let node = inodes.read({ $0.files[inode] }), Self.isLinkName(node.path.key) else { return nil }
+        return Self.linkTarget
     }
 
     private func fileEntry(_ path: InodeTable.FilePath, parent: UInt64) throws(SecretsError) -> (EntryReply, String, [String]?) {
@@ -239,9 +303,10 @@ public final class FileSystemCore: Sendable {
             owner.mode = volume.fileMode
         }
         let detached = table.current[node.path] != inode
+        let isLink = Self.isLinkName(node.path.key)
         return NodeAttributes(
-            inode: inode, isDirectory: false, size: node.size, mode: owner.mode, uid: owner.uid, gid: owner.gid,
-            modified: node.modified, detached: detached)
+            inode: inode, isDirectory: false, size: node.size, mode: isLink ? 0o777 : owner.mode, uid: owner.uid,
+            gid: owner.gid, modified: node.modified, detached: detached, isSymlink: isLink)
     }
 
     /// The kernel dropped `count` references; a file inode with none left is released (and its bytes wiped).
@@ -254,6 +319,7 @@ public final class FileSystemCore: Sendable {
     public func contents(_ inode: UInt64) throws(SecretsError) -> SecretBytes {
         if let node = inodes.read({ $0.files[inode] }) {
             if let bytes = node.bytes { return bytes }
+            if Self.isLinkName(node.path.key) { return SecretBytes(Array(Self.linkTarget.utf8)) }
             let bytes = try reader.value(node.path, now: clock()).bytes
             guard inodes.update({ table, digest, _ in table.confirm(inode, bytes: bytes, digest: digest) }) else {
                 throw SecretsError(.stale, "'\(node.path.top)/\(node.path.env)/\(node.path.key)' changed since it was opened")

@@ -11,10 +11,13 @@ public struct NodeAttributes: Sendable, Equatable {
     /// A file no name leads to any more (its value changed; open handles still read the old value): link count 0,
     /// as for an unlinked file, so the kernel keeps it unlinked and watchers on it get IN_DELETE_SELF.
     public var detached = false
+    /// `..data` of a kubelet-layout directory (its target is the node's content).
+    public var isSymlink = false
 
     public static func == (lhs: NodeAttributes, rhs: NodeAttributes) -> Bool {
         lhs.inode == rhs.inode && lhs.isDirectory == rhs.isDirectory && lhs.size == rhs.size && lhs.mode == rhs.mode
             && lhs.uid == rhs.uid && lhs.gid == rhs.gid && lhs.modified == rhs.modified && lhs.detached == rhs.detached
+            && lhs.isSymlink == rhs.isSymlink
     }
 }
 

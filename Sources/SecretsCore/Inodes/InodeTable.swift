@@ -220,6 +220,18 @@ public struct InodeTable: Sendable {
         return true
     }
 
+    /// A kubelet-layout swap: the link made as `from` (`..data_tmp`) is now `to` (`..data`); the node `to` led to
+    /// leads nowhere now. Its record is issued again under the new name. Nil when `from` leads nowhere.
+    public mutating func moveLink(_ from: FilePath, to: FilePath, events: inout [NodeEvent]) -> UInt64? {
+        guard let inode = current[from], var node = files[inode] else { return nil }
+        current.removeValue(forKey: from)
+        node.path = to
+        files[inode] = node
+        current[to] = inode
+        events.append(.issued(node.record(inode)))
+        return inode
+    }
+
     /// The name of `path` leads nowhere now (its value changed); the node stays for the handles that hold it.
     public mutating func detach(_ path: FilePath) { current.removeValue(forKey: path) }
 

@@ -274,6 +274,13 @@ struct InotifyTests {
         }
         #expect(try fs.readText("redis/production/..data/PASSWORD") == "v-50")
 
+        // A worker crash: the next worker serves ..data (its own node) and swaps it at the next change.
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        #expect(try fs.readText("redis/production/..data/PASSWORD") == "v-50")
+        try redis.waitForPatternSubscriptions()
+
         // Envoy's style: inotifywait for moved_to in the directory.
         let waiter = try RunningCommand(["inotifywait", "-e", "moved_to", "--timeout", "20", directory])
         defer { waiter.stop() }

@@ -18,7 +18,9 @@ struct CSITests {
         """
 
     /// A mount with [csi] on a socket in the fixture, an audit log, and `extra` TOML.
-    func mount(_ fixture: Fixture, extra: String = "", arguments: [String] = []) throws -> (MountedSecretsFS, CSIKubelet) {
+    func mount(_ fixture: Fixture, extra: String = "", mountOptions: String = "", arguments: [String] = []) throws
+        -> (MountedSecretsFS, CSIKubelet)
+    {
         _ = try PodmanReader.requireRuntime()
         chmod(fixture.dir.path, 0o755)
         try fixture.writeEncrypted("secrets.toml.age", Self.secrets)
@@ -36,7 +38,7 @@ struct CSITests {
         var text = try String(contentsOfFile: config, encoding: .utf8)
         text = text.replacingOccurrences(
             of: "[mount]\n",
-            with: "[mount]\nallow_other = true\ntakeover_socket = \"\(fixture.dir.file("takeover/takeover.sock"))\"\n")
+            with: "[mount]\nallow_other = true\ntakeover_socket = \"\(fixture.dir.file("takeover/takeover.sock"))\"\n\(mountOptions)")
         try text.write(toFile: config, atomically: true, encoding: .utf8)
         let fs = try fixture.mount(config: config, arguments: arguments)
         let kubelet = try CSIKubelet(socket: fixture.dir.file("csi.sock"), root: fixture.dir.file("kubelet"))
@@ -171,6 +173,37 @@ struct CSITests {
         #expect(try unpublish(kubelet, pod).ok)
         #expect(try publish(kubelet, pod, keys: "DB_*,PASSWORD").ok)
         #expect(mountCount(at: target) == 1)
+        #expect(try unpublish(kubelet, pod).ok)
+    }
+
+    @Test("with directory_events, a watch on a pod's volume directory sees a changed key it shows as IN_MODIFY and IN_CLOSE_WRITE of its name, and nothing of a key it does not show; the pod reads the new value")
+    func volumeDirectoryEvents() throws {
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let (fs, kubelet) = try mount(fixture, mountOptions: "directory_events = true\n")
+        defer { cleanUp(kubelet) }
+        let pod = TestPod(name: "web-5c2a", namespace: "shop", serviceAccount: "web")
+        let published = try publish(kubelet, pod, keys: "PASSWORD")
+        #expect(published.ok, "\(published.code ?? "") \(published.details)")
+        let target = kubelet.targetPath(podUID: pod.uid, volume: "secrets")
+        // The watch is on the bind mount's root, the view's directory (inotify watches inodes, whoever looks).
+        let fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let wd = try withTimeout(10, onTimeout: fs.abortConnection) {
+            inotify_add_watch(fd, target, UInt32(IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE))
+        }
+        try #require(wd >= 0, "inotify_add_watch: errno \(errno)")
+        let config = fixture.dir.file("config.toml")
+        #expect(try fixture.cli(["set", "--config", config, "local", "production", "PASSWORD=pw-2", "DB_HOST=db-2"]).status == 0)
+        let seen = InotifyTests.namedEvents(fd, seconds: 10) { events in
+            events.contains { $0.name == "PASSWORD" && $0.mask & UInt32(IN_CLOSE_WRITE) != 0 }
+        }
+        #expect(seen.contains { $0.name == "PASSWORD" && $0.mask & UInt32(IN_MODIFY) != 0 }, "\(seen)")
+        #expect(!seen.contains { $0.name == "DB_HOST" }, "\(seen)")
+        let read = try PodmanReader.runOnce(source: target, script: "cat /run/secrets/PASSWORD", cgroupParent: pod.cgroupParent)
+        #expect(read.stdoutText == "pw-2", "\(read.stderr)")
+        #expect(!fs.log.contains("pw-2"))
         #expect(try unpublish(kubelet, pod).ok)
     }
 

@@ -7,8 +7,11 @@ import SecretsCore
 /// The worker encrypts it (ChaCha20-Poly1305 under a key derived from the mount's digest key) into a memfd the
 /// supervisor created and passes to every worker but never reads. Layout of the plaintext: `SFSV`, u16 version
 /// (1); u64 view count, each: top, env, f64 bits of the fetch time, u64 element count, each: u64 layer count, each:
-/// u64 field count, each: name, value; u64 listing count, each: top, f64 bits, u64 env count, each: env. Strings
-/// and byte strings are u64-length-prefixed; values are a tag byte and their content.
+/// u64 field count, each: name, value; u64 listing count, each: top, f64 bits, u64 env count, each: env. Version 2
+/// adds, after the listings, the leased stores' leases: u64 count, each: store, role, lease id ("" for none), bool
+/// renewable, f64 bits of duration, renew time and expiry, u64 field count, each: name, value. Version 1 is still
+/// read, and written when there are no leases. Strings and byte strings are u64-length-prefixed; values are a tag
+/// byte and their content.
 public struct ViewSnapshot: Sendable {
     public struct View: Sendable {
         public var key: EnvKey
@@ -36,22 +39,27 @@ public struct ViewSnapshot: Sendable {
 
     public var views: [View]
     public var listings: [Listing]
+    public var leases: [CarriedLease] = []
 
     static let magic: [UInt8] = Array("SFSV".utf8)
-    static let version: UInt16 = 1
+    static let version: UInt16 = 2
+    /// The oldest layout still read.
+    static let oldestVersion: UInt16 = 1
     /// Nesting deeper than this is refused when decoding (tables and arrays in values).
     static let maxDepth = 64
 
-    public init(views: [View] = [], listings: [Listing] = []) {
+    public init(views: [View] = [], listings: [Listing] = [], leases: [CarriedLease] = []) {
         self.views = views
         self.listings = listings
+        self.leases = leases
     }
 
     /// The plaintext, in a buffer the caller wipes once encrypted.
     public func encoded() -> [UInt8] {
         var writer = HandoverWriter()
         writer.raw(Self.magic)
-        writer.u16(Self.version)
+        // Without leases, version 1: a worker of the previous release (a downgrade) still reads it.
+        writer.u16(leases.isEmpty ? Self.oldestVersion : Self.version)
         writer.u64(UInt64(views.count))
         for entry in views {
             writer.string(entry.key.top)
@@ -76,12 +84,29 @@ public struct ViewSnapshot: Sendable {
             writer.u64(UInt64(listing.envs.count))
             for env in listing.envs { writer.string(env) }
         }
+        if !leases.isEmpty { writer.u64(UInt64(leases.count)) }
+        for lease in leases {
+            writer.string(lease.store)
+            writer.string(lease.role)
+            writer.string(lease.id ?? "")
+            writer.bool(lease.renewable)
+            writer.u64(lease.duration.bitPattern)
+            writer.u64(lease.renewAt.bitPattern)
+            writer.u64(lease.expires.bitPattern)
+            writer.u64(UInt64(lease.fields.count))
+            for (name, value) in lease.fields.sorted(by: { $0.key < $1.key }) {
+                writer.string(name)
+                Self.write(value, to: &writer)
+            }
+        }
         return writer.output
     }
 
     public static func decode(_ bytes: [UInt8]) throws(SecretsError) -> ViewSnapshot {
         var reader = HandoverReader(bytes)
-        guard reader.skip(prefix: magic), try reader.u16() == version else {
+        guard reader.skip(prefix: magic) else { throw SecretsError(.invalidData, "not a view snapshot") }
+        let layout = try reader.u16()
+        guard layout >= oldestVersion, layout <= version else {
             throw SecretsError(.invalidData, "not a view snapshot of a version this binary reads")
         }
         var snapshot = ViewSnapshot()
@@ -109,6 +134,26 @@ public struct ViewSnapshot: Sendable {
             var envs: [String] = []
             for _ in 0..<(try count(&reader)) { envs.append(try reader.string()) }
             snapshot.listings.append(Listing(top: top, at: at, envs: envs))
+        }
+        if layout >= 2 {
+            for _ in 0..<(try count(&reader)) {
+                let store = try reader.string()
+                let role = try reader.string()
+                let id = try reader.string()
+                let renewable = try reader.bool()
+                let duration = Double(bitPattern: try reader.u64())
+                let renewAt = Double(bitPattern: try reader.u64())
+                let expires = Double(bitPattern: try reader.u64())
+                var fields: [String: SecretValue] = [:]
+                for _ in 0..<(try count(&reader)) {
+                    let name = try reader.string()
+                    fields[name] = try read(&reader, depth: 0)
+                }
+                snapshot.leases.append(
+                    CarriedLease(
+                        store: store, role: role, id: id.isEmpty ? nil : id, fields: fields, renewable: renewable,
+                        duration: duration, renewAt: renewAt, expires: expires))
+            }
         }
         try reader.finish()
         return snapshot

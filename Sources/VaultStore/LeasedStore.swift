@@ -15,8 +15,9 @@ import SecretsCore
 /// duration; when a renewal fails or is cut short (`max_ttl`), or a certificate nears its end, the next lease is
 /// minted `rotate_before` (10% of the lease) before the old one expires, so readers never see an expired credential.
 /// The old lease is left to expire (clients still connected with it keep working); `close` (unmount, stop) revokes
-/// every lease this store holds.
-public final class LeasedStore: SecretStore, LeaseReporting {
+/// every lease this store holds. A worker crash, a reload or a takeover keeps the leases: the next worker adopts
+/// them from the sealed snapshot (`LeaseCarrying`) and renews them on, instead of minting new ones.
+public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
     public enum Kind: String, Sendable { case database = "vault-database", pki = "vault-pki" }
 
     /// A PKI role's request: `[stores.<name>.roles.<role>]`.
@@ -51,6 +52,7 @@ public final class LeasedStore: SecretStore, LeaseReporting {
     /// One mint at a time per role (a second reader waits for the first's lease).
     let minting = Locked<Set<String>>([])
     let watcher = Locked<(@Sendable ([StoreChange]) -> Void)?>(nil)
+    let leasesChanged = Locked<(@Sendable () -> Void)?>(nil)
     let running = Locked(false)
     let stopped = Locked(false)
     let closing = Locked(())
@@ -163,6 +165,42 @@ public final class LeasedStore: SecretStore, LeaseReporting {
         }
     }
 
+    // MARK: Leases carried to the next worker
+
+    public func carriedLeases() -> [CarriedLease] {
+        leases.withLock { $0 }.map { role, lease in
+            CarriedLease(
+                store: name, role: role, id: lease.id, fields: lease.fields, renewable: lease.renewable,
+                duration: lease.duration, renewAt: lease.renewAt, expires: lease.expires)
+        }
+    }
+
+    /// The previous worker's leases of this store's roles that have more than a second left (one that is due to
+    /// rotate rotates at once).
+    public func adopt(_ carried: [CarriedLease]) {
+        let now = CoreClock.monotonic()
+        var adopted: [(String, Double)] = []
+        leases.withLock { leases in
+            for lease in carried where lease.store == name && roles[lease.role] != nil && lease.expires - now > 1 {
+                guard leases[lease.role] == nil else { continue }
+                leases[lease.role] = Lease(
+                    id: lease.id, fields: lease.fields, renewable: lease.renewable, duration: lease.duration,
+                    renewAt: lease.renewAt, expires: lease.expires)
+                adopted.append((lease.role, lease.expires - now))
+            }
+        }
+        for (role, left) in adopted {
+            logger.info(
+                "kept the previous worker's lease", metadata: ["store": "\(name)", "role": "\(role)", "seconds": "\(Int(left))"])
+            count("adopted", role: role)
+        }
+        if !adopted.isEmpty { startLifecycle() }
+    }
+
+    public func onLeasesChange(_ callback: (@Sendable () -> Void)?) { leasesChanged.withLock { $0 = callback } }
+
+    func leasesDidChange() { leasesChanged.withLock { $0 }?() }
+
     // MARK: Leases
 
     public func leaseSummaries() -> [LeaseSummary] {
@@ -186,6 +224,7 @@ public final class LeasedStore: SecretStore, LeaseReporting {
             let lease = try mint(role)
             leases.withLock { $0[role] = lease }
             startLifecycle()
+            leasesDidChange()
             return lease
         }
     }
@@ -316,11 +355,15 @@ public final class LeasedStore: SecretStore, LeaseReporting {
                     leases.withLock { $0[role] = next }
                     logger.info("rotated to a new lease before the old one expires", metadata: ["store": "\(name)", "role": "\(role)"])
                     count("rotated", role: role)
+                    leasesDidChange()
                     if let notify = watcher.withLock({ $0 }) { notify([.at(location: nil, env: role)]) }
                 } catch {
                     logger.warning("minting the next lease failed; the current one serves until it expires", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
                     count("failed", role: role)
-                    if now >= lease.expires { _ = leases.withLock { $0.removeValue(forKey: role) } }
+                    if now >= lease.expires {
+                        _ = leases.withLock { $0.removeValue(forKey: role) }
+                        leasesDidChange()
+                    }
                 }
                 continue
             }
@@ -337,6 +380,7 @@ public final class LeasedStore: SecretStore, LeaseReporting {
                 count("failed", role: role)
             }
             leases.withLock { $0[role] = updated }
+            leasesDidChange()
         }
     }
 }

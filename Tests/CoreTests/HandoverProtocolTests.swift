@@ -277,4 +277,29 @@ struct ViewSnapshotTests {
         }
         #expect(throws: SecretsError.self) { _ = try ViewSnapshot.decode(bytes + [0]) }
     }
+
+    @Test("version 2 carries the leased stores' leases (id, times, fields); without leases it is version 1, which still reads; a later version is refused")
+    func leases() throws {
+        let lease = CarriedLease(
+            store: "db", role: "app", id: "database/creds/app/abc", fields: ["username": .string("u"), "password": .string("p")],
+            renewable: true, duration: 6, renewAt: 1003.5, expires: 1006.25)
+        let certificate = CarriedLease(
+            store: "certs", role: "web", id: nil, fields: ["certificate": .string("PEM")], renewable: false, duration: 3600,
+            renewAt: 4000, expires: 4600)
+        let bytes = ViewSnapshot(leases: [lease, certificate]).encoded()
+        let back = try ViewSnapshot.decode(bytes)
+        #expect(back.leases.count == 2)
+        let first = try #require(back.leases.first)
+        #expect(first.store == "db" && first.role == "app" && first.id == "database/creds/app/abc" && first.renewable)
+        #expect(first.duration == 6 && first.renewAt == 1003.5 && first.expires == 1006.25)
+        #expect(first.fields == lease.fields)
+        #expect(back.leases.last?.id == nil && back.leases.last?.fields == certificate.fields)
+        // Without leases, version 1 (the previous release reads it): the same layout up to the listings.
+        let old = ViewSnapshot(listings: [ViewSnapshot.Listing(top: "vault", at: 1, envs: ["default"])]).encoded()
+        #expect(old[4] == 1 && old[5] == 0 && bytes[4] == 2)
+        #expect(try ViewSnapshot.decode(old).leases.isEmpty && ViewSnapshot.decode(old).listings.count == 1)
+        var later = bytes
+        later[4] = 3
+        #expect(throws: SecretsError.self) { _ = try ViewSnapshot.decode(later) }
+    }
 }

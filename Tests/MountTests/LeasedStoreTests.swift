@@ -121,6 +121,65 @@ struct LeasedStoreTests {
         #expect(!fs.log.contains(password), "no value in the log")
     }
 
+    @Test("a worker crash and a reload keep the lease: the next worker adopts and renews it (one creds call and renewals in OpenBao's audit log), psql logs in with it throughout; stop revokes it")
+    func leaseOutlivesWorkers() throws {
+        let postgres = try PostgresServer()
+        defer { postgres.remove() }
+        let bao = try BaoServer(audit: true)
+        defer { bao.remove() }
+        try Self.databaseEngine(bao, postgres, ttl: "6s", maxTTL: "10m")
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let config = try fixture.dir.write("leased.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "10m"
+            [stores.db]
+            type = "vault-database"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            roles = ["app"]
+            renew_at = 0.5
+            """)
+        let fs = try fixture.mount(config: config)
+        let username = try fs.readText("db/app/username")
+        let password = try fs.readText("db/app/password")
+        let dsn = "postgresql://\(username):\(password)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+        #expect(try Self.login(dsn))
+        #expect(bao.requests(path: "database/creds/app") == 1)
+        try fs.waitForLog("snapshot written with the leases for the next worker")
+
+        let worker = try #require(fs.workerPID())
+        kill(worker, SIGKILL)
+        try fs.waitForLog("a new worker serves the connection")
+        try fs.waitForLog("kept the previous worker's lease")
+        #expect(try fs.readText("db/app/username") == username, "the same lease after a worker crash")
+        #expect(try fs.readText("db/app/password") == password)
+        let renewalsBefore = bao.requests(path: "sys/leases/renew")
+        try waitUntil("the new worker renews the adopted lease", seconds: 20) {
+            bao.requests(path: "sys/leases/renew") > renewalsBefore
+        }
+
+        try fs.waitForLog("snapshot written with the leases for the next worker", count: 2)
+        kill(fs.process.processIdentifier, SIGHUP)
+        try fs.waitForLog("reloaded: the new worker serves")
+        try fs.waitForLog("kept the previous worker's lease", count: 2)
+        #expect(try fs.readText("db/app/username") == username, "the same lease after a reload")
+        let renewalsAfterReload = bao.requests(path: "sys/leases/renew")
+        try waitUntil("the reloaded worker renews it too", seconds: 20) {
+            bao.requests(path: "sys/leases/renew") > renewalsAfterReload
+        }
+        #expect(bao.requests(path: "database/creds/app") == 1, "no second creds call across a crash and a reload")
+        #expect(try Self.login(dsn), "the kept lease still logs in")
+
+        fs.stop()
+        try fs.waitForLog("lease revoked", within: 20)
+        #expect(!(try Self.login(dsn)), "the revoked lease's user still logs in")
+        #expect(!fs.log.contains(password), "no value in the log")
+    }
+
     @Test("a role the engine does not have is EIO on its own directory only; a token the engine refuses is EACCES; the other role serves")
     func failures() throws {
         let postgres = try PostgresServer()

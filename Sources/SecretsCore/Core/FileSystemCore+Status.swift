@@ -73,12 +73,16 @@ extension FileSystemCore {
     public struct CachedState: Sendable {
         public var views: [(key: EnvKey, fetchedAt: Double, view: EnvView)]
         public var listings: [(top: String, at: Double, envs: [String])]
+        /// The leased stores' leases (only in the worker-to-worker snapshot, never on disk).
+        public var leases: [CarriedLease]
 
         public init(
-            views: [(key: EnvKey, fetchedAt: Double, view: EnvView)], listings: [(top: String, at: Double, envs: [String])]
+            views: [(key: EnvKey, fetchedAt: Double, view: EnvView)], listings: [(top: String, at: Double, envs: [String])],
+            leases: [CarriedLease] = []
         ) {
             self.views = views
             self.listings = listings
+            self.leases = leases
         }
     }
 

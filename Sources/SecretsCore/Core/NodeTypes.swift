@@ -73,3 +73,42 @@ public struct LeaseSummary: Sendable, Equatable {
 public protocol LeaseReporting {
     func leaseSummaries() -> [LeaseSummary]
 }
+
+/// A lease a leased store holds, in the form the next worker on the mount takes over (it travels only inside the
+/// sealed view snapshot): a worker crash, a reload or a takeover keeps the lease instead of minting another.
+/// Times are CLOCK_MONOTONIC, shared by the processes of one boot.
+public struct CarriedLease: Sendable {
+    public var store: String
+    public var role: String
+    /// Vault's lease id (nil: a certificate, nothing to renew or revoke).
+    public var id: String?
+    public var fields: [String: SecretValue]
+    public var renewable: Bool
+    public var duration: Double
+    public var renewAt: Double
+    public var expires: Double
+
+    public init(
+        store: String, role: String, id: String?, fields: [String: SecretValue], renewable: Bool, duration: Double,
+        renewAt: Double, expires: Double
+    ) {
+        self.store = store
+        self.role = role
+        self.id = id
+        self.fields = fields
+        self.renewable = renewable
+        self.duration = duration
+        self.renewAt = renewAt
+        self.expires = expires
+    }
+}
+
+/// A store whose leases outlive its worker (`type = "vault-database"`, `"vault-pki"`).
+public protocol LeaseCarrying: Sendable {
+    /// The leases held now.
+    func carriedLeases() -> [CarriedLease]
+    /// Takes the previous worker's leases (its own store's, roles it serves, not expired or about to).
+    func adopt(_ leases: [CarriedLease])
+    /// Called whenever a lease is minted, renewed, rotated or dropped (the worker rewrites its snapshot).
+    func onLeasesChange(_ callback: (@Sendable () -> Void)?)
+}

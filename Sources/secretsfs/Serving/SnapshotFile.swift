@@ -46,18 +46,24 @@ final class SnapshotFile: Sendable {
         }
         return FileSystemCore.CachedState(
             views: snapshot.views.map { ($0.key, $0.fetchedAt, $0.view) },
-            listings: snapshot.listings.map { ($0.top, $0.at, $0.envs) })
+            listings: snapshot.listings.map { ($0.top, $0.at, $0.envs) }, leases: snapshot.leases)
     }
 
     /// Rewrites the snapshot from `core` soon (changes that come while a write waits are written together).
-    func changed(_ core: FileSystemCore) {
-        writes.schedule { [self] in write(core.cachedState()) }
+    /// With the leases of `leasing` (the leased stores): a lease outlives its worker.
+    func changed(_ core: FileSystemCore, leasing: [any LeaseCarrying] = []) {
+        writes.schedule { [self] in
+            var state = core.cachedState()
+            state.leases = leasing.flatMap { $0.carriedLeases() }
+            write(state)
+        }
     }
 
     func write(_ state: FileSystemCore.CachedState) {
         let snapshot = ViewSnapshot(
             views: state.views.map { ViewSnapshot.View(key: $0.key, fetchedAt: $0.fetchedAt, view: $0.view) },
-            listings: state.listings.map { ViewSnapshot.Listing(top: $0.top, at: $0.at, envs: $0.envs) })
+            listings: state.listings.map { ViewSnapshot.Listing(top: $0.top, at: $0.at, envs: $0.envs) },
+            leases: state.leases)
         var plain = snapshot.encoded()
         defer { wipe(&plain) }
         guard let sealed = try? ChaChaPoly.seal(plain, using: key).combined else {
@@ -68,6 +74,9 @@ final class SnapshotFile: Sendable {
         let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
         if written == bytes.count { _ = ftruncate(fd, off_t(bytes.count)) }
         logger.trace("view snapshot written", metadata: ["views": "\(state.views.count)", "bytes": "\(written)"])
+        if !state.leases.isEmpty, written == bytes.count {
+            logger.debug("snapshot written with the leases for the next worker", metadata: ["leases": "\(state.leases.count)"])
+        }
     }
 }
 

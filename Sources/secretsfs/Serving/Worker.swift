@@ -77,11 +77,17 @@ struct Worker {
         // Last-known-good: the previous worker's views serve while their stores fail; ours are kept for the next.
         let snapshot = snapshotFD.map { SnapshotFile(fd: $0, digestKey: hello.digestKey, logger: logger) }
         let inherited = snapshot?.read()
+        // The leased stores' leases outlive their worker: the previous worker's are renewed on, not minted again.
+        let leasing = prepared.stores.values.compactMap { $0 as? any LeaseCarrying }
         if let inherited {
             core.inherit(inherited)
+            for store in leasing { store.adopt(inherited.leases) }
             logger.info(
                 "took over the previous worker's cached views; they serve only while their stores fail",
-                metadata: ["views": "\(inherited.views.count)", "listings": "\(inherited.listings.count)"])
+                metadata: [
+                    "views": "\(inherited.views.count)", "listings": "\(inherited.listings.count)",
+                    "leases": "\(inherited.leases.count)",
+                ])
         }
         // [cache] persist: a mount's first worker (no snapshot yet) starts with the views kept on disk.
         let cache = prepared.config.cache
@@ -102,9 +108,12 @@ struct Worker {
         }
         if snapshot != nil || persisted != nil {
             core.onCacheChange {
-                snapshot?.changed(core)
+                snapshot?.changed(core, leasing: leasing)
                 persisted?.changed(core)
             }
+        }
+        if let snapshot {
+            for store in leasing { store.onLeasesChange { snapshot.changed(core, leasing: leasing) } }
         }
         let probe: @Sendable () -> Void = { [logger, resolver = prepared.resolver] in
             Self.probeStores(core, resolver, logger: logger)

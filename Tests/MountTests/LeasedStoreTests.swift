@@ -31,7 +31,7 @@ struct LeasedStoreTests {
         return result.status == 0 && result.stdoutText == "1\n"
     }
 
-    @Test("vault-database: psql logs in with the mounted username and password (one lease per role directory); the lease renews, rotates before max_ttl with 4 readers logging in continuously and none failing, and is revoked on unmount")
+    @Test("vault-database: psql logs in with the mounted username and password (one lease per role directory); the lease renews, rotates before max_ttl with 8 readers logging in continuously and none failing, and is revoked on unmount")
     func database() throws {
         let postgres = try PostgresServer()
         defer { postgres.remove() }
@@ -71,10 +71,10 @@ struct LeasedStoreTests {
         let firstDSN = try fs.readText("db/app/dsn")
         #expect(firstDSN.contains(username), "the rendered DSN holds the same lease")
 
-        // Readers log in with the rendered DSN (one snapshot per open) while the lease renews and rotates.
+        // Eight readers log in with the rendered DSN (one snapshot per open) while the lease renews and rotates.
         let tally = LoginTally()
         let group = DispatchGroup()
-        for _ in 0..<4 {
+        for _ in 0..<8 {
             group.enter()
             Thread {
                 defer { group.leave() }
@@ -94,7 +94,7 @@ struct LeasedStoreTests {
         #expect(group.wait(timeout: .now() + 60) == .success)
         let results = tally.results.withLock { $0 }
         let failed = results.filter { !$0.ok }.count
-        #expect(failed == 0 && results.count >= 4, "failed logins: \(failed) of \(results.count)")
+        #expect(failed == 0 && results.count >= 8, "failed logins: \(failed) of \(results.count)")
         let newUser = try fs.readText("db/app/username")
         #expect(newUser != username, "the role directory flipped to the new lease")
         let lastDSN = try fs.readText("db/app/dsn")
@@ -215,14 +215,86 @@ struct LeasedStoreTests {
         #expect(!fs.log.contains(limited), "no token in the log")
     }
 
-    @Test("vault-pki: certificate, private_key, ca_chain and issuing_ca from one issue; openssl verifies the chain and matches the key; a PEM bundle template renders them from one snapshot")
-    func pki() throws {
-        let bao = try BaoServer()
-        defer { bao.remove() }
+    /// OpenBao's pki engine with a root CA and a role `web` for example.test names.
+    static func pkiEngine(_ bao: BaoServer) throws {
         try bao.cli(["secrets", "enable", "pki"])
         try bao.cli(["secrets", "tune", "-max-lease-ttl=87600h", "pki"])
         try bao.cli(["write", "pki/root/generate/internal", "common_name=Test Root", "ttl=87600h"])
         try bao.cli(["write", "pki/roles/web", "allowed_domains=example.test", "allow_subdomains=true", "max_ttl=72h"])
+    }
+
+    /// `$1` a PEM bundle, `$2` the issuing CA: the first certificate's modulus is the key's, and it verifies.
+    static let modulusCheck = #"a=$(openssl x509 -noout -modulus -in "$1") && b=$(openssl rsa -noout -modulus -in "$1" 2>/dev/null) && [ "$a" = "$b" ] && openssl verify -CAfile "$2" "$1" >/dev/null && openssl x509 -noout -serial -in "$1""#
+
+    @Test("vault-pki: the pair rotates before the certificate's end under 8 readers; every read of the bundle has a certificate whose modulus is its key's and that verifies against the issuing CA")
+    func pkiRotation() throws {
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        try Self.pkiEngine(bao)
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let config = try fixture.dir.write("pki.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "10m"
+            [stores.certs]
+            type = "vault-pki"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            rotate_before = 0.4
+            [stores.certs.roles.web]
+            common_name = "web.example.test"
+            ttl = "8s"
+
+            [[files]]
+            path = "certs/web/bundle.pem"
+            template = "{{pem(certificate, private_key)}}"
+            """)
+        let fs = try fixture.mount(config: config)
+        let work = try TemporaryDirectory()
+        defer { work.remove() }
+        try Data(try fs.read("certs/web/issuing_ca")).write(to: URL(fileURLWithPath: work.file("ca.pem")))
+        let checks = Locked<[(ok: Bool, serial: String)]>([])
+        let running = Locked(true)
+        let group = DispatchGroup()
+        for reader in 0..<8 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                let file = work.file("bundle-\(reader).pem")
+                while running.withLock({ $0 }) {
+                    guard let bytes = try? fs.read("certs/web/bundle.pem"),
+                        (try? Data(bytes).write(to: URL(fileURLWithPath: file))) != nil,
+                        let result = try? run(["sh", "-c", Self.modulusCheck, "check", file, work.file("ca.pem")], timeout: 20)
+                    else {
+                        checks.withLock { $0.append((false, "")) }
+                        continue
+                    }
+                    checks.withLock { $0.append((result.status == 0, result.stdoutText)) }
+                }
+            }.start()
+        }
+        try fs.waitForLog("rotated to a new lease before the old one expires", count: 2, within: 40)
+        try waitUntil("reads after the second rotation", seconds: 20) {
+            Set(checks.withLock { $0 }.map(\.serial)).count >= 3
+        }
+        running.withLock { $0 = false }
+        #expect(group.wait(timeout: .now() + 60) == .success)
+        let results = checks.withLock { $0 }
+        let failed = results.filter { !$0.ok }.count
+        #expect(failed == 0 && results.count >= 8, "reads whose certificate and key do not belong together: \(failed) of \(results.count)")
+        #expect(Set(results.map(\.serial)).count >= 3, "three certificates seen in turn")
+        let key = try fs.readText("certs/web/private_key")
+        #expect(!fs.log.contains(key.split(separator: "\n").dropFirst().first.map(String.init) ?? "-"), "no key in the log")
+    }
+
+    @Test("vault-pki: certificate, private_key, ca_chain and issuing_ca from one issue; openssl verifies the chain and matches the key; a PEM bundle template renders them from one snapshot")
+    func pki() throws {
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        try Self.pkiEngine(bao)
         let fixture = try Fixture()
         defer { fixture.tearDown() }
         let token = try fixture.dir.write("vault-token", "root\n")

@@ -92,6 +92,11 @@ public final class Resolver: Sendable {
         self.globalFreshMaxAge = config.cache.freshMaxAge
     }
 
+    /// The longest a view of `top` may stay cached by its stores' say (nil: no bound; see `cacheBound`).
+    public func cacheBound(top name: String) -> Double? {
+        tops[name]?.chain.compactMap { $0.store.cacheBound }.min()
+    }
+
     /// Whether `top`'s env directories have the kubelet layout (`..data`).
     public func hasKubernetesLayout(_ top: String) -> Bool { tops[top]?.layout == .kubernetes }
 

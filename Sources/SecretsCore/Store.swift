@@ -38,6 +38,10 @@ public protocol SecretStore: AnyObject, Sendable {
     /// How long one operation on this store may wait on its backend in total (its `timeout`); nil when it does not
     /// wait on anything remote. The core bounds each read that reaches the store by it.
     var operationTimeout: Double? { get }
+
+    /// The longest a view of this store may stay cached (nil: the config's ttl). A store that must see reads to
+    /// know it is still used (a leased store with `idle_revoke`) bounds it, so every reader reaches it that often.
+    var cacheBound: Double? { get }
 }
 
 extension SecretStore {
@@ -57,6 +61,8 @@ extension SecretStore {
     public func close() {}
 
     public var operationTimeout: Double? { nil }
+
+    public var cacheBound: Double? { nil }
 
     /// Exact key first, then the first key equal ignoring case (in sorted order, so the choice is stable).
     public static func match(_ key: String, in fields: [String: SecretValue]) -> SecretValue? {

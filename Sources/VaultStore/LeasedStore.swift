@@ -36,6 +36,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         /// Monotonic times: when it next renews, and when it expires.
         var renewAt: Double
         var expires: Double
+        /// When a view of the role was last fetched for a reader (monotonic), for `idle_revoke`.
+        var lastRead: Double = CoreClock.monotonic()
     }
 
     public let name: String
@@ -48,6 +50,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
     let roles: [String: CertificateRequest?]
     let renewFraction: Double
     let rotateFraction: Double
+    /// `idle_revoke`: a lease no reader has asked for this long is revoked (nil: never).
+    let idleRevoke: Double?
     let leases = Locked<[String: Lease]>([:])
     /// One mint at a time per role (a second reader waits for the first's lease).
     let minting = Locked<Set<String>>([])
@@ -67,12 +71,17 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         self.kind = kind
         self.logger = logger
         let section = config.section
-        var settings = try VaultSettings(config: config, environment: environment, extra: ["roles", "renew_at", "rotate_before"])
+        var settings = try VaultSettings(
+            config: config, environment: environment, extra: ["roles", "renew_at", "rotate_before", "idle_revoke"])
         // The engines' usual mount points.
         if section.values["mount"] == nil { settings.mount = kind == .database ? "database" : "pki" }
         self.settings = settings
         renewFraction = try Self.fraction(section, "renew_at", default: 2.0 / 3.0)
         rotateFraction = try Self.fraction(section, "rotate_before", default: 0.1)
+        idleRevoke = try section.duration("idle_revoke")
+        if let idleRevoke, idleRevoke < 1 {
+            throw section.error("idle_revoke", "idle_revoke must be at least 1s (or left out: never)")
+        }
         var roles: [String: CertificateRequest?] = [:]
         switch kind {
         case .database:
@@ -125,6 +134,10 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
     }
 
     public var operationTimeout: Double? { settings.timeout }
+
+    /// With `idle_revoke`, views of a role stay cached half of it at most: every reader reaches the store that often,
+    /// so a lease nobody asks for is one nobody reads.
+    public var cacheBound: Double? { idleRevoke.map { $0 / 2 } }
 
     // MARK: SecretStore
 
@@ -213,7 +226,12 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
     /// The role's current lease: minted on first use (one mint at a time per role).
     func lease(for role: String) throws(SecretsError) -> Lease {
         while true {
-            if let current = leases.withLock({ $0[role] }) { return current }
+            let now = CoreClock.monotonic()
+            let held = leases.withLock { leases -> Lease? in
+                leases[role]?.lastRead = now
+                return leases[role]
+            }
+            if let held { return held }
             let mine = minting.withLock { $0.insert(role).inserted }
             guard mine else {
                 usleep(5_000)
@@ -342,16 +360,42 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         }
     }
 
+    /// Revokes the leases no reader asked for within `idle_revoke` (the next read mints a new one).
+    func revokeIdle(now: Double) {
+        guard let idleRevoke else { return }
+        let idle = leases.withLock { leases -> [(String, Lease)] in
+            let found = leases.filter { now - $0.value.lastRead >= idleRevoke }
+            for role in found.keys { leases.removeValue(forKey: role) }
+            return Array(found)
+        }
+        guard !idle.isEmpty else { return }
+        leasesDidChange()
+        for (role, lease) in idle {
+            if let id = lease.id {
+                do {
+                    try revoke(id)
+                } catch {
+                    logger.warning("revoking an idle lease failed; it expires on its own", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
+                }
+            }
+            logger.info("revoked a lease nobody read for idle_revoke", metadata: ["store": "\(name)", "role": "\(role)", "idle_revoke": "\(Int(idleRevoke))s"])
+            count("revoked", role: role)
+        }
+    }
+
     /// Renews and rotates what is due now.
     func tend() {
         let now = CoreClock.monotonic()
+        revokeIdle(now: now)
         for (role, lease) in leases.withLock({ $0 }) {
             Gauge(label: "secretsfs_lease_expiry_seconds", dimensions: [("store", name), ("role", role)])
                 .record(max(0, lease.expires - now))
             let rotateAt = lease.expires - lease.duration * rotateFraction
             if now >= rotateAt {
                 do {
-                    let next = try mint(role)
+                    var next = try mint(role)
+                    // A rotation is not a read.
+                    next.lastRead = lease.lastRead
                     leases.withLock { $0[role] = next }
                     logger.info("rotated to a new lease before the old one expires", metadata: ["store": "\(name)", "role": "\(role)"])
                     count("rotated", role: role)

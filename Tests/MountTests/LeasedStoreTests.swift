@@ -180,6 +180,52 @@ struct LeasedStoreTests {
         #expect(!fs.log.contains(password), "no value in the log")
     }
 
+    @Test("idle_revoke: a lease read more often than idle_revoke is kept; one nobody reads for idle_revoke is revoked (its user can no longer log in), and the next read mints a new one")
+    func idleRevoke() throws {
+        let postgres = try PostgresServer()
+        defer { postgres.remove() }
+        let bao = try BaoServer(audit: true)
+        defer { bao.remove() }
+        try Self.databaseEngine(bao, postgres, ttl: "2m", maxTTL: "10m")
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let config = try fixture.dir.write("leased.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "10m"
+            [stores.db]
+            type = "vault-database"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            roles = ["app"]
+            idle_revoke = "4s"
+            """)
+        let fs = try fixture.mount(config: config)
+        let username = try fs.readText("db/app/username")
+        let password = try fs.readText("db/app/password")
+        let dsn = "postgresql://\(username):\(password)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+        #expect(try Self.login(dsn))
+        // A reader opening the file every half second for longer than idle_revoke keeps the lease.
+        let until = Date().addingTimeInterval(7)
+        while Date() < until {
+            #expect(try fs.readText("db/app/username") == username)
+            usleep(500_000)
+        }
+        #expect(!fs.log.contains("revoked a lease nobody read"), "a lease in use was revoked as idle")
+        #expect(bao.requests(path: "database/creds/app") == 1)
+        // Nobody reads: revoked.
+        try fs.waitForLog("revoked a lease nobody read for idle_revoke", within: 20)
+        #expect(!(try Self.login(dsn)), "the idle lease's user still logs in")
+        let next = try fs.readText("db/app/username")
+        #expect(next != username, "the next read mints a new lease")
+        let nextDSN = "postgresql://\(next):\(try fs.readText("db/app/password"))@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+        #expect(try Self.login(nextDSN))
+        #expect(bao.requests(path: "database/creds/app") == 2)
+        #expect(!fs.log.contains(password))
+    }
+
     @Test("a role the engine does not have is EIO on its own directory only; a token the engine refuses is EACCES; the other role serves")
     func failures() throws {
         let postgres = try PostgresServer()

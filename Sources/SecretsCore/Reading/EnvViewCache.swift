@@ -48,6 +48,8 @@ public final class EnvViewCache: Sendable {
     /// The cached view while its ttl runs, else one fetched now; a stale one while the store fails, within bounds.
     public func view(_ key: EnvKey, now: Double) throws(SecretsError) -> Answer {
         let cached = entries.withLock { $0[key] }
+        // A store may bound how long its views stay (a leased store that revokes idle leases).
+        let ttl = resolver.cacheBound(top: key.top).map { min($0, self.ttl) } ?? self.ttl
         if let cached, !cached.inherited, now - cached.fetchedAt < ttl {
             return Answer(view: cached.view, remaining: ttl - (now - cached.fetchedAt), stale: false)
         }

@@ -97,6 +97,12 @@ public final class Resolver: Sendable {
         tops[name]?.chain.compactMap { $0.store.cacheBound }.min()
     }
 
+    /// `lease_per` of a store's own top (a scope's levels share their leases).
+    public func leasePer(top name: String) -> LeasePer? {
+        guard let top = tops[name], !top.isScope else { return nil }
+        return top.chain.first?.store.leasePer
+    }
+
     /// Whether `top`'s env directories have the kubelet layout (`..data`).
     public func hasKubernetesLayout(_ top: String) -> Bool { tops[top]?.layout == .kubernetes }
 

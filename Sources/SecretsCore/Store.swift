@@ -42,6 +42,9 @@ public protocol SecretStore: AnyObject, Sendable {
     /// The longest a view of this store may stay cached (nil: the config's ttl). A store that must see reads to
     /// know it is still used (a leased store with `idle_revoke`) bounds it, so every reader reaches it that often.
     var cacheBound: Double? { get }
+
+    /// `lease_per`: whose reads share a lease (nil: everyone's; see `LeasePer`).
+    var leasePer: LeasePer? { get }
 }
 
 extension SecretStore {
@@ -63,6 +66,8 @@ extension SecretStore {
     public var operationTimeout: Double? { nil }
 
     public var cacheBound: Double? { nil }
+
+    public var leasePer: LeasePer? { nil }
 
     /// Exact key first, then the first key equal ignoring case (in sorted order, so the choice is stable).
     public static func match(_ key: String, in fields: [String: SecretValue]) -> SecretValue? {

@@ -52,6 +52,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
     let rotateFraction: Double
     /// `idle_revoke`: a lease no reader has asked for this long is revoked (nil: never).
     let idleRevoke: Double?
+    /// `lease_per`: a lease per systemd unit or Kubernetes pod that reads a role (nil: one for all).
+    public let leasePer: LeasePer?
     let leases = Locked<[String: Lease]>([:])
     /// One mint at a time per role (a second reader waits for the first's lease).
     let minting = Locked<Set<String>>([])
@@ -72,12 +74,20 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         self.logger = logger
         let section = config.section
         var settings = try VaultSettings(
-            config: config, environment: environment, extra: ["roles", "renew_at", "rotate_before", "idle_revoke"])
+            config: config, environment: environment, extra: ["roles", "renew_at", "rotate_before", "idle_revoke", "lease_per"])
         // The engines' usual mount points.
         if section.values["mount"] == nil { settings.mount = kind == .database ? "database" : "pki" }
         self.settings = settings
         renewFraction = try Self.fraction(section, "renew_at", default: 2.0 / 3.0)
         rotateFraction = try Self.fraction(section, "rotate_before", default: 0.1)
+        if let raw = try section.string("lease_per") {
+            guard let per = LeasePer(rawValue: raw) else {
+                throw section.error("lease_per", "lease_per must be \"unit\" or \"pod\", not \"\(raw)\"")
+            }
+            leasePer = per
+        } else {
+            leasePer = nil
+        }
         idleRevoke = try section.duration("idle_revoke")
         if let idleRevoke, idleRevoke < 1 {
             throw section.error("idle_revoke", "idle_revoke must be at least 1s (or left out: never)")
@@ -143,8 +153,10 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
 
     public func envs(at location: String?) throws(SecretsError) -> [String] { roles.keys.sorted() }
 
+    /// `env` is a role, or with `lease_per` a role and the reading unit's or pod's cgroup (`app#/system.slice/a.service`):
+    /// each such env has a lease of its own.
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
-        guard roles[env] != nil else { return nil }
+        guard roles[LeasePer.baseEnv(env)] != nil, leasePer != nil || LeasePer.identity(in: env) == nil else { return nil }
         return try lease(for: env).fields
     }
 
@@ -218,8 +230,9 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
 
     public func leaseSummaries() -> [LeaseSummary] {
         let now = CoreClock.monotonic()
-        return leases.withLock { $0 }.sorted { $0.key < $1.key }.map { role, lease in
-            LeaseSummary(store: name, role: role, secondsLeft: max(0, Int(lease.expires - now)), renewable: lease.renewable)
+        return leases.withLock { $0 }.sorted { $0.key < $1.key }.map { key, lease in
+            let role = LeasePer.identity(in: key).map { LeasePer.baseEnv(key) + " for " + $0 } ?? key
+            return LeaseSummary(store: name, role: role, secondsLeft: max(0, Int(lease.expires - now)), renewable: lease.renewable)
         }
     }
 
@@ -266,7 +279,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
     }
 
     /// A new lease for the role: database `GET <mount>/creds/<role>`, PKI `POST <mount>/issue/<role>`.
-    func mint(_ role: String) throws(SecretsError) -> Lease {
+    func mint(_ key: String) throws(SecretsError) -> Lease {
+        let role = LeasePer.baseEnv(key)
         let mount = VaultStore.escape(settings.mount)
         let response: HTTPResponse
         switch kind {
@@ -300,7 +314,12 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         guard duration > 0 else { throw SecretsError(.invalidData, "store '\(name)': the lease for role '\(role)' has no duration") }
         var id: String?
         if case .string(let text)? = root["lease_id"], !text.isEmpty { id = text }
-        logger.info("new lease", metadata: ["store": "\(name)", "role": "\(role)", "seconds": "\(Int(duration))", "renewable": "\(renewable)"])
+        logger.info(
+            "new lease",
+            metadata: [
+                "store": "\(name)", "role": "\(role)", "for": "\(LeasePer.identity(in: key) ?? "all")",
+                "seconds": "\(Int(duration))", "renewable": "\(renewable)",
+            ])
         count("minted", role: role)
         if kind == .pki, let expiration = Self.number(data["expiration"]) {
             Gauge(label: "secretsfs_certificate_not_after", dimensions: [("store", name), ("role", role)]).record(expiration)
@@ -312,7 +331,10 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
 
     /// `secretsfs_lease_events_total{store,role,event}`: minted, renewed, rotated, revoked, failed.
     func count(_ event: String, role: String) {
-        Counter(label: "secretsfs_lease_events_total", dimensions: [("store", name), ("role", role), ("event", event)]).increment()
+        Counter(
+            label: "secretsfs_lease_events_total",
+            dimensions: [("store", name), ("role", LeasePer.baseEnv(role)), ("event", event)]
+        ).increment()
     }
 
     static func number(_ value: SecretValue?) -> Double? {
@@ -383,10 +405,42 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         }
     }
 
+    /// With `lease_per`: revokes the leases of units and pods whose cgroup is gone.
+    func revokeGone() {
+        guard leasePer != nil else { return }
+        let gone = leases.withLock { leases -> [(String, Lease)] in
+            let found = leases.filter { key, _ in LeasePer.identity(in: key).map(Self.cgroupIsGone) ?? false }
+            for key in found.keys { leases.removeValue(forKey: key) }
+            return Array(found)
+        }
+        guard !gone.isEmpty else { return }
+        leasesDidChange()
+        for (key, lease) in gone {
+            if let id = lease.id {
+                do {
+                    try revoke(id)
+                } catch {
+                    logger.warning("revoking a lease failed; it expires on its own", metadata: ["store": "\(name)", "error": "\(error)"])
+                }
+            }
+            logger.info(
+                "revoked the lease of a unit or pod that is gone",
+                metadata: ["store": "\(name)", "role": "\(LeasePer.baseEnv(key))", "for": "\(LeasePer.identity(in: key) ?? "")"])
+            count("revoked", role: key)
+        }
+    }
+
+    /// Whether no cgroup hierarchy has `path` any more (unified, v2 at the root, or systemd's v1 one).
+    static func cgroupIsGone(_ path: String) -> Bool {
+        let bases = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"]
+        return !bases.contains { access($0 + path, F_OK) == 0 }
+    }
+
     /// Renews and rotates what is due now.
     func tend() {
         let now = CoreClock.monotonic()
         revokeIdle(now: now)
+        revokeGone()
         for (role, lease) in leases.withLock({ $0 }) {
             Gauge(label: "secretsfs_lease_expiry_seconds", dimensions: [("store", name), ("role", role)])
                 .record(max(0, lease.expires - now))

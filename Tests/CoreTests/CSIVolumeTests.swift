@@ -147,3 +147,22 @@ struct CSIVolumeTests {
         #expect(!after.holdsVolumes)
     }
 }
+
+@Suite("lease_per identities")
+struct LeasePerTests {
+    @Test("unit: the cgroup up to the last service or scope; pod: up to the pod's cgroup, cgroupfs and systemd forms; none for a process of neither")
+    func identities() {
+        #expect(LeasePer.unit.identity(ofCgroup: "/system.slice/billing.service") == "/system.slice/billing.service")
+        #expect(LeasePer.unit.identity(ofCgroup: "/system.slice/billing.service/worker") == "/system.slice/billing.service")
+        #expect(LeasePer.unit.identity(ofCgroup: "/user.slice/user-0.slice/session-3.scope") == "/user.slice/user-0.slice/session-3.scope")
+        #expect(LeasePer.unit.identity(ofCgroup: "/") == nil)
+        let uid = "0b7c6f0e-1111-2222-3333-444455556666"
+        #expect(LeasePer.pod.identity(ofCgroup: "/kubepods/besteffort/pod\(uid)/abc123") == "/kubepods/besteffort/pod\(uid)")
+        let systemd = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod\(uid.replacingOccurrences(of: "-", with: "_")).slice/cri-containerd-1.scope"
+        #expect(LeasePer.pod.identity(ofCgroup: systemd)?.hasSuffix(".slice") == true)
+        #expect(LeasePer.pod.identity(ofCgroup: "/system.slice/billing.service") == nil)
+        let env = LeasePer.env("app", identity: "/system.slice/billing.service")
+        #expect(LeasePer.baseEnv(env) == "app" && LeasePer.identity(in: env) == "/system.slice/billing.service")
+        #expect(LeasePer.baseEnv("app") == "app" && LeasePer.identity(in: "app") == nil)
+    }
+}

@@ -40,22 +40,6 @@ struct AccessTests {
         return (result.status, result.stdoutText + result.stderr)
     }
 
-    /// A cgroup v2 folder for the test (the unified hierarchy, wherever it is mounted), removed by the caller.
-    func makeCgroup(_ name: String) throws -> String {
-        let mounts = try String(contentsOfFile: "/proc/mounts", encoding: .utf8)
-        var root: String?
-        for line in mounts.split(separator: "\n") {
-            let fields = line.split(separator: " ").map(String.init)
-            if fields.count > 2 && fields[2] == "cgroup2" { root = fields[1] }
-        }
-        guard let root else { throw TestFailure.message("no cgroup2 hierarchy mounted") }
-        let path = root + "/" + name
-        guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
-            throw TestFailure.message("cannot create cgroup \(path): errno \(errno)")
-        }
-        return path
-    }
-
     @Test("per-path owners and modes: files from the first matching rule, directories so readers can walk to them")
     func ownersAndModes() throws {
         let fixture = try Fixture()

@@ -226,6 +226,62 @@ struct LeasedStoreTests {
         #expect(!fs.log.contains(password))
     }
 
+    @Test("lease_per = \"unit\": processes of two units (cgroups) get a lease each, each logs in with its own, a unit reading again keeps its lease; when one cgroup is removed its lease is revoked and the other keeps working")
+    func leasePerUnit() throws {
+        let postgres = try PostgresServer()
+        defer { postgres.remove() }
+        let bao = try BaoServer(audit: true)
+        defer { bao.remove() }
+        try Self.databaseEngine(bao, postgres, ttl: "2m", maxTTL: "10m")
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let config = try fixture.dir.write("leased.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "10m"
+            [metrics]
+            listen = "127.0.0.1:\(try freePort())"
+            [stores.db]
+            type = "vault-database"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            roles = ["app"]
+            lease_per = "unit"
+            """)
+        let fs = try fixture.mount(config: config)
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        let unitA = try makeCgroup("secretsfs-test-\(tag)-a.scope")
+        defer { rmdir(unitA) }
+        let unitB = try makeCgroup("secretsfs-test-\(tag)-b.scope")
+        defer { rmdir(unitB) }
+        func credentials(_ unit: String) throws -> (String, String) {
+            let user = try catInCgroup(fs.path("db/app/username"), cgroup: unit)
+            let password = try catInCgroup(fs.path("db/app/password"), cgroup: unit)
+            #expect(user.status == 0 && password.status == 0)
+            return (user.text, password.text)
+        }
+        func dsn(_ pair: (String, String)) -> String {
+            "postgresql://\(pair.0):\(pair.1)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+        }
+        let a = try credentials(unitA)
+        let b = try credentials(unitB)
+        #expect(!a.0.isEmpty && !b.0.isEmpty && a.0 != b.0, "a lease per unit")
+        #expect(try Self.login(dsn(a)) && Self.login(dsn(b)), "each unit logs in with its own")
+        #expect(try credentials(unitA) == a, "a unit reading again keeps its lease")
+        #expect(bao.requests(path: "database/creds/app") == 2)
+        let status = try fixture.cli(["status", "--config", config])
+        #expect(status.stdoutText.contains("lease db/app for /secretsfs-test-\(tag)-a.scope"), "\(status.stdoutText)")
+
+        #expect(rmdir(unitA) == 0, "the unit's cgroup goes: errno \(errno)")
+        try fs.waitForLog("revoked the lease of a unit or pod that is gone", within: 20)
+        #expect(!(try Self.login(dsn(a))), "the gone unit's lease still logs in")
+        #expect(try Self.login(dsn(b)), "the other unit's lease keeps working")
+        #expect(try credentials(unitB) == b)
+        #expect(!fs.log.contains(a.1) && !fs.log.contains(b.1), "no value in the log")
+    }
+
     @Test("a role the engine does not have is EIO on its own directory only; a token the engine refuses is EACCES; the other role serves")
     func failures() throws {
         let postgres = try PostgresServer()

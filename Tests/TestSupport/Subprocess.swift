@@ -216,3 +216,26 @@ public func readLines(
         ended()
     }.start()
 }
+
+/// A cgroup v2 folder for a test (the unified hierarchy, wherever it is mounted), removed by the caller (rmdir,
+/// once its processes are gone).
+public func makeCgroup(_ name: String) throws -> String {
+    let mounts = try String(contentsOfFile: "/proc/mounts", encoding: .utf8)
+    var root: String?
+    for line in mounts.split(separator: "\n") {
+        let fields = line.split(separator: " ").map(String.init)
+        if fields.count > 2 && fields[2] == "cgroup2" { root = fields[1] }
+    }
+    guard let root else { throw TestFailure.message("no cgroup2 hierarchy mounted") }
+    let path = root + "/" + name
+    guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+        throw TestFailure.message("cannot create cgroup \(path): errno \(errno)")
+    }
+    return path
+}
+
+/// `cat path` run inside cgroup folder `cgroup` (the shell joins it, then becomes cat): (status, stdout).
+public func catInCgroup(_ path: String, cgroup: String) throws -> (status: Int32, text: String) {
+    let result = try run(["/bin/sh", "-c", "echo $$ > '\(cgroup)/cgroup.procs' && exec cat '\(path)'"], timeout: 10)
+    return (result.status, result.stdoutText)
+}

@@ -162,7 +162,7 @@ final class ChangePropagation: Sendable {
     static func mountPath(_ path: InodeTable.FilePath) -> String {
         if !path.view.isEmpty { return CSIVolume.directory + "/" + path.view + "/" + path.key }
         if path.env == RenderedFiles.allEnvs { return path.top + "/" + path.key }
-        return path.top + "/" + path.env + "/" + path.key
+        return path.top + "/" + LeasePer.baseEnv(path.env) + "/" + path.key
     }
 
     /// The names of `key` whose value differs between two views of it (in the tree and in the CSI views that show
@@ -186,8 +186,9 @@ final class ChangePropagation: Sendable {
         }
         // A name that came or went: its directory, and the new names themselves.
         if !added.isEmpty || !removed.isEmpty {
-            names.append(key.top + "/" + key.env)
-            for name in added.sorted() { names.append(key.top + "/" + key.env + "/" + name) }
+            let directory = key.top + "/" + LeasePer.baseEnv(key.env)
+            names.append(directory)
+            for name in added.sorted() { names.append(directory + "/" + name) }
             for volume in volumes where added.union(removed).contains(where: volume.shows) {
                 names.append(CSIVolume.directory + "/" + volume.id)
                 for name in added.sorted() where volume.shows(name) {

@@ -99,10 +99,12 @@ public final class FileSystemCore: Sendable {
                 throw SecretsError(.notFound, "no key '\(name)' in this volume")
             }
             let path = InodeTable.FilePath(top: volume.top, env: volume.env, key: name, view: id)
+            let own = InodeTable.FilePath(
+                top: volume.top, env: callerEnv(top: volume.top, env: volume.env, caller: caller), key: name, view: id)
             // Every open through a view is checked: entry timeout 0.
             return try gate.read(path, caller: caller, via: "csi", usingKeys: { () throws(SecretsError) in
-                var (reply, cache, keys) = try lookupFailures.answer(path) { () throws(SecretsError) in
-                    try fileEntry(path, parent: parent)
+                var (reply, cache, keys) = try lookupFailures.answer(own) { () throws(SecretsError) in
+                    try fileEntry(own, parent: parent)
                 }
                 reply.entryTimeout = 0
                 return (reply, cache, keys)
@@ -160,15 +162,25 @@ public final class FileSystemCore: Sendable {
             }
             guard EntryName.isValid(name) else { throw SecretsError(.notFound, "no key with such a name") }
             let path = InodeTable.FilePath(top: top, env: env, key: name)
+            // lease_per: the caller's unit or pod reads its own lease, through nodes of its own.
+            let own = InodeTable.FilePath(top: top, env: callerEnv(top: top, env: env, caller: caller), key: name)
             // Paths with an `allow` list or audited get entry timeout 0, so every open is checked and recorded.
             return try gate.read(path, caller: caller, via: "mount", usingKeys: { () throws(SecretsError) in
-                var (reply, cache, keys) = try lookupFailures.answer(path) { () throws(SecretsError) in
-                    try fileEntry(path, parent: parent)
+                var (reply, cache, keys) = try lookupFailures.answer(own) { () throws(SecretsError) in
+                    try fileEntry(own, parent: parent)
                 }
-                if policy.needsEveryOpen(top: top, env: env, key: name) { reply.entryTimeout = 0 }
+                if policy.needsEveryOpen(top: top, env: env, key: name) || own != path { reply.entryTimeout = 0 }
                 return (reply, cache, keys)
             })
         }
+    }
+
+    /// The env `caller`'s reads of `top/env` go to: with `lease_per`, `env#<cgroup of its unit or pod>`; else `env`.
+    func callerEnv(top: String, env: String, caller: Caller?) -> String {
+        guard let per = resolver.leasePer(top: top), let caller,
+            let identity = gate.callerDetails(caller.pid).cgroup.flatMap(per.identity(ofCgroup:))
+        else { return env }
+        return LeasePer.env(env, identity: identity)
     }
 
     private func directoryEntry(_ kind: InodeTable.DirectoryKind) -> EntryReply {
@@ -296,7 +308,7 @@ public final class FileSystemCore: Sendable {
 
     /// A file's attributes as `table` has them (called with the table locked).
     private func fileAttributes(_ inode: UInt64, _ node: InodeTable.FileNode, in table: InodeTable) -> NodeAttributes {
-        var owner = policy.file(top: node.path.top, env: node.path.env, key: node.path.key)
+        var owner = policy.file(top: node.path.top, env: LeasePer.baseEnv(node.path.env), key: node.path.key)
         // A view's files are the pod's: readable in the pod (the view refuses everyone else), or by its fsGroup.
         if !node.path.view.isEmpty, let volume = table.volumes[node.path.view] {
             owner.gid = volume.group ?? owner.gid
@@ -356,14 +368,15 @@ public final class FileSystemCore: Sendable {
             return []
         case .volume(let id):
             let volume = try admit(caller, to: id)
-            let view = try reader.views.view(EnvKey(top: volume.top, env: volume.env), now: clock()).view
+            let env = callerEnv(top: volume.top, env: volume.env, caller: caller)
+            let view = try reader.views.view(EnvKey(top: volume.top, env: env), now: clock()).view
             let renderedNames = resolver.rendered.names(top: volume.top, env: volume.env)
             let keys = (health.usableNames(
                 view.keys.filter { !renderedNames.contains($0) }, top: volume.top, env: volume.env) + renderedNames)
                 .filter(volume.shows)
             return inodes.read { table in
                 keys.enumerated().map { index, key in
-                    let path = InodeTable.FilePath(top: volume.top, env: volume.env, key: key, view: id)
+                    let path = InodeTable.FilePath(top: volume.top, env: env, key: key, view: id)
                     return DirectoryEntry(
                         name: key, inode: table.current[path] ?? UInt64.max - UInt64(index), isDirectory: false)
                 }
@@ -398,8 +411,9 @@ public final class FileSystemCore: Sendable {
                     return DirectoryEntry(name: name, inode: inode, isDirectory: false)
                 }
             }
-        case .env(let top, let env):
+        case .env(let top, let directoryEnv):
             // The listing is the cached view's, so names and cached values come from the same moment.
+            let env = callerEnv(top: top, env: directoryEnv, caller: caller)
             let view = try reader.views.view(EnvKey(top: top, env: env), now: clock()).view
             let renderedNames = resolver.rendered.names(top: top, env: env)
             let keys = health.usableNames(view.keys.filter { !renderedNames.contains($0) }, top: top, env: env)

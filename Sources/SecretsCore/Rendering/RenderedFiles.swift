@@ -151,12 +151,15 @@ public struct RenderedFiles: Sendable {
     }
 
     /// The entry that makes `top/env/name` a rendered file (the first, in config order).
+    /// (An env that carries a `lease_per` identity has its directory's files.)
     public func file(top: String, env: String, name: String) -> RenderedFileConfig? {
-        files.first { $0.matches(top: top, env: env, name: name) }
+        let env = LeasePer.baseEnv(env)
+        return files.first { $0.matches(top: top, env: env, name: name) }
     }
 
     /// The rendered files' names in an env directory, or in the top's own (`env` = `allEnvs`).
     public func names(top: String, env: String) -> [String] {
+        let env = LeasePer.baseEnv(env)
         var seen: Set<String> = []
         return files.filter { $0.matches(top: top, env: env, name: $0.name) }.map(\.name).filter { seen.insert($0).inserted }
     }

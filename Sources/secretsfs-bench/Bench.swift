@@ -137,7 +137,7 @@ struct Bench {
         }
         let binary = arguments[1]
         let seconds = arguments.count > 2 ? Double(arguments[2]) ?? 2 : 2
-        // BENCH_ONLY=local|failover|audit|redis|vault|notices|dapr|ha|outage|rendered|sops|csi runs one part (for working on one store); unset runs everything.
+        // BENCH_ONLY=local|failover|audit|redis|vault|notices|dapr|ha|outage|rendered|sops|csi|leases runs one part (for working on one store); unset runs everything.
         let only = ProcessInfo.processInfo.environment["BENCH_ONLY"]
         func wanted(_ part: String) -> Bool { only == nil || only == part }
 
@@ -334,6 +334,7 @@ struct Bench {
         if wanted("sops") { SopsBench.run(binary: binary, root: root, seconds: seconds, python: python) }
         print("")
         if wanted("csi") { CSIBench.run(binary: binary, root: root, seconds: seconds, python: python) }
+        if wanted("leases") { LeaseBench.run(binary: binary, root: root, seconds: seconds, python: python) }
 
     }
 }

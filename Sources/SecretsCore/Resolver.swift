@@ -97,6 +97,11 @@ public final class Resolver: Sendable {
         tops[name]?.chain.compactMap { $0.store.cacheBound }.min()
     }
 
+    /// How much longer values of `top/env` may be served from a cache (nil: no limit; see `valueLifetime`).
+    public func valueLifetime(top name: String, env: String) -> Double? {
+        tops[name]?.chain.compactMap { $0.store.valueLifetime(env: env) }.min()
+    }
+
     /// `lease_per` of a store's own top (a scope's levels share their leases).
     public func leasePer(top name: String) -> LeasePer? {
         guard let top = tops[name], !top.isScope else { return nil }

@@ -45,6 +45,10 @@ public protocol SecretStore: AnyObject, Sendable {
 
     /// `lease_per`: whose reads share a lease (nil: everyone's; see `LeasePer`).
     var leasePer: LeasePer? { get }
+
+    /// How much longer values of `env` may be served from a cache, fresh or stale (nil: no limit). A leased store
+    /// says until its lease's expiry, and 0 when it holds none, so an expired credential is never served.
+    func valueLifetime(env: String) -> Double?
 }
 
 extension SecretStore {
@@ -68,6 +72,8 @@ extension SecretStore {
     public var cacheBound: Double? { nil }
 
     public var leasePer: LeasePer? { nil }
+
+    public func valueLifetime(env: String) -> Double? { nil }
 
     /// Exact key first, then the first key equal ignoring case (in sorted order, so the choice is stable).
     public static func match(_ key: String, in fields: [String: SecretValue]) -> SecretValue? {

@@ -145,6 +145,13 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
 
     public var operationTimeout: Double? { settings.timeout }
 
+    /// Until the role's lease expires; 0 when none is held (expired and not replaced, revoked as idle): a cached
+    /// view of it is then never served, and a read asks for a new lease.
+    public func valueLifetime(env: String) -> Double? {
+        let expires = leases.withLock { $0[env]?.expires }
+        return expires.map { max(0, $0 - CoreClock.monotonic()) } ?? 0
+    }
+
     /// With `idle_revoke`, views of a role stay cached half of it at most: every reader reaches the store that often,
     /// so a lease nobody asks for is one nobody reads.
     public var cacheBound: Double? { idleRevoke.map { $0 / 2 } }
@@ -304,7 +311,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         if kind == .pki {
             // The certificate's own end: `expiration` (Unix seconds).
             if let expiration = Self.number(data["expiration"]) {
-                duration = max(1, expiration - Double(CoreClock.wall().seconds))
+                let wall = CoreClock.wall()
+                duration = max(1, expiration - (Double(wall.seconds) + Double(wall.nanoseconds) / 1e9))
             }
             if case .array(let chain)? = data["ca_chain"] {
                 let pems = chain.compactMap { item -> String? in if case .string(let text) = item { return text } else { return nil } }

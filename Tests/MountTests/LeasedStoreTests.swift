@@ -392,6 +392,56 @@ struct LeasedStoreTests {
         #expect(!fs.log.contains(key.split(separator: "\n").dropFirst().first.map(String.init) ?? "-"), "no key in the log")
     }
 
+    @Test("a certificate that can no longer be replaced (its PKI role deleted) is served until its expiration and never after: then EIO on its directory only")
+    func servedUntilExpiryNeverPast() throws {
+        let bao = try BaoServer()
+        defer { bao.remove() }
+        try Self.pkiEngine(bao)
+        try bao.cli(["write", "pki/roles/api", "allowed_domains=example.test", "allow_subdomains=true", "max_ttl=72h"])
+        let fixture = try Fixture()
+        defer { fixture.tearDown() }
+        let token = try fixture.dir.write("vault-token", "root\n")
+        let config = try fixture.dir.write("pki.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "10m"
+            stale_if_error = "10m"
+            [stores.certs]
+            type = "vault-pki"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            rotate_before = 0.5
+            [stores.certs.roles.web]
+            common_name = "web.example.test"
+            ttl = "8s"
+            [stores.certs.roles.api]
+            common_name = "api.example.test"
+            ttl = "1h"
+            """)
+        let fs = try fixture.mount(config: config)
+        let expiration = try #require(Int(try fs.readText("certs/web/expiration").trimmingCharacters(in: .whitespacesAndNewlines)))
+        _ = try fs.readText("certs/api/certificate")
+        // No more certificates for web: every rotation from now on fails.
+        try bao.cli(["delete", "pki/roles/web"])
+        var servedAfterExpiry = 0
+        var served = 0
+        while Int(Date().timeIntervalSince1970) <= expiration + 3 {
+            let before = Int(Date().timeIntervalSince1970)
+            if (try? fs.read("certs/web/certificate")) != nil {
+                served += 1
+                // A read that began after the certificate's end (whole seconds; its end is a whole second too).
+                if before > expiration { servedAfterExpiry += 1 }
+            }
+            usleep(100_000)
+        }
+        #expect(served > 0, "the certificate is served while it is valid")
+        #expect(servedAfterExpiry == 0, "served after its expiration \(servedAfterExpiry) times")
+        #expect(throws: FSError(code: EIO)) { try fs.read("certs/web/certificate") }
+        try fs.waitForLog("minting the next lease failed; the current one serves until it expires")
+        #expect(try !fs.readText("certs/api/certificate").isEmpty, "the other role serves on")
+    }
+
     @Test("vault-pki: certificate, private_key, ca_chain and issuing_ca from one issue; openssl verifies the chain and matches the key; a PEM bundle template renders them from one snapshot")
     func pki() throws {
         let bao = try BaoServer()

@@ -50,26 +50,29 @@ public final class EnvViewCache: Sendable {
         let cached = entries.withLock { $0[key] }
         // A store may bound how long its views stay (a leased store that revokes idle leases).
         let ttl = resolver.cacheBound(top: key.top).map { min($0, self.ttl) } ?? self.ttl
-        if let cached, !cached.inherited, now - cached.fetchedAt < ttl {
-            return Answer(view: cached.view, remaining: ttl - (now - cached.fetchedAt), stale: false)
+        // And how long what it holds may be served at all (a lease's expiry): never past it, stale or not.
+        let lifetime = resolver.valueLifetime(top: key.top, env: key.env) ?? .infinity
+        if let cached, !cached.inherited, now - cached.fetchedAt < ttl, lifetime > 0 {
+            return Answer(view: cached.view, remaining: min(ttl - (now - cached.fetchedAt), lifetime), stale: false)
         }
         // The store failed last time it was asked: what is cached is served now, and one refresh in the background
         // asks again (the kernel asks for a stale name again after 1 s, so a store that answers again is seen soon).
-        if let cached, now - cached.fetchedAt < ttl + staleIfError, health.isFailing(key.top) {
+        if let cached, now - cached.fetchedAt < ttl + staleIfError, lifetime > 0, health.isFailing(key.top) {
             health.warn(top: key.top, kind: "stale", "'\(key.top)' is failing, serving cached values for up to stale_if_error")
             health.refreshInBackground("view \(key.top)/\(key.env)") { [self] in
                 if let view = try? fetch(key) { store(view, for: key, at: health.clock()) }
             }
-            return Answer(view: cached.view, remaining: min(1, ttl), stale: true)
+            return Answer(view: cached.view, remaining: min(1, ttl, lifetime), stale: true)
         }
         do {
             let view = try fetch(key)
             store(view, for: key, at: now)
-            return Answer(view: view, remaining: ttl, stale: false)
+            let left = resolver.valueLifetime(top: key.top, env: key.env) ?? .infinity
+            return Answer(view: view, remaining: min(ttl, left), stale: false)
         } catch {
-            if error.code != .notFound, let cached, now - cached.fetchedAt < ttl + staleIfError {
+            if error.code != .notFound, let cached, now - cached.fetchedAt < ttl + staleIfError, lifetime > 0 {
                 health.warn(top: key.top, kind: "stale", "'\(key.top)' failed, serving cached values for up to stale_if_error: \(error)")
-                return Answer(view: cached.view, remaining: min(1, ttl), stale: true)
+                return Answer(view: cached.view, remaining: min(1, ttl, lifetime), stale: true)
             }
             health.warn(top: key.top, "reading '\(key.top)/\(key.env)' failed: \(error)")
             throw error

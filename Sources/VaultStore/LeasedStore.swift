@@ -38,6 +38,9 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         var expires: Double
         /// When a view of the role was last fetched for a reader (monotonic), for `idle_revoke`.
         var lastRead: Double = CoreClock.monotonic()
+        /// Failed attempts at minting its successor, and when to try again.
+        var failures = 0
+        var retryAt: Double = 0
     }
 
     public let name: String
@@ -453,7 +456,15 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
             Gauge(label: "secretsfs_lease_expiry_seconds", dimensions: [("store", name), ("role", role)])
                 .record(max(0, lease.expires - now))
             let rotateAt = lease.expires - lease.duration * rotateFraction
+            if now >= lease.expires {
+                // Never served past its end: the next read asks for a new lease (EIO while none can be had).
+                _ = leases.withLock { $0.removeValue(forKey: role) }
+                logger.warning("a lease expired before it could be replaced", metadata: ["store": "\(name)", "role": "\(role)"])
+                leasesDidChange()
+                continue
+            }
             if now >= rotateAt {
+                guard now >= lease.retryAt else { continue }
                 do {
                     var next = try mint(role)
                     // A rotation is not a read.
@@ -464,12 +475,18 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
                     leasesDidChange()
                     if let notify = watcher.withLock({ $0 }) { notify([.at(location: nil, env: role)]) }
                 } catch {
-                    logger.warning("minting the next lease failed; the current one serves until it expires", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
-                    count("failed", role: role)
-                    if now >= lease.expires {
-                        _ = leases.withLock { $0.removeValue(forKey: role) }
-                        leasesDidChange()
+                    // Logged once when it starts failing; retried with a growing pause (0.5 s doubling to 30 s),
+                    // and once more shortly before the end.
+                    if lease.failures == 0 {
+                        logger.warning("minting the next lease failed; the current one serves until it expires", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
                     }
+                    count("failed", role: role)
+                    var updated = lease
+                    updated.failures += 1
+                    let pause = min(30, 0.5 * Double(1 << min(updated.failures - 1, 6)))
+                    let lastChance = lease.expires - 1
+                    updated.retryAt = now + pause < lastChance || now >= lastChance ? now + pause : lastChance
+                    leases.withLock { leases in if leases[role] != nil { leases[role] = updated } }
                 }
                 continue
             }

@@ -439,6 +439,7 @@ struct LeasedStoreTests {
         #expect(servedAfterExpiry == 0, "served after its expiration \(servedAfterExpiry) times")
         #expect(throws: FSError(code: EIO)) { try fs.read("certs/web/certificate") }
         try fs.waitForLog("minting the next lease failed; the current one serves until it expires")
+        #expect(fs.log.components(separatedBy: "minting the next lease failed").count == 2, "logged once, not per retry")
         #expect(try !fs.readText("certs/api/certificate").isEmpty, "the other role serves on")
     }
 

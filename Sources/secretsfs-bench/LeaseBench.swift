@@ -77,7 +77,8 @@ enum LeaseBench {
         let tmpfs = "/dev/shm/secretsfs-bench-lease-\(getpid())"
         try? String(repeating: "x", count: 1200).write(toFile: tmpfs, atomically: true, encoding: .utf8)
         defer { unlink(tmpfs) }
-        print("leased secrets (vault-pki on OpenBao, one lease per role, cached like any key):")
+        let version = shell([bao, "version"]).1.split(separator: "\n").first.map(String.init) ?? "OpenBao"
+        print("leased secrets (vault-pki on \(version), one lease per role, cached like any key):")
         BenchMount.run(binary: binary, config: config, mountpoint: mountpoint, probe: certificate) { _ in
             _ = measure("warm", path: cached, threads: 1, duration: 0.2)
             let base = measure("tmpfs", path: tmpfs, threads: 1, duration: seconds)

@@ -12,7 +12,7 @@ public final class EnvStore: SecretStore {
 
     public init(config: StoreConfig) throws(LocatedError) {
         let section = config.section
-        try section.rejectUnknown(allowed: ["type", "fresh", "fresh_max_age", "layout", "prefix", "env_prefix"])
+        try section.rejectUnknown(allowed: ["type", "fresh", "fresh_max_age", "layout", "directory_layout", "prefix", "env_prefix"])
         name = config.name
         prefix = try section.string("prefix") ?? "PREFECT__CONTEXT__SECRETS__"
         envPrefix = try section.string("env_prefix")

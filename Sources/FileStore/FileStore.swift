@@ -28,8 +28,8 @@ public struct FileStoreSettings: Sendable {
     public init(config: StoreConfig) throws(LocatedError) {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "fresh_max_age", "layout", "files", "identity", "passphrase_file", "recipients", "max_work_factor",
-            "layout", "env",
+            "type", "fresh", "fresh_max_age", "directory_layout", "files", "identity", "passphrase_file", "recipients",
+            "max_work_factor", "layout", "env",
         ])
         func layout(_ layoutName: String?, env: String?, key: String) throws(LocatedError) -> FileLayout? {
             switch (layoutName, env) {
@@ -40,10 +40,14 @@ public struct FileStoreSettings: Sendable {
             case (nil, let env?), ("flat"?, let env?):
                 guard EntryName.isValid(env) else { throw section.error(key, "env '\(env)' cannot be a folder name") }
                 return .flat(env: env.lowercased())
-            case (let other?, _): throw section.error(key, "layout must be \"envs\" or \"flat\", not \"\(other)\"")
+            case (let other?, _):
+                throw section.error(key, "layout must be \"envs\" or \"flat\" (or \"kubernetes\", the directories' layout), not \"\(other)\"")
             }
         }
-        let storeLayoutName = try section.string("layout"), storeEnv = try section.string("env")
+        // `layout = "kubernetes"` (or "plain") is the directories' layout (DirectoryLayout), not the files'.
+        let named = try section.string("layout")
+        let storeLayoutName = named == "kubernetes" || named == "plain" ? nil : named
+        let storeEnv = try section.string("env")
         // A store-level `layout = "flat"` may leave the env to each files entry; a plain path then needs the store's.
         let storeLayout = storeLayoutName == "flat" && storeEnv == nil
             ? nil : try layout(storeLayoutName, env: storeEnv, key: "layout")

@@ -21,7 +21,7 @@ public struct RedisStoreSettings: Sendable {
     {
         let section = config.section
         try section.rejectUnknown(allowed: [
-            "type", "fresh", "fresh_max_age", "layout", "url", "password_file", "username", "ca_cert", "prefix", "timeout",
+            "type", "fresh", "fresh_max_age", "layout", "directory_layout", "url", "password_file", "username", "ca_cert", "prefix", "timeout",
             "sentinel_password_file", "replica_reads",
         ])
         let url = try section.string("url") ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379/0"

@@ -133,7 +133,8 @@ public struct Config: Sendable {
     ) throws(LocatedError) {
         guard layout == .kubernetes, !mount.directoryEvents else { return }
         throw section.error(
-            "layout", "layout = \"kubernetes\" needs directory_events = true in [mount] (it swaps ..data through the mount)")
+            section.values["directory_layout"] != nil ? "directory_layout" : "layout",
+            "layout = \"kubernetes\" needs directory_events = true in [mount] (it swaps ..data through the mount)")
     }
 }
 
@@ -331,10 +332,10 @@ public struct StoreConfig: Sendable {
 
     init(name: String, section: ConfigSection) throws(LocatedError) {
         self.name = name
-        self.layout = try DirectoryLayout(section)
         guard let type = try section.string("type") else {
             throw section.error(nil, "store '\(name)' needs a type (file)")
         }
+        self.layout = try DirectoryLayout(section, storeOwnsLayout: type == "file")
         self.type = type
         self.fresh = try section.stringArray("fresh") ?? []
         self.freshMaxAge = try section.duration("fresh_max_age")
@@ -385,7 +386,7 @@ public struct ScopeConfig: Sendable {
 
     init(name: String, section: ConfigSection) throws(LocatedError) {
         self.name = name
-        try section.rejectUnknown(allowed: ["chain", "fresh", "fresh_max_age", "layout"])
+        try section.rejectUnknown(allowed: ["chain", "fresh", "fresh_max_age", "layout", "directory_layout"])
         guard case .array(let items)? = section.values["chain"], !items.isEmpty else {
             throw section.error("chain", "scope '\(name)' needs a non-empty chain = [\"store\", ...]")
         }
@@ -459,12 +460,26 @@ public enum DirectoryLayout: String, Sendable {
     public static let dataLink = "..data"
     public static let dataLinkTemporary = "..data_tmp"
 
-    init(_ section: ConfigSection) throws(LocatedError) {
+    /// From `directory_layout`, else `layout`. A file store's `layout` also says how its files are laid out
+    /// (`"envs"`, `"flat"`: `storeOwnsLayout`); such a store takes the kubelet layout from `directory_layout` when
+    /// its `layout` is one of those.
+    init(_ section: ConfigSection, storeOwnsLayout: Bool = false) throws(LocatedError) {
+        if let raw = try section.string("directory_layout") {
+            guard let layout = DirectoryLayout(rawValue: raw) else {
+                throw section.error("directory_layout", "directory_layout must be \"plain\" or \"kubernetes\", not \"\(raw)\"")
+            }
+            self = layout
+            return
+        }
         guard let raw = try section.string("layout") else {
             self = .plain
             return
         }
         guard let layout = DirectoryLayout(rawValue: raw) else {
+            if storeOwnsLayout {
+                self = .plain
+                return
+            }
             throw section.error("layout", "layout must be \"plain\" or \"kubernetes\", not \"\(raw)\"")
         }
         self = layout

@@ -35,7 +35,7 @@ public struct VaultSettings: Sendable {
     ) throws(LocatedError) {
         let section = config.section
         try section.rejectUnknown(allowed: extra.union([
-            "type", "fresh", "fresh_max_age", "layout", "address", "addresses", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout", "watch",
+            "type", "fresh", "fresh_max_age", "layout", "directory_layout", "address", "addresses", "mount", "path", "kv_version", "namespace", "ca_cert", "skip_verify", "timeout", "watch",
             "token_file", "role_id", "secret_id_file", "username", "password_file", "role", "jwt_file", "auth_mount",
         ]))
         var listed: [String]

@@ -167,3 +167,36 @@ struct CorePartsTests {
         #expect(throws: SecretsError.self) { try gate.read(self.path, caller: nil, via: "api", missing) }
     }
 }
+
+@Suite("directory layout")
+struct DirectoryLayoutTests {
+    func parse(_ stores: String, events: Bool = true) throws(LocatedError) -> Config {
+        try Config.parse(
+            text: "[mount]\npath = \"/tmp/x\"\ndirectory_events = \(events)\n" + stores, file: "layout.toml")
+    }
+
+    @Test("layout = \"kubernetes\" on any store or scope; a file store's own layout values stay its files'; directory_layout beside them; a wrong value or a missing directory_events names the key")
+    func parsing() throws {
+        let redis = try parse("[stores.r]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nlayout = \"kubernetes\"\n")
+        #expect(redis.stores.first?.layout == .kubernetes)
+        let file = try parse("[stores.f]\ntype = \"file\"\nfiles = [\"a.toml\"]\nlayout = \"envs\"\ndirectory_layout = \"kubernetes\"\n")
+        #expect(file.stores.first?.layout == .kubernetes)
+        let plainFile = try parse("[stores.f]\ntype = \"file\"\nfiles = [\"a.toml\"]\nlayout = \"envs\"\n")
+        #expect(plainFile.stores.first?.layout == .plain)
+        let scope = try parse("""
+            [stores.r]
+            type = "redis"
+            url = "redis://127.0.0.1:1"
+            [scopes.s]
+            chain = ["r"]
+            layout = "kubernetes"
+            """)
+        #expect(scope.scopes.first?.layout == .kubernetes)
+        #expect { _ = try parse("[stores.r]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nlayout = \"tree\"\n") } throws: { error in
+            "\(error)".contains("layout.toml:7:") && "\(error)".contains("\"plain\" or \"kubernetes\"")
+        }
+        #expect { _ = try parse("[stores.r]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nlayout = \"kubernetes\"\n", events: false) } throws: { error in
+            "\(error)".contains("layout.toml:7:") && "\(error)".contains("needs directory_events = true")
+        }
+    }
+}

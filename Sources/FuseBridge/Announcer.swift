@@ -69,7 +69,9 @@ final class Announcer: Sendable {
         for name in names {
             let path = mountPath + "/" + name
             // UTIME_OMIT for atime, now for mtime: the kernel reports IN_MODIFY (both would be IN_ATTRIB).
-            var times = [timespec(tv_sec: 0, tv_nsec: secretsfs_utime_omit()), timespec(tv_sec: 0, tv_nsec: secretsfs_utime_now())]
+            var times = [
+                timespec(tv_sec: 0, tv_nsec: secretsfs_utime_omit()), timespec(tv_sec: 0, tv_nsec: secretsfs_utime_now()),
+            ]
             let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
             if fd >= 0 {
                 if futimens(fd, &times) != 0 { failed += 1 }

@@ -250,7 +250,8 @@ enum FuseOperations {
         _ fi: UnsafeMutablePointer<fuse_file_info>?
     ) {
         guard let req else { return }
-        guard isAnnouncer(req), toSet & ~(FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME) == 0 else {
+        let touch = FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME
+        guard isAnnouncer(req), toSet & ~touch == 0 else {
             fuse_reply_err(req, EROFS)
             return
         }

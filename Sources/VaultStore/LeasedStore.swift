@@ -163,10 +163,12 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
 
     public func envs(at location: String?) throws(SecretsError) -> [String] { roles.keys.sorted() }
 
-    /// `env` is a role, or with `lease_per` a role and the reading unit's or pod's cgroup (`app#/system.slice/a.service`):
-    /// each such env has a lease of its own.
+    /// `env` is a role, or with `lease_per` a role and the reading unit's or pod's cgroup
+    /// (`app#/system.slice/a.service`): each such env has a lease of its own.
     public func fields(of env: String, at location: String?) throws(SecretsError) -> [String: SecretValue]? {
-        guard roles[LeasePer.baseEnv(env)] != nil, leasePer != nil || LeasePer.identity(in: env) == nil else { return nil }
+        guard roles[LeasePer.baseEnv(env)] != nil, leasePer != nil || LeasePer.identity(in: env) == nil else {
+            return nil
+        }
         return try lease(for: env).fields
     }
 
@@ -226,7 +228,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         }
         for (role, left) in adopted {
             logger.info(
-                "kept the previous worker's lease", metadata: ["store": "\(name)", "role": "\(role)", "seconds": "\(Int(left))"])
+                "kept the previous worker's lease",
+                metadata: ["store": "\(name)", "role": "\(role)", "seconds": "\(Int(left))"])
             count("adopted", role: role)
         }
         if !adopted.isEmpty { startLifecycle() }
@@ -242,7 +245,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
         let now = CoreClock.monotonic()
         return leases.withLock { $0 }.sorted { $0.key < $1.key }.map { key, lease in
             let role = LeasePer.identity(in: key).map { LeasePer.baseEnv(key) + " for " + $0 } ?? key
-            return LeaseSummary(store: name, role: role, secondsLeft: max(0, Int(lease.expires - now)), renewable: lease.renewable)
+            return LeaseSummary(
+                store: name, role: role, secondsLeft: max(0, Int(lease.expires - now)), renewable: lease.renewable)
         }
     }
 
@@ -408,10 +412,14 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
                 do {
                     try revoke(id)
                 } catch {
-                    logger.warning("revoking an idle lease failed; it expires on its own", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
+                    logger.warning(
+                        "revoking an idle lease failed; it expires on its own",
+                        metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
                 }
             }
-            logger.info("revoked a lease nobody read for idle_revoke", metadata: ["store": "\(name)", "role": "\(role)", "idle_revoke": "\(Int(idleRevoke))s"])
+            logger.info(
+                "revoked a lease nobody read for idle_revoke",
+                metadata: ["store": "\(name)", "role": "\(role)", "idle_revoke": "\(Int(idleRevoke))s"])
             count("revoked", role: role)
         }
     }
@@ -431,7 +439,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
                 do {
                     try revoke(id)
                 } catch {
-                    logger.warning("revoking a lease failed; it expires on its own", metadata: ["store": "\(name)", "error": "\(error)"])
+                    logger.warning(
+                        "revoking a lease failed; it expires on its own", metadata: ["store": "\(name)", "error": "\(error)"])
                 }
             }
             logger.info(
@@ -459,7 +468,8 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
             if now >= lease.expires {
                 // Never served past its end: the next read asks for a new lease (EIO while none can be had).
                 _ = leases.withLock { $0.removeValue(forKey: role) }
-                logger.warning("a lease expired before it could be replaced", metadata: ["store": "\(name)", "role": "\(role)"])
+                logger.warning(
+                    "a lease expired before it could be replaced", metadata: ["store": "\(name)", "role": "\(role)"])
                 leasesDidChange()
                 continue
             }
@@ -478,7 +488,9 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
                     // Logged once when it starts failing; retried with a growing pause (0.5 s doubling to 30 s),
                     // and once more shortly before the end.
                     if lease.failures == 0 {
-                        logger.warning("minting the next lease failed; the current one serves until it expires", metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
+                        logger.warning(
+                            "minting the next lease failed; the current one serves until it expires",
+                            metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
                     }
                     count("failed", role: role)
                     var updated = lease

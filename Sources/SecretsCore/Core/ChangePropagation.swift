@@ -143,15 +143,19 @@ final class ChangePropagation: Sendable {
         }
         record(storeName, envs: affected.count, changed: stale.count)
         guard let notifier = notifier.withLock({ $0 }) else { return }
-        announced.formUnion(inodes.read { table in stale.compactMap { table.files[$0.child].map { Self.mountPath($0.path) } } })
+        announced.formUnion(
+            inodes.read { table in stale.compactMap { table.files[$0.child].map { Self.mountPath($0.path) } } })
         for entry in stale { notifier.deleteEntry(parent: entry.parent, child: entry.child, name: entry.name) }
         guard !announced.isEmpty else { return }
         // A name of a kubelet-layout top's env directory (top/env/key): that directory's ..data is swapped.
         let swapped = Set(announced.compactMap { path -> String? in
             let parts = path.split(separator: "/", omittingEmptySubsequences: false)
-            guard parts.count >= 2, parts[0] != Substring(CSIVolume.directory), resolver.hasKubernetesLayout(String(parts[0])),
-                parts.count == 3 || (parts.count == 2 && resolver.rendered.file(
-                    top: String(parts[0]), env: RenderedFiles.allEnvs, name: String(parts[1])) == nil)
+            guard parts.count >= 2, parts[0] != Substring(CSIVolume.directory),
+                resolver.hasKubernetesLayout(String(parts[0])),
+                parts.count == 3
+                    || (parts.count == 2
+                        && resolver.rendered.file(
+                            top: String(parts[0]), env: RenderedFiles.allEnvs, name: String(parts[1])) == nil)
             else { return nil }
             return parts[0] + "/" + parts[1]
         })
@@ -181,7 +185,8 @@ final class ChangePropagation: Sendable {
             guard old != new else { continue }
             names.append(Self.mountPath(path))
             for volume in volumes where volume.shows(name) {
-                names.append(Self.mountPath(InodeTable.FilePath(top: key.top, env: key.env, key: name, view: volume.id)))
+                let shown = InodeTable.FilePath(top: key.top, env: key.env, key: name, view: volume.id)
+                names.append(Self.mountPath(shown))
             }
         }
         // A name that came or went: its directory, and the new names themselves.

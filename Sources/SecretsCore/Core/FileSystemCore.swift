@@ -201,7 +201,9 @@ public final class FileSystemCore: Sendable {
     /// `..data` (always there), or `..data_tmp` (only between the daemon's own symlink and rename). Entry and
     /// attribute timeouts 0: the kernel asks at every walk, so a swap is seen at once and no worker need know the
     /// links an earlier one made.
-    private func linkEntry(_ path: InodeTable.FilePath, parent: UInt64, create: Bool) throws(SecretsError) -> EntryReply {
+    private func linkEntry(
+        _ path: InodeTable.FilePath, parent: UInt64, create: Bool
+    ) throws(SecretsError) -> EntryReply {
         let now = CoreClock.wall()
         let attributes = inodes.update { table, digest, events -> NodeAttributes? in
             if path.key != DirectoryLayout.dataLink, !create, table.current[path] == nil { return nil }
@@ -217,7 +219,9 @@ public final class FileSystemCore: Sendable {
     /// The env directory of a kubelet-layout top that `inode` is, or EROFS.
     private func kubernetesDirectory(_ inode: UInt64) throws(SecretsError) -> (top: String, env: String) {
         guard case .env(let top, let env)? = inodes.read({ $0.directories[inode] }), resolver.hasKubernetesLayout(top)
-        else { throw SecretsError(.readOnly, "read-only file system") }
+        else {
+            throw SecretsError(.readOnly, "read-only file system")
+        }
         return (top, env)
     }
 

@@ -63,17 +63,21 @@ enum FuseOperations {
         let key = String(cString: name)
         if let fault = context(req).abortOnLookup, fault == key { abort() }
         do {
-            let entry = try context(req).core.lookup(parent: parent, name: key, caller: caller)
-            var param = fuse_entry_param()
-            param.ino = entry.attributes.inode
-            param.generation = 0
-            param.attr = stat(entry.attributes)
-            param.entry_timeout = entry.entryTimeout
-            param.attr_timeout = entry.attributeTimeout
-            fuse_reply_entry(req, &param)
+            replyEntry(req, try context(req).core.lookup(parent: parent, name: key, caller: caller))
         } catch {
             fuse_reply_err(req, error.errno)
         }
+    }
+
+    /// A name's node and how long the kernel may keep the name and its attributes.
+    static func replyEntry(_ req: fuse_req_t, _ entry: EntryReply) {
+        var param = fuse_entry_param()
+        param.ino = entry.attributes.inode
+        param.generation = 0
+        param.attr = stat(entry.attributes)
+        param.entry_timeout = entry.entryTimeout
+        param.attr_timeout = entry.attributeTimeout
+        fuse_reply_entry(req, &param)
     }
 
     static func forget(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ count: UInt64) {
@@ -268,14 +272,10 @@ enum FuseOperations {
             return
         }
         do {
-            let entry = try context(req).core.makeDataLink(
-                parent: parent, name: String(cString: name), target: String(cString: link))
-            var param = fuse_entry_param()
-            param.ino = entry.attributes.inode
-            param.attr = stat(entry.attributes)
-            param.entry_timeout = entry.entryTimeout
-            param.attr_timeout = entry.attributeTimeout
-            fuse_reply_entry(req, &param)
+            replyEntry(
+                req,
+                try context(req).core.makeDataLink(
+                    parent: parent, name: String(cString: name), target: String(cString: link)))
         } catch {
             fuse_reply_err(req, error.errno)
         }

@@ -400,52 +400,43 @@ public final class LeasedStore: SecretStore, LeaseReporting, LeaseCarrying {
     /// Revokes the leases no reader asked for within `idle_revoke` (the next read mints a new one).
     func revokeIdle(now: Double) {
         guard let idleRevoke else { return }
-        let idle = leases.withLock { leases -> [(String, Lease)] in
-            let found = leases.filter { now - $0.value.lastRead >= idleRevoke }
-            for role in found.keys { leases.removeValue(forKey: role) }
-            return Array(found)
-        }
-        guard !idle.isEmpty else { return }
-        leasesDidChange()
-        for (role, lease) in idle {
-            if let id = lease.id {
-                do {
-                    try revoke(id)
-                } catch {
-                    logger.warning(
-                        "revoking an idle lease failed; it expires on its own",
-                        metadata: ["store": "\(name)", "role": "\(role)", "error": "\(error)"])
-                }
-            }
-            logger.info(
-                "revoked a lease nobody read for idle_revoke",
-                metadata: ["store": "\(name)", "role": "\(role)", "idle_revoke": "\(Int(idleRevoke))s"])
-            count("revoked", role: role)
-        }
+        revokeDropped(
+            where: { _, lease in now - lease.lastRead >= idleRevoke },
+            "revoked a lease nobody read for idle_revoke", ["idle_revoke": "\(Int(idleRevoke))s"])
     }
 
     /// With `lease_per`: revokes the leases of units and pods whose cgroup is gone.
     func revokeGone() {
         guard leasePer != nil else { return }
-        let gone = leases.withLock { leases -> [(String, Lease)] in
-            let found = leases.filter { key, _ in LeasePer.identity(in: key).map(Self.cgroupIsGone) ?? false }
+        revokeDropped(
+            where: { key, _ in LeasePer.identity(in: key).map(Self.cgroupIsGone) ?? false },
+            "revoked the lease of a unit or pod that is gone", [:])
+    }
+
+    /// Drops the leases `condition` picks (a next read mints anew), then revokes them, logging `message` for each.
+    private func revokeDropped(
+        where condition: (String, Lease) -> Bool, _ message: Logger.Message, _ extra: Logger.Metadata
+    ) {
+        let dropped = leases.withLock { leases -> [(String, Lease)] in
+            let found = leases.filter { condition($0.key, $0.value) }
             for key in found.keys { leases.removeValue(forKey: key) }
             return Array(found)
         }
-        guard !gone.isEmpty else { return }
+        guard !dropped.isEmpty else { return }
         leasesDidChange()
-        for (key, lease) in gone {
+        for (key, lease) in dropped {
             if let id = lease.id {
                 do {
                     try revoke(id)
                 } catch {
                     logger.warning(
-                        "revoking a lease failed; it expires on its own", metadata: ["store": "\(name)", "error": "\(error)"])
+                        "revoking a lease failed; it expires on its own",
+                        metadata: ["store": "\(name)", "role": "\(LeasePer.baseEnv(key))", "error": "\(error)"])
                 }
             }
-            logger.info(
-                "revoked the lease of a unit or pod that is gone",
-                metadata: ["store": "\(name)", "role": "\(LeasePer.baseEnv(key))", "for": "\(LeasePer.identity(in: key) ?? "")"])
+            var metadata: Logger.Metadata = ["store": "\(name)", "role": "\(LeasePer.baseEnv(key))"]
+            if let identity = LeasePer.identity(in: key) { metadata["for"] = "\(identity)" }
+            logger.info(message, metadata: metadata.merging(extra) { _, new in new })
             count("revoked", role: key)
         }
     }

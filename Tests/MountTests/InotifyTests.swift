@@ -60,10 +60,7 @@ struct InotifyTests {
             #expect(try fs.readText("redis/production/PASSWORD") == "v-\(rotation)", "after the event, the new value")
         }
         #expect(missed.isEmpty, "rotations with no IN_DELETE_SELF: \(missed)")
-        let sorted = latencies.sorted()
-        if !sorted.isEmpty {
-            print("inotify file watch: \(sorted.count) of 50 rotations seen; HSET to IN_DELETE_SELF p50 \(String(format: "%.1f", sorted[sorted.count / 2] * 1000)) ms, max \(String(format: "%.1f", (sorted.last ?? 0) * 1000)) ms")
-        }
+        Self.report("inotify file watch", latencies, of: "rotations", event: "IN_DELETE_SELF")
 
         // The real tool: inotifywait on the file, one rotation.
         let waiter = try RunningCommand(["inotifywait", "-e", "delete_self", "--timeout", "20", path])
@@ -72,6 +69,14 @@ struct InotifyTests {
         try redis.hset("DYNACONF_PRODUCTION", [("PASSWORD", "v-last")])
         #expect(waiter.waitForExit() == 0, "inotifywait: \(waiter.stderr)")
         #expect(waiter.stdout.contains { $0.contains("DELETE_SELF") }, "\(waiter.stdout)")
+    }
+
+    /// Prints how many of 50 changes were seen and how long after the HSET (p50, max); never asserted on.
+    static func report(_ label: String, _ latencies: [Double], of what: String, event: String) {
+        let sorted = latencies.sorted()
+        guard let last = sorted.last else { return }
+        let p50 = String(format: "%.1f", sorted[sorted.count / 2] * 1000)
+        print("\(label): \(sorted.count) of 50 \(what) seen; HSET to \(event) p50 \(p50) ms, max \(String(format: "%.1f", last * 1000)) ms")
     }
 
     /// (watch, mask, name) triples read from an inotify fd within `seconds`, stopping once `until` holds.
@@ -136,10 +141,7 @@ struct InotifyTests {
             #expect(try fs.readText("redis/production/PASSWORD") == "v-\(rotation)", "after the event, the new value")
         }
         #expect(missed.isEmpty, "rotations with no IN_MODIFY of the name: \(missed)")
-        let sorted = latencies.sorted()
-        if !sorted.isEmpty {
-            print("inotify directory watch: \(sorted.count) of 50 rotations seen; HSET to IN_CLOSE_WRITE p50 \(String(format: "%.1f", sorted[sorted.count / 2] * 1000)) ms, max \(String(format: "%.1f", (sorted.last ?? 0) * 1000)) ms")
-        }
+        Self.report("inotify directory watch", latencies, of: "rotations", event: "IN_CLOSE_WRITE")
 
         // A key that appears: the directory itself, and the new name.
         try redis.hset("DYNACONF_PRODUCTION", [("TOKEN", "t-1")])
@@ -242,10 +244,7 @@ struct InotifyTests {
             #expect(try fs.readText("redis/production/..data/PASSWORD") == "v-\(rotation)", "after the swap, the new value")
         }
         #expect(missed.isEmpty, "rotations with no IN_MOVED_TO ..data: \(missed)")
-        let sorted = latencies.sorted()
-        if !sorted.isEmpty {
-            print("kubernetes layout: \(sorted.count) of 50 swaps seen; HSET to IN_MOVED_TO ..data p50 \(String(format: "%.1f", sorted[sorted.count / 2] * 1000)) ms, max \(String(format: "%.1f", (sorted.last ?? 0) * 1000)) ms")
-        }
+        Self.report("kubernetes layout", latencies, of: "swaps", event: "IN_MOVED_TO ..data")
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: directory + "/..data") == ".")
 
         for command in [
